@@ -1,0 +1,11 @@
+"""Class Activation Maps: turn a GAP image classifier into an object localizer (Zhou et al., CVPR 2016)."""
+
+from .boxes import boxes_from_map, iou
+from .data import load_image
+from .localize import PLAIN, RECOMMENDED, Prediction, Result, localize, localize_batch
+from .models import CamModel, load_model
+
+__all__ = [
+    "CamModel", "PLAIN", "Prediction", "RECOMMENDED", "Result", "boxes_from_map", "iou", "load_image",
+    "load_model", "localize", "localize_batch",
+]

@@ -1,0 +1,54 @@
+"""Forward hooks that capture a feature map and never outlive the `with` block that made them."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FeatureExtractor:
+    """Capture the output of one submodule during forward passes.
+
+    Use as a context manager: the hook is registered on entry and removed on exit, also when the
+    body raises. The captured tensor is detached, so no autograd graph is kept alive by it.
+    """
+
+    def __init__(self, module: nn.Module):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        self.module = module
+        self.features: torch.Tensor | None = None
+        self._handle = None
+
+    def _hook(self, _module, _inputs, output):
+        self.features = output.detach()
+
+    def __enter__(self) -> "FeatureExtractor":
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove_hooks()
+
+    def remove_hooks(self) -> None:
+        """Remove the hook; safe to call more than once."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+class ModeGuard:
+    """Put a network in eval mode for a block and restore every submodule's own flag afterwards."""
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+        self._flags: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> nn.Module:
+        self._flags = [(m, m.training) for m in self.net.modules()]
+        self.net.eval()
+        return self.net
+
+    def __exit__(self, *exc_info) -> None:
+        for module, flag in self._flags:
+            module.training = flag

