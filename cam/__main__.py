@@ -1,0 +1,105 @@
+"""Command line: python -m cam {localize,train,evaluate}; JSON lines on stdout, errors on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_cam_options(parser: argparse.ArgumentParser) -> None:
+    from .localize import RECOMMENDED
+
+    parser.add_argument("--model", default="default", help="model spec (default: the bundled EfficientNet-Lite0)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help=f"box threshold, fraction of the map's max (default {RECOMMENDED['threshold']})")
+    parser.add_argument("--input-size", type=int, default=None, help="square input side (default: the model's)")
+    parser.add_argument("--flip", action="store_true", default=None, help="average the maps of the image and its mirror")
+    parser.add_argument("--plain", action="store_true",
+                        help="the paper's CAM exactly: model input size, no flip, threshold 0.2, largest region")
+
+
+def _cam_settings(args) -> dict:
+    """Localization settings from the command line: the recommended ones unless --plain or overridden."""
+    from .localize import PLAIN, RECOMMENDED
+
+    settings = dict(PLAIN if args.plain else RECOMMENDED)
+    for key in ("threshold", "input_size", "flip"):
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    return settings
+
+
+def _emit(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def cmd_localize(args) -> int:
+    from . import render
+    from .data import find_images, load_image
+    from .localize import localize_batch
+    from .models import load_model
+
+    settings = _cam_settings(args)
+    model = load_model(args.model)
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    failures, used_names = 0, set()
+    for path in find_images(args.images):
+        try:
+            array = load_image(path)
+        except (ValueError, OSError) as exc:
+            _error(str(exc))
+            failures += 1
+            continue
+        result = localize_batch(model, [array], topk=args.topk, all_regions=args.all_boxes, **settings)[0]
+        record = {"image": str(path), **result.to_dict()}
+        if out:
+            stem = path.stem
+            while stem in used_names:
+                stem += "_"
+            used_names.add(stem)
+            top = result.predictions[0]
+            render.save_png(render.overlay(result.image, top.cam, args.opacity), out / f"{stem}_overlay.png")
+            render.save_png(render.draw_boxes(result.image, result), out / f"{stem}_boxes.png")
+            (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
+        _emit(record)
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cam", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    loc = sub.add_parser("localize", help="top classes, maps and boxes for images or folders of images")
+    loc.add_argument("images", nargs="+", help="image files or folders (walked recursively)")
+    loc.add_argument("--topk", type=int, default=5)
+    loc.add_argument("--all-boxes", action="store_true", help="a box for every region, not only the largest")
+    loc.add_argument("--opacity", type=float, default=0.5, help="heatmap opacity of the saved overlay")
+    loc.add_argument("--out", help="folder for overlay and box PNGs and a JSON file per image")
+    _add_cam_options(loc)
+    loc.set_defaults(run=cmd_localize)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, OSError) as exc:
+        _error(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+import math
+
+import numpy as np
+import pytest
+
+from cam.boxes import boxes_from_map, iou, normalize_map
+
+
+def test_one_blob_exact_box():
+    cam = np.zeros((4, 5), np.float32)
+    cam[1:3, 2:4] = 1.0
+    assert boxes_from_map(cam, 0.5) == [(2, 1, 4, 3)]
+
+
+def test_threshold_is_relative_to_the_max():
+    cam = np.array([[0.0, 0.1, 0.3, 0.0, 0.0],
+                    [0.0, 0.5, 1.0, 0.6, 0.0],
+                    [0.0, 0.0, 0.4, 0.0, 0.0],
+                    [0.0, 0.0, 0.0, 0.0, 0.05]], np.float32)
+    assert boxes_from_map(cam, 0.5) == [(1, 1, 4, 2)]
+    assert boxes_from_map(cam * 10, 0.5) == [(1, 1, 4, 2)]
+    assert boxes_from_map(cam, 0.25) == [(1, 0, 4, 3)]
+
+
+def test_two_blobs_largest_and_all():
+    cam = np.zeros((6, 8), np.float32)
+    cam[0:2, 0:2] = 0.9  # 4 pixels
+    cam[3:6, 4:8] = 1.0  # 12 pixels
+    assert boxes_from_map(cam, 0.2) == [(4, 3, 8, 6)]
+    assert boxes_from_map(cam, 0.2, all_regions=True) == [(4, 3, 8, 6), (0, 0, 2, 2)]
+
+
+def test_diagonal_pixels_are_one_region():
+    cam = np.eye(4, dtype=np.float32)
+    assert boxes_from_map(cam, 0.5) == [(0, 0, 4, 4)]
+
+
+def test_flat_map_has_no_box_and_full_map_covers_all():
+    assert boxes_from_map(np.zeros((4, 5)), 0.2) == []
+    assert boxes_from_map(np.ones((4, 5)), 0.2) == [(0, 0, 5, 4)]
+
+
+@pytest.mark.parametrize("bad", [np.full((4, 5), np.nan), np.zeros((2, 3, 4)), np.zeros((0, 3))])
+def test_invalid_maps_raise(bad):
+    with pytest.raises(ValueError):
+        boxes_from_map(bad, 0.2)
+
+
+@pytest.mark.parametrize("threshold", [-1, 2, math.nan, "x"])
+def test_invalid_thresholds_raise(threshold):
+    with pytest.raises(ValueError, match="threshold"):
+        boxes_from_map(np.ones((4, 5)), threshold)
+
+
+def test_iou_values():
+    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert iou((0, 0, 10, 10), (10, 10, 20, 20)) == 0.0
+    assert iou((0, 0, 2, 2), (0.5, 0.5, 1.5, 1.5)) == pytest.approx(0.25)
+
+
+def test_normalize_map():
+    out = normalize_map(np.array([[2.0, 4.0], [6.0, 2.0]]))
+    np.testing.assert_allclose(out, [[0, 0.5], [1, 0]])
+    assert not normalize_map(np.full((3, 3), 7.0)).any()

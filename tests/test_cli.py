@@ -1,0 +1,39 @@
+import json
+import subprocess
+import sys
+
+from .conftest import EXAMPLES, ROOT
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "cam", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_localize_good_and_bad_images(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image")
+    out = tmp_path / "out"
+    proc = run_cli("localize", str(EXAMPLES / "chelsea.png"), str(bad), str(EXAMPLES / "coffee.png"),
+                   "--topk", "2", "--out", str(out))
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["image"].split("/")[-1] for line in lines] == ["chelsea.png", "coffee.png"]
+    assert lines[1]["predictions"][0]["label"] == "espresso"
+    assert proc.stderr.strip().splitlines() == [f"error: {bad}: not a supported image (expected JPEG, PNG, BMP, GIF, WebP or TIFF)"]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "chelsea.json", "chelsea_boxes.png", "chelsea_overlay.png", "coffee.json", "coffee_boxes.png", "coffee_overlay.png"]
+
+
+def test_folder_is_walked_and_bad_model_is_one_line(tmp_path):
+    proc = run_cli("localize", str(EXAMPLES), "--topk", "1", "--all-boxes")
+    assert proc.returncode == 0
+    assert len(proc.stdout.splitlines()) == len([p for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg")])
+    proc = run_cli("localize", str(EXAMPLES / "chelsea.png"), "--model", "timm:resnet5")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "timm:resnet50" in proc.stderr
+
+
+def test_bad_parameter_is_one_line():
+    proc = run_cli("localize", str(EXAMPLES / "chelsea.png"), "--threshold", "2")
+    assert proc.returncode == 2 and "threshold" in proc.stderr and "Traceback" not in proc.stderr

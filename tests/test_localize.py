@@ -1,0 +1,89 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cam
+from cam.boxes import iou
+
+from .conftest import EXAMPLES
+
+CATS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def test_result_contract(tiny_model, photo):
+    result = cam.localize(tiny_model, photo, topk=3)
+    assert len(result.predictions) == 3
+    scores = [p.score for p in result.predictions]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    for p in result.predictions:
+        assert p.cam.shape == photo.shape[:2] and p.cam.dtype == np.float32
+        assert p.cam.min() >= 0 and p.cam.max() <= 1
+        for x0, y0, x1, y1 in p.boxes:
+            assert 0 <= x0 < x1 <= 120 and 0 <= y0 < y1 <= 90
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["width"] == 120 and data["height"] == 90 and len(data["predictions"]) == 3
+    assert set(data["predictions"][0]) == {"class_index", "label", "score", "boxes"}
+
+
+def test_batch_equals_single(tiny_model, photo):
+    other = photo[:, ::-1].copy()
+    batch = cam.localize_batch(tiny_model, [photo, other], topk=2)
+    for single_input, from_batch in zip([photo, other], batch):
+        single = cam.localize(tiny_model, single_input, topk=2)
+        assert [p.class_index for p in single.predictions] == [p.class_index for p in from_batch.predictions]
+        np.testing.assert_allclose(single.predictions[0].cam, from_batch.predictions[0].cam, atol=1e-5)
+
+
+def test_with_threshold_reboxes_without_the_network(tiny_model, photo):
+    result = cam.localize(tiny_model, photo, topk=2, threshold=0.2)
+    tight = result.with_threshold(0.9)
+    assert tight.threshold == 0.9
+    for loose_p, tight_p in zip(result.predictions, tight.predictions):
+        assert tight_p.boxes == cam.boxes_from_map(loose_p.cam, 0.9)
+        assert tight_p.cam is loose_p.cam
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"topk": 0}, "topk"), ({"topk": 10000}, "topk"), ({"topk": 2.5}, "topk"),
+    ({"threshold": -1}, "threshold"), ({"threshold": 2}, "threshold"), ({"threshold": float("nan")}, "threshold"),
+    ({"input_size": 5}, "input_size"),
+])
+def test_out_of_range_parameters(tiny_model, photo, kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        cam.localize(tiny_model, photo, **kwargs)
+
+
+def test_wrong_model_type(photo):
+    with pytest.raises(TypeError):
+        cam.localize("default", photo)
+
+
+def test_default_model_on_examples(default_model):
+    files = ["chelsea.png", "coffee.png", "grace_hopper.jpg"]
+    results = cam.localize_batch(default_model, [EXAMPLES / f for f in files], topk=5)
+    top = [r.predictions[0].class_index for r in results]
+    assert top[0] in CATS
+    assert top[1] == 967  # espresso
+    assert top[2] == 652  # military uniform
+    for result in results:
+        for x0, y0, x1, y1 in result.predictions[0].boxes:
+            assert 0 <= x0 < x1 <= result.width and 0 <= y0 < y1 <= result.height
+
+
+def test_default_model_box_finds_a_cat_placed_in_a_larger_scene(default_model):
+    """The cat photo pasted at a known place in a grey canvas: the box must land on it."""
+    cat = np.asarray(Image.open(EXAMPLES / "chelsea.png").convert("RGB"))
+    canvas = np.full((600, 900, 3), 128, np.uint8)
+    x0, y0 = 420, 250
+    canvas[y0:y0 + cat.shape[0], x0:x0 + cat.shape[1]] = cat
+    truth = (x0, y0, x0 + cat.shape[1], y0 + cat.shape[0])
+    result = cam.localize(default_model, canvas, topk=1)
+    assert result.predictions[0].class_index in CATS
+    top = result.predictions[0]
+    assert top.cam.shape == (600, 900)
+    peak_y, peak_x = np.unravel_index(top.cam.argmax(), top.cam.shape)
+    assert truth[0] <= peak_x < truth[2] and truth[1] <= peak_y < truth[3]
+    assert iou(top.boxes[0], truth) >= 0.4
+    assert top.cam[50, 50] < 0.2 and top.cam[:100, :200].mean() < 0.1  # the empty corner stays cold

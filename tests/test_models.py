@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+import torch
+
+import cam
+from cam.localize import class_maps, forward_features, preprocess
+
+EXACT = [
+    "timm:test_resnet", "timm:test_efficientnet", "timm:resnet18", "timm:mobilenetv2_050", "timm:regnety_002",
+    "torchvision:resnet18", "torchvision:squeezenet1_1", "torchvision:densenet121", "torchvision:mobilenet_v2",
+    "torchvision:efficientnet_b0",
+]
+NOT_EXACT = ["timm:test_vit", "timm:test_convnext", "timm:mobilenetv3_small_050", "timm:ghostnet_050",
+             "torchvision:mobilenet_v3_small"]
+
+
+@pytest.mark.parametrize("spec", EXACT)
+def test_cam_mean_plus_bias_equals_logit(spec, photo):
+    torch.manual_seed(0)
+    model = cam.load_model(spec, pretrained=False, device="cpu")
+    batch = preprocess(model, [photo, photo[::-1].copy()], model.input_size)
+    logits, features = forward_features(model, batch)
+    all_classes = torch.arange(logits.shape[1]).expand(2, -1)
+    maps = class_maps(model, features, all_classes)
+    _, bias = model.classifier_params()
+    rebuilt = maps.mean((2, 3)) + bias
+    torch.testing.assert_close(rebuilt, logits, rtol=1e-4, atol=1e-4 * float(logits.abs().max()))
+
+
+def test_flip_keeps_the_identity(tiny_model, photo):
+    batch = preprocess(tiny_model, [photo], tiny_model.input_size)
+    logits, features = forward_features(tiny_model, batch, flip=True)
+    maps = class_maps(tiny_model, features, torch.arange(logits.shape[1])[None])
+    rebuilt = maps.mean((2, 3)) + tiny_model.classifier_params()[1]
+    torch.testing.assert_close(rebuilt, logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", NOT_EXACT)
+def test_heads_where_cam_is_not_exact_are_refused(spec):
+    with pytest.raises(ValueError, match="CAM is not exact.*Models that work"):
+        cam.load_model(spec, pretrained=False, device="cpu")
+
+
+def test_discovery_leaves_no_hooks_and_keeps_train_flags():
+    import timm
+    from cam.models import find_cam_layers
+
+    net = timm.create_model("test_resnet", pretrained=False)
+    net.train()
+    net.layer1.eval()
+    find_cam_layers(net, (64, 64))
+    assert all(not m._forward_hooks for m in net.modules())
+    assert net.training and not net.layer1.training and net.layer2.training
+
+
+@pytest.mark.parametrize("spec, hint", [
+    ("timm:resnet5", "timm:resnet50"),
+    ("torchvision:resnet1", "resnet18"),
+    ("resnet50", "timm:resnet50"),
+    ("defualt", "default"),
+])
+def test_bad_spec_lists_forms_and_close_names(spec, hint):
+    with pytest.raises(ValueError) as info:
+        cam.load_model(spec, pretrained=False)
+    message = str(info.value)
+    assert "accepted forms" in message and hint in message
+
+
+def test_spec_of_wrong_type():
+    with pytest.raises(TypeError):
+        cam.load_model(42)
+
+
+def test_default_model_knows_imagenet(default_model):
+    assert len(default_model.class_names) == 1000
+    assert default_model.class_names[281] == "tabby"
+    assert default_model.input_size == (224, 224)
+    assert default_model.mean == (0.5, 0.5, 0.5) and default_model.interpolation == "bicubic"
+    assert (default_model.feature_layer, default_model.classifier_layer) == ("bn2", "classifier")
