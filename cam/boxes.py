@@ -40,15 +40,24 @@ def boxes_from_map(cam: np.ndarray, threshold: float = 0.2, all_regions: bool = 
     peak = float(cam.max())
     if peak <= 0:
         return []
-    mask = (cam >= threshold * peak).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    regions = sorted(range(1, count), key=lambda i: -stats[i, cv2.CC_STAT_AREA])
+    return region_boxes(cam.astype(np.float32, copy=False), threshold * peak, all_regions)
+
+
+def region_boxes(cam: np.ndarray, cutoff: float, all_regions: bool = False) -> list[Box]:
+    """Boxes of the 8-connected regions where a float32 map is >= `cutoff`, largest first (unchecked)."""
+    mask = cv2.compare(cam, float(cutoff), cv2.CMP_GE)
+    # Outer contours are the regions' borders: their bounding rectangles are the regions' exact
+    # boxes, found far faster than by labelling every pixel.
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    # Pixel count of a region, from its border polygon: area + half the perimeter + 1 (Pick).
+    sizes = [cv2.contourArea(c) + cv2.arcLength(c, True) / 2 + 1 for c in contours]
+    order = sorted(range(len(contours)), key=lambda i: -sizes[i])
     if not all_regions:
-        regions = regions[:1]
+        order = order[:1]
     boxes = []
-    for i in regions:
-        x, y, w, h = (int(v) for v in stats[i, :4])
-        boxes.append((x, y, x + w, y + h))
+    for i in order:
+        x, y, w, h = cv2.boundingRect(contours[i])
+        boxes.append((int(x), int(y), int(x + w), int(y + h)))
     return boxes
 
 

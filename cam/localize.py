@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from .boxes import Box, boxes_from_map, check_threshold
+from .boxes import Box, boxes_from_map, check_threshold, region_boxes
 from .data import load_image
 from .extractor import FeatureExtractor, ModeGuard
 from .models import CamModel
@@ -98,11 +98,12 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
         probs = logits.softmax(1)
         scores, indices = probs.topk(topk, dim=1)
         raw = class_maps(model, features, indices)
+        small = normalise_maps(raw).cpu().numpy()
         for i, array in enumerate(arrays):
-            cams = upsample_maps(raw[i], array.shape[:2])
+            maps_and_boxes = [_upsample_and_box(m, array.shape[:2], threshold, all_regions) for m in small[i]]
             predictions = [
-                Prediction(int(c), model.class_names[int(c)], float(s), boxes_from_map(m, threshold, all_regions), m)
-                for c, s, m in zip(indices[i].tolist(), scores[i].tolist(), cams)
+                Prediction(int(c), model.class_names[int(c)], float(s), boxes, m)
+                for c, s, (m, boxes) in zip(indices[i].tolist(), scores[i].tolist(), maps_and_boxes)
             ]
             results.append(Result(predictions, array, model.spec, threshold, bool(all_regions)))
     return results
@@ -146,14 +147,25 @@ def class_maps(model: CamModel, features: torch.Tensor, indices: torch.Tensor) -
         return torch.einsum("bkc,bchw->bkhw", weight.float()[indices], features)
 
 
-def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> list[np.ndarray]:
-    """Bilinearly upsample (k, h, w) maps to `size` (H, W), pixel centres aligned, each to [0, 1]."""
+def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise (..., h, w) maps to [0, 1] each; a flat map becomes all zeros."""
     with torch.inference_mode():
-        low = maps.amin((1, 2), keepdim=True)
-        span = maps.amax((1, 2), keepdim=True) - low
-        normalised = torch.where(span > 1e-12, (maps - low) / span.clamp_min(1e-12), torch.zeros_like(maps))
-        up = F.interpolate(normalised[None], size=size, mode="bilinear", align_corners=False)[0].clamp_(0, 1)
-    return list(up.cpu().numpy().astype(np.float32, copy=False))
+        low = maps.amin((-2, -1), keepdim=True)
+        span = maps.amax((-2, -1), keepdim=True) - low
+        return torch.where(span > 1e-12, (maps - low) / span.clamp_min(1e-12), torch.zeros_like(maps)).float()
+
+
+def upsample_map(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinearly upsample an (h, w) float32 map to `size` (H, W), pixel centres aligned (as torch's
+    align_corners=False). Bilinear weights are convex, so a [0, 1] map stays in [0, 1] with the same
+    extremes: normalising before upsampling equals normalising after."""
+    return cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def _upsample_and_box(small: np.ndarray, size: tuple[int, int], threshold: float, all_regions: bool):
+    cam = upsample_map(small, size)
+    # A normalised map peaks at 1, so the paper's rule is a fixed cutoff; a flat map has no box.
+    return cam, (region_boxes(cam, threshold, all_regions) if small.max() > 0 else [])
 
 
 def _check_topk(topk, num_classes: int) -> int:

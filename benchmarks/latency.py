@@ -1,0 +1,108 @@
+"""CPU latency of CAM on a ~1 MP photo, side by side with the bare model and the peers; prints JSON.
+
+    python benchmarks/latency.py [--repeats 30] [--image examples/coffee.png]
+
+Each round times every method once, in turn, so machine noise hits all alike; medians are
+reported. Also checks that our top-1 map equals torchcam's CAM after the same upsampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cam  # noqa: E402
+from cam import render  # noqa: E402
+from cam.localize import normalise_maps, preprocess, upsample_map  # noqa: E402
+
+
+def one_megapixel(path: Path) -> np.ndarray:
+    image = Image.open(path).convert("RGB")
+    scale = (1_000_000 / (image.width * image.height)) ** 0.5
+    return np.asarray(image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--image", default=str(Path(__file__).resolve().parents[1] / "examples" / "coffee.png"))
+    parser.add_argument("--topk", type=int, default=5)
+    args = parser.parse_args()
+
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from torchcam.methods import CAM
+
+    model = cam.load_model("default", device="cpu")
+    net = model.net
+    photo = one_megapixel(Path(args.image))
+    height, width = photo.shape[:2]
+    classes = [p.class_index for p in cam.localize(model, photo, topk=args.topk).predictions]
+
+    def bare():
+        with torch.inference_mode():
+            net(preprocess(model, [photo], model.input_size))
+
+    def ours():
+        cam.localize(model, photo, topk=args.topk)
+
+    def ours_rendered():
+        result = cam.localize(model, photo, topk=args.topk)
+        render.overlay(result.image, result.predictions[0].cam)
+        render.draw_boxes(result.image, result)
+
+    def torchcam_cam():
+        with CAM(net, model.feature_layer, model.classifier_layer) as extractor:
+            with torch.inference_mode():
+                scores = net(preprocess(model, [photo], model.input_size))
+            maps = torch.cat([extractor(c, scores)[0] for c in classes])
+        return [upsample_map(m, (height, width)) for m in normalise_maps(maps).numpy()]
+
+    def gradcam():
+        x = preprocess(model, [photo], model.input_size).repeat(len(classes), 1, 1, 1)
+        with GradCAM(model=net, target_layers=[model.feature_module]) as explainer:
+            maps = explainer(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
+        return [upsample_map(m, (height, width)) for m in normalise_maps(torch.from_numpy(maps)).numpy()]
+
+    methods = {"bare_model": bare, "localize_top5": ours, "localize_top5_rendered": ours_rendered,
+               "torchcam_cam_top5": torchcam_cam, "gradcam_top5": gradcam}
+    for fn in methods.values():  # warm up
+        fn()
+    times = {name: [] for name in methods}
+    for _ in range(args.repeats):
+        for name, fn in methods.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000)
+    median = {name: statistics.median(values) for name, values in times.items()}
+
+    ours_top1 = cam.localize(model, photo, topk=1).predictions[0].cam
+    theirs_top1 = torchcam_cam()[0]
+    report = {
+        "image": f"{Path(args.image).name} resized to {width}x{height}",
+        "device": "cpu", "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "median_ms": {k: round(v, 2) for k, v in median.items()},
+        "ratio_localize_to_bare": round(median["localize_top5"] / median["bare_model"], 3),
+        "ratio_rendered_to_bare": round(median["localize_top5_rendered"] / median["bare_model"], 3),
+        "speedup_vs_gradcam": round(median["gradcam_top5"] / median["localize_top5"], 2),
+        "speedup_vs_torchcam": round(median["torchcam_cam_top5"] / median["localize_top5"], 2),
+        "max_abs_diff_top1_vs_torchcam": float(np.abs(ours_top1 - theirs_top1).max()),
+        "targets": {"localize_to_bare<=1.3": median["localize_top5"] / median["bare_model"] <= 1.3,
+                    "rendered_to_bare<=2": median["localize_top5_rendered"] / median["bare_model"] <= 2,
+                    "speedup_vs_gradcam>=3": median["gradcam_top5"] / median["localize_top5"] >= 3,
+                    "not_slower_than_torchcam": median["localize_top5"] <= median["torchcam_cam_top5"]},
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
