@@ -46,17 +46,22 @@ def main() -> None:
     net = model.net
     photo = one_megapixel(Path(args.image))
     height, width = photo.shape[:2]
-    classes = [p.class_index for p in cam.localize(model, photo, topk=args.topk).predictions]
+    classes = [p.class_index for p in cam.localize(model, photo, topk=args.topk, input_size=None).predictions]
 
     def bare():
         with torch.inference_mode():
             net(preprocess(model, [photo], model.input_size))
 
+    plain = {"input_size": None, "flip": False}  # the model's own input size, as the bare model and peers
+
     def ours():
+        cam.localize(model, photo, topk=args.topk, **plain)
+
+    def ours_recommended():
         cam.localize(model, photo, topk=args.topk)
 
     def ours_rendered():
-        result = cam.localize(model, photo, topk=args.topk)
+        result = cam.localize(model, photo, topk=args.topk, **plain)
         render.overlay(result.image, result.predictions[0].cam)
         render.draw_boxes(result.image, result)
 
@@ -74,6 +79,7 @@ def main() -> None:
         return [upsample_map(m, (height, width)) for m in normalise_maps(torch.from_numpy(maps)).numpy()]
 
     methods = {"bare_model": bare, "localize_top5": ours, "localize_top5_rendered": ours_rendered,
+               "localize_top5_recommended_288px": ours_recommended,
                "torchcam_cam_top5": torchcam_cam, "gradcam_top5": gradcam}
     for fn in methods.values():  # warm up
         fn()
@@ -85,7 +91,7 @@ def main() -> None:
             times[name].append((time.perf_counter() - start) * 1000)
     median = {name: statistics.median(values) for name, values in times.items()}
 
-    ours_top1 = cam.localize(model, photo, topk=1).predictions[0].cam
+    ours_top1 = cam.localize(model, photo, topk=1, **plain).predictions[0].cam
     theirs_top1 = torchcam_cam()[0]
     report = {
         "image": f"{Path(args.image).name} resized to {width}x{height}",

@@ -74,6 +74,31 @@ def cmd_localize(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate, plot_curve, write_rows
+    from .models import load_model
+
+    settings = _cam_settings(args)
+    model = load_model(args.model)
+    metrics, rows = evaluate(model, args.folder, progress=_progress_bar("evaluate"), **settings)
+    if args.per_image:
+        write_rows(rows, args.per_image)
+    if args.plot:
+        plot_curve(metrics, args.plot)
+    metrics.pop("curve")
+    _emit({"model": model.spec, **settings, **metrics})
+    return 0
+
+
+def _progress_bar(title: str):
+    """A callback(done, total) drawing a one-line progress bar on stderr."""
+    def update(done: int, total: int) -> None:
+        filled = int(30 * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        print(f"\r{title} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+    return update
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cam", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--out", help="folder for overlay and box PNGs and a JSON file per image")
     _add_cam_options(loc)
     loc.set_defaults(run=cmd_localize)
+
+    ev = sub.add_parser("evaluate", help="WSOL metrics on a folder holding images/ and boxes.csv")
+    ev.add_argument("folder")
+    ev.add_argument("--per-image", help="write one CSV row per image here")
+    ev.add_argument("--plot", help="write a PNG of box accuracy against threshold here")
+    _add_cam_options(ev)
+    ev.set_defaults(run=cmd_evaluate)
     return parser
 
 

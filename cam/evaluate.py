@@ -1,0 +1,169 @@
+"""WSOL metrics on a folder with images/ and boxes.csv, as defined by Choe et al., "Evaluating Weakly
+Supervised Object Localization Methods Right" (CVPR 2020).
+
+- top1_cls: the top-1 class is the label.
+- top1_loc: top-1 class right and the largest region's box of its map has IoU >= 0.5 with a
+  ground-truth box, at the chosen threshold.
+- gt_known_loc: the same with the map of the true class, class ignored.
+- max_box_acc: GT-known box accuracy (IoU >= 0.5, largest region) at the best single threshold
+  over the whole set (reported with that threshold, max_box_acc_tau).
+- max_box_acc_v2: the boxes of all regions, the best threshold for each IoU in (0.3, 0.5, 0.7),
+  accuracies averaged.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .boxes import boxes_from_map, check_threshold, iou
+from .data import load_image
+from .localize import RECOMMENDED, _check_input_size, forward_features, normalise_maps, preprocess, upsample_map
+from .models import CamModel
+
+THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # the cam_curve_interval of wsolevaluation
+IOU_LEVELS = (0.3, 0.5, 0.7)
+
+
+@dataclass
+class Sample:
+    file: str
+    label: int
+    boxes: list[tuple[float, float, float, float]]
+
+
+def read_dataset(folder) -> list[Sample]:
+    """Read `folder/boxes.csv` (file,label,x0,y0,x1,y1; several rows per image allowed)."""
+    folder = Path(folder)
+    csv_path, images = folder / "boxes.csv", folder / "images"
+    if not csv_path.is_file() or not images.is_dir():
+        raise ValueError(f"{folder} must hold images/ and boxes.csv (file,label,x0,y0,x1,y1)")
+    samples: dict[str, Sample] = {}
+    with csv_path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"file", "label", "x0", "y0", "x1", "y1"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{csv_path} lacks the columns {sorted(missing)}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                label = int(row["label"])
+                box = tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1"))
+            except (TypeError, ValueError):
+                raise ValueError(f"{csv_path}:{line}: label must be an integer and x0,y0,x1,y1 numbers") from None
+            sample = samples.setdefault(row["file"], Sample(row["file"], label, []))
+            if sample.label != label:
+                raise ValueError(f"{csv_path}:{line}: {row['file']} has two labels")
+            sample.boxes.append(box)
+    if not samples:
+        raise ValueError(f"{csv_path} has no rows")
+    return list(samples.values())
+
+
+def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"],
+             input_size: int | None = RECOMMENDED["input_size"], flip: bool = RECOMMENDED["flip"],
+             batch_size: int = 16, progress=None) -> tuple[dict, list[dict]]:
+    """Evaluate `model` on `folder`; returns (metrics, per-image rows).
+
+    `progress(done, total)` is called after each batch. Metrics are fractions in [0, 1]; the
+    `curve` entry holds GT-known box accuracy for every threshold and IoU level (for plotting).
+    """
+    threshold = check_threshold(threshold)
+    size = _check_input_size(input_size, model)
+    samples = read_dataset(folder)
+    for sample in samples:
+        if not 0 <= sample.label < len(model.class_names):
+            raise ValueError(f"{sample.file}: label {sample.label} is not a class of this model")
+    images_dir = Path(folder) / "images"
+    hits_v1 = np.zeros(len(THRESHOLDS))  # largest region, IoU >= 0.5
+    hits_v2 = np.zeros((len(IOU_LEVELS), len(THRESHOLDS)))  # all regions
+    rows: list[dict] = []
+    start = time.perf_counter()
+    for first in range(0, len(samples), batch_size):
+        chunk = samples[first:first + batch_size]
+        arrays = [load_image(images_dir / s.file) for s in chunk]
+        logits, features = forward_features(model, preprocess(model, arrays, size), flip)
+        probs = logits.softmax(1)
+        top1 = probs.argmax(1)
+        labels = torch.tensor([s.label for s in chunk], device=top1.device)
+        weight, _ = model.classifier_params()
+        with torch.inference_mode():
+            chosen = weight.float()[torch.stack([top1, labels], 1)]  # (B, 2, K): predicted, true class
+            maps = normalise_maps(torch.einsum("bkc,bchw->bkhw", chosen, features)).cpu().numpy()
+        for sample, array, pair, predicted, score in zip(chunk, arrays, maps, top1.tolist(), probs.max(1).values.tolist()):
+            top1_map, gt_map = (upsample_map(m, array.shape[:2]) for m in pair)
+            best_iou = _best_iou(boxes_from_map(top1_map, threshold), sample.boxes)
+            gt_iou = _best_iou(boxes_from_map(gt_map, threshold), sample.boxes)
+            for t, tau in enumerate(THRESHOLDS):
+                regions = boxes_from_map(gt_map, tau, all_regions=True)
+                hits_v1[t] += _best_iou(regions[:1], sample.boxes) >= 0.5
+                overlap = _best_iou(regions, sample.boxes)
+                hits_v2[:, t] += [overlap >= level for level in IOU_LEVELS]
+            correct = predicted == sample.label
+            rows.append({"file": sample.file, "label": sample.label, "predicted": predicted,
+                         "score": round(score, 4), "top1_cls": int(correct), "iou_top1": round(best_iou, 4),
+                         "top1_loc": int(correct and best_iou >= 0.5), "iou_gt_known": round(gt_iou, 4),
+                         "gt_known_loc": int(gt_iou >= 0.5)})
+        if progress:
+            progress(len(rows), len(samples))
+    n = len(samples)
+    accuracy_v1, accuracy_v2 = hits_v1 / n, hits_v2 / n
+    metrics = {
+        "images": n,
+        "top1_cls": sum(r["top1_cls"] for r in rows) / n,
+        "top1_loc": sum(r["top1_loc"] for r in rows) / n,
+        "gt_known_loc": sum(r["gt_known_loc"] for r in rows) / n,
+        "max_box_acc": float(accuracy_v1.max()),
+        "max_box_acc_tau": float(THRESHOLDS[accuracy_v1.argmax()]),
+        "max_box_acc_v2": float(accuracy_v2.max(1).mean()),
+        "threshold": threshold,
+        "ms_per_image": (time.perf_counter() - start) * 1000 / n,
+        "curve": {"thresholds": THRESHOLDS.tolist(), "iou_0.5_largest": accuracy_v1.tolist(),
+                  **{f"iou_{level}_all": accuracy_v2[i].tolist() for i, level in enumerate(IOU_LEVELS)}},
+    }
+    return metrics, rows
+
+
+def _best_iou(boxes, truths) -> float:
+    return max((iou(b, t) for b in boxes for t in truths), default=0.0)
+
+
+def write_rows(rows: list[dict], path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_curve(metrics: dict, path, width: int = 720, height: int = 440) -> None:
+    """Box accuracy against threshold as a PNG line chart (drawn with PIL, no plotting library)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    curve = metrics["curve"]
+    font = ImageFont.load_default(size=14)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = 60, 30, width - 20, height - 50
+    draw.rectangle((left, top, right, bottom), outline="black")
+    for k in range(0, 11, 2):
+        y = bottom - (bottom - top) * k / 10
+        x = left + (right - left) * k / 10
+        draw.line((left - 4, y, left, y), fill="black")
+        draw.text((left - 36, y - 8), f"{k / 10:.1f}", fill="black", font=font)
+        draw.line((x, bottom, x, bottom + 4), fill="black")
+        draw.text((x - 10, bottom + 8), f"{k / 10:.1f}", fill="black", font=font)
+    draw.text(((left + right) // 2 - 80, height - 22), "threshold (fraction of map max)", fill="black", font=font)
+    draw.text((left, 8), "box accuracy (GT-known)", fill="black", font=font)
+    series = [("IoU 0.5, largest region", curve["iou_0.5_largest"], (200, 30, 30))] + [
+        (f"IoU {level}, all regions", curve[f"iou_{level}_all"], color)
+        for level, color in zip(IOU_LEVELS, [(30, 120, 200), (30, 160, 60), (150, 60, 180)])
+    ]
+    for i, (name, values, color) in enumerate(series):
+        points = [(left + (right - left) * t, bottom - (bottom - top) * v) for t, v in zip(curve["thresholds"], values)]
+        draw.line(points, fill=color, width=2)
+        draw.text((right - 200, top + 8 + 18 * i), name, fill=color, font=font)
+    image.save(path, format="PNG")
