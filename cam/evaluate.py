@@ -64,6 +64,51 @@ def read_dataset(folder) -> list[Sample]:
     return list(samples.values())
 
 
+class WsolScores:
+    """Accumulates the WSOL metrics image by image from maps already at the image's size."""
+
+    def __init__(self, threshold: float):
+        self.threshold = check_threshold(threshold)
+        self.hits_v1 = np.zeros(len(THRESHOLDS))  # largest region, IoU >= 0.5
+        self.hits_v2 = np.zeros((len(IOU_LEVELS), len(THRESHOLDS)))  # all regions
+        self.rows: list[dict] = []
+
+    def add(self, file: str, label: int, truths, predicted: int, score: float,
+            top1_map: np.ndarray, gt_map: np.ndarray) -> dict:
+        """Score one image: the map of its predicted class and the map of its true class."""
+        best_iou = _best_iou(boxes_from_map(top1_map, self.threshold), truths)
+        gt_iou = _best_iou(boxes_from_map(gt_map, self.threshold), truths)
+        for t, tau in enumerate(THRESHOLDS):
+            regions = boxes_from_map(gt_map, tau, all_regions=True)
+            self.hits_v1[t] += _best_iou(regions[:1], truths) >= 0.5
+            overlap = _best_iou(regions, truths)
+            self.hits_v2[:, t] += [overlap >= level for level in IOU_LEVELS]
+        correct = predicted == label
+        row = {"file": file, "label": label, "predicted": predicted, "score": round(score, 4),
+               "top1_cls": int(correct), "iou_top1": round(best_iou, 4), "top1_loc": int(correct and best_iou >= 0.5),
+               "iou_gt_known": round(gt_iou, 4), "gt_known_loc": int(gt_iou >= 0.5)}
+        self.rows.append(row)
+        return row
+
+    def metrics(self) -> dict:
+        n = len(self.rows)
+        if not n:
+            raise ValueError("no images were scored")
+        accuracy_v1, accuracy_v2 = self.hits_v1 / n, self.hits_v2 / n
+        return {
+            "images": n,
+            "top1_cls": sum(r["top1_cls"] for r in self.rows) / n,
+            "top1_loc": sum(r["top1_loc"] for r in self.rows) / n,
+            "gt_known_loc": sum(r["gt_known_loc"] for r in self.rows) / n,
+            "max_box_acc": float(accuracy_v1.max()),
+            "max_box_acc_tau": float(THRESHOLDS[accuracy_v1.argmax()]),
+            "max_box_acc_v2": float(accuracy_v2.max(1).mean()),
+            "threshold": self.threshold,
+            "curve": {"thresholds": THRESHOLDS.tolist(), "iou_0.5_largest": accuracy_v1.tolist(),
+                      **{f"iou_{level}_all": accuracy_v2[i].tolist() for i, level in enumerate(IOU_LEVELS)}},
+        }
+
+
 def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"],
              input_size: int | None = RECOMMENDED["input_size"], flip: bool = RECOMMENDED["flip"],
              batch_size: int = 16, progress=None) -> tuple[dict, list[dict]]:
@@ -72,16 +117,14 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
     `progress(done, total)` is called after each batch. Metrics are fractions in [0, 1]; the
     `curve` entry holds GT-known box accuracy for every threshold and IoU level (for plotting).
     """
-    threshold = check_threshold(threshold)
+    scores = WsolScores(threshold)
     size = _check_input_size(input_size, model)
     samples = read_dataset(folder)
     for sample in samples:
         if not 0 <= sample.label < len(model.class_names):
             raise ValueError(f"{sample.file}: label {sample.label} is not a class of this model")
     images_dir = Path(folder) / "images"
-    hits_v1 = np.zeros(len(THRESHOLDS))  # largest region, IoU >= 0.5
-    hits_v2 = np.zeros((len(IOU_LEVELS), len(THRESHOLDS)))  # all regions
-    rows: list[dict] = []
+    weight, _ = model.classifier_params()
     start = time.perf_counter()
     for first in range(0, len(samples), batch_size):
         chunk = samples[first:first + batch_size]
@@ -90,42 +133,17 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
         probs = logits.softmax(1)
         top1 = probs.argmax(1)
         labels = torch.tensor([s.label for s in chunk], device=top1.device)
-        weight, _ = model.classifier_params()
         with torch.inference_mode():
             chosen = weight.float()[torch.stack([top1, labels], 1)]  # (B, 2, K): predicted, true class
             maps = normalise_maps(torch.einsum("bkc,bchw->bkhw", chosen, features)).cpu().numpy()
         for sample, array, pair, predicted, score in zip(chunk, arrays, maps, top1.tolist(), probs.max(1).values.tolist()):
             top1_map, gt_map = (upsample_map(m, array.shape[:2]) for m in pair)
-            best_iou = _best_iou(boxes_from_map(top1_map, threshold), sample.boxes)
-            gt_iou = _best_iou(boxes_from_map(gt_map, threshold), sample.boxes)
-            for t, tau in enumerate(THRESHOLDS):
-                regions = boxes_from_map(gt_map, tau, all_regions=True)
-                hits_v1[t] += _best_iou(regions[:1], sample.boxes) >= 0.5
-                overlap = _best_iou(regions, sample.boxes)
-                hits_v2[:, t] += [overlap >= level for level in IOU_LEVELS]
-            correct = predicted == sample.label
-            rows.append({"file": sample.file, "label": sample.label, "predicted": predicted,
-                         "score": round(score, 4), "top1_cls": int(correct), "iou_top1": round(best_iou, 4),
-                         "top1_loc": int(correct and best_iou >= 0.5), "iou_gt_known": round(gt_iou, 4),
-                         "gt_known_loc": int(gt_iou >= 0.5)})
+            scores.add(sample.file, sample.label, sample.boxes, predicted, score, top1_map, gt_map)
         if progress:
-            progress(len(rows), len(samples))
-    n = len(samples)
-    accuracy_v1, accuracy_v2 = hits_v1 / n, hits_v2 / n
-    metrics = {
-        "images": n,
-        "top1_cls": sum(r["top1_cls"] for r in rows) / n,
-        "top1_loc": sum(r["top1_loc"] for r in rows) / n,
-        "gt_known_loc": sum(r["gt_known_loc"] for r in rows) / n,
-        "max_box_acc": float(accuracy_v1.max()),
-        "max_box_acc_tau": float(THRESHOLDS[accuracy_v1.argmax()]),
-        "max_box_acc_v2": float(accuracy_v2.max(1).mean()),
-        "threshold": threshold,
-        "ms_per_image": (time.perf_counter() - start) * 1000 / n,
-        "curve": {"thresholds": THRESHOLDS.tolist(), "iou_0.5_largest": accuracy_v1.tolist(),
-                  **{f"iou_{level}_all": accuracy_v2[i].tolist() for i, level in enumerate(IOU_LEVELS)}},
-    }
-    return metrics, rows
+            progress(len(scores.rows), len(samples))
+    metrics = scores.metrics()
+    metrics["ms_per_image"] = (time.perf_counter() - start) * 1000 / len(samples)
+    return metrics, scores.rows
 
 
 def _best_iou(boxes, truths) -> float:
