@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -10,7 +12,9 @@ class FeatureExtractor:
     """Capture the output of one submodule during forward passes.
 
     Use as a context manager: the hook is registered on entry and removed on exit, also when the
-    body raises. The captured tensor is detached, so no autograd graph is kept alive by it.
+    body raises. The captured tensor is detached, so no autograd graph is kept alive by it. Only
+    forward passes run by the thread that entered are captured, so requests that share a model
+    in other threads never swap feature maps.
     """
 
     def __init__(self, module: nn.Module):
@@ -19,11 +23,14 @@ class FeatureExtractor:
         self.module = module
         self.features: torch.Tensor | None = None
         self._handle = None
+        self._thread = threading.get_ident()
 
     def _hook(self, _module, _inputs, output):
-        self.features = output.detach()
+        if threading.get_ident() == self._thread:
+            self.features = output.detach()
 
     def __enter__(self) -> "FeatureExtractor":
+        self._thread = threading.get_ident()
         self._handle = self.module.register_forward_hook(self._hook)
         return self
 

@@ -1,0 +1,143 @@
+"""Gradio UI for the cam package: localize objects in a photo, fine-tune on your own classes.
+
+UI only: every computation comes from `cam`. Nothing heavy happens at import; models load on
+first use. Run `python app.py [--host H] [--port P]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import gradio as gr
+
+from cam.localize import RECOMMENDED
+from cam.service import EXAMPLES, DownloadFolder, ModelCache, analyze, views, write_downloads
+
+INTRO = """# Where does the classifier look?
+Upload a photo (or drop, paste, or take one with the webcam), or click an example below. One forward
+pass of an ImageNet classifier gives its top classes, a **class activation map** for each of them and
+a **box** around the region each map highlights: object localization without a single annotated box.
+"""
+ABOUT = """### How it works
+A network that ends in global average pooling and one linear layer scores class *c* as the
+average over the image of `M_c(x, y) = Σ_k w[c, k] · f_k(x, y)`, its classifier's weights applied
+to every pixel of the last feature map. That map, upsampled to the photo, is the class activation
+map; the box is the bounding rectangle of the largest region above the threshold (a fraction of
+the map's maximum). Zhou et al., [Learning Deep Features for Discriminative Localization](https://arxiv.org/abs/1512.04150), CVPR 2016.
+Moving the threshold or opacity sliders re-draws from the kept maps, without running the network.
+"""
+INPUT_SIZES = [("288 px (recommended)", 288), ("the model's own (the paper's CAM)", 0), ("320 px", 320), ("384 px", 384)]
+CSS = ".gradio-container {max-width: 1400px !important} @media (max-width: 700px) {.gradio-container {padding: 4px !important}}"
+
+from gradio.events import Dependency
+
+class PhotoInput(gr.Image):
+    """gr.Image whose unreadable uploads raise a message a person understands, not a preprocessing dump."""
+
+    is_template = True  # drawn by the frontend as a plain Image
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise gr.Error(f"This file is not an image this app can read ({type(exc).__name__}). "
+                           "Upload a JPEG, PNG, BMP, GIF, WebP or TIFF photo.") from None
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+def build_app(cache: ModelCache | None = None) -> gr.Blocks:
+    """The whole UI; `cache` holds the models (a fresh one by default)."""
+    cache = cache or ModelCache()
+    downloads = DownloadFolder()
+
+    def run_localize(image, choice, topk, threshold, all_regions, opacity, input_size, flip):
+        if image is None:
+            raise gr.Error("Add a photo first: upload, drop, paste, use the webcam, or click an example.")
+        try:
+            result = analyze(cache, choice, image, topk, threshold, all_regions, input_size, flip)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        return (*views(result, opacity), result)
+
+    def rerender(result, threshold, all_regions, opacity):
+        if result is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), None
+        try:
+            result = result.with_threshold(threshold, all_regions)
+            return (*views(result, opacity), result)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def prepare_downloads(result, opacity):
+        if result is None:
+            raise gr.Error("Localize a photo first.")
+        return write_downloads(result, downloads.new(), opacity)
+
+    with gr.Blocks(title="CAM localizer", delete_cache=(900, 3600)) as demo:
+        gr.Markdown(INTRO)
+        with gr.Tab("Localize"):
+            last = gr.State(None, time_to_live=3600)
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=280):
+                    image = PhotoInput(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], height=320)
+                    with gr.Row():
+                        model = gr.Dropdown(cache.choices(), value="default", label="Model", scale=4)
+                        refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
+                    topk = gr.Slider(1, 10, value=5, step=1, label="Top-k classes")
+                    threshold = gr.Slider(0, 1, value=RECOMMENDED["threshold"], step=0.01,
+                                          label="Box threshold (fraction of the map's maximum)")
+                    all_regions = gr.Checkbox(False, label="A box for every region (not only the largest)")
+                    opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
+                    with gr.Accordion("Localization options", open=False):
+                        input_size = gr.Dropdown(INPUT_SIZES, value=RECOMMENDED["input_size"] or 0, label="Input size")
+                        flip = gr.Checkbox(RECOMMENDED["flip"], label="Average with the mirror image (flip)")
+                    run = gr.Button("Localize", variant="primary")
+                with gr.Column(scale=2, min_width=320):
+                    with gr.Row():
+                        overlay = gr.Image(label="Heatmap of the top class", format="jpeg", interactive=False, elem_id="overlay")
+                        boxed = gr.Image(label="Boxes", format="jpeg", interactive=False, elem_id="boxes")
+                    gallery = gr.Gallery(label="One map per class", columns=5, height="auto", format="jpeg", elem_id="gallery")
+                    table = gr.Dataframe(headers=["rank", "class", "score", "boxes (x0, y0, x1, y1)"],
+                                         label="Classes and scores", interactive=False, elem_id="table")
+                    with gr.Accordion("Result as JSON (boxes in image pixels)", open=False):
+                        result_json = gr.JSON(label="Result")
+                    with gr.Row():
+                        download_button = gr.Button("Prepare downloads (overlay PNG, boxes JSON, maps .npy)")
+                    files = gr.File(label="Downloads", file_count="multiple", interactive=False)
+            gr.Examples([[str(p)] for p in sorted(EXAMPLES.iterdir()) if p.suffix in (".png", ".jpg")],
+                        inputs=[image], label="Examples (click one)")
+            gr.Markdown(ABOUT)
+
+        outputs = [overlay, boxed, gallery, table, result_json, last]
+        inputs = [image, model, topk, threshold, all_regions, opacity, input_size, flip]
+        run.click(run_localize, inputs, outputs, api_name="localize", concurrency_limit=4, concurrency_id="infer")
+        image.change(run_localize, inputs, outputs, api_visibility="private", concurrency_limit=4,
+                     concurrency_id="infer", trigger_mode="always_last")
+        threshold.change(rerender, [last, threshold, all_regions, opacity], outputs, api_name="rerender",
+                         show_progress="hidden", trigger_mode="always_last", concurrency_limit=4, concurrency_id="render")
+        for control in (opacity, all_regions):
+            control.change(rerender, [last, threshold, all_regions, opacity], outputs, api_visibility="private",
+                           show_progress="hidden", trigger_mode="always_last", concurrency_limit=4, concurrency_id="render")
+        refresh.click(lambda: gr.Dropdown(choices=cache.choices()), None, model, api_name="models")
+        download_button.click(prepare_downloads, [last, opacity], files, api_name="downloads")
+    return demo
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve the CAM localizer web app.")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    args = parser.parse_args()
+    build_app().queue(default_concurrency_limit=4).launch(
+        server_name=args.host, server_port=args.port, show_error=True, css=CSS, max_file_size="50mb")
+
+
+if __name__ == "__main__":
+    main()

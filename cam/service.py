@@ -1,0 +1,116 @@
+"""What the web app needs from the package: a shared model cache, the pictures and tables of a
+Result, and download files. Kept here so that app.py holds UI only."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import render
+from .localize import Result, localize
+from .models import DEFAULT_SPEC, CamModel, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS = Path(os.environ.get("CAM_CHECKPOINTS", ROOT / "checkpoints"))
+EXAMPLES = ROOT / "examples"
+GALLERY_SIDE = 320  # gallery tiles are thumbnails: less to encode and send
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """A complete checkpoint folder: visible name, both files present (half-written ones are hidden)."""
+    return (folder.is_dir() and not folder.name.startswith(".")
+            and (folder / "config.json").is_file() and (folder / "model.safetensors").is_file())
+
+
+class ModelCache:
+    """Models by menu choice, each loaded once, lazily, and shared by all requests.
+
+    Choices are 'default' and the names of complete checkpoint folders under `checkpoints`;
+    anything else, a path elsewhere included, is refused.
+    """
+
+    def __init__(self, checkpoints: Path = CHECKPOINTS, device: str | None = None):
+        self.checkpoints = Path(checkpoints)
+        self.device = device
+        self._models: dict[str, CamModel] = {}
+        self._lock = threading.Lock()
+
+    def choices(self) -> list[str]:
+        found = sorted(p.name for p in self.checkpoints.iterdir() if is_checkpoint(p)) if self.checkpoints.is_dir() else []
+        return [DEFAULT_SPEC] + found
+
+    def get(self, choice: str) -> CamModel:
+        if choice not in self.choices():
+            raise ValueError(f"unknown model {choice!r}: choose 'default' or a checkpoint listed in the menu")
+        with self._lock:  # one load per model, even when requests arrive together
+            if choice not in self._models:
+                spec = DEFAULT_SPEC if choice == DEFAULT_SPEC else str(self.checkpoints / choice)
+                self._models[choice] = load_model(spec, device=self.device)
+            return self._models[choice]
+
+
+def analyze(cache: ModelCache, choice: str, image, topk: int, threshold: float, all_regions: bool,
+            input_size: int | None, flip: bool) -> Result:
+    """Run the model once on `image` (a path or array) and keep every map for later re-boxing."""
+    model = cache.get(choice)
+    topk = min(int(topk), len(model.class_names))
+    return localize(model, image, topk=topk, threshold=threshold, all_regions=all_regions,
+                    input_size=input_size or None, flip=bool(flip))
+
+
+def views(result: Result, opacity: float):
+    """The app's outputs for a Result: overlay, boxes picture, gallery tiles, score table, JSON."""
+    top = result.predictions[0]
+    overlay = render.overlay(result.image, top.cam, opacity)
+    boxes = render.draw_boxes(result.image, result)
+    small = _thumbnail_result(result)
+    tiles = render.gallery(small, opacity)
+    table = [[rank + 1, p.label, round(p.score, 4), json.dumps([list(b) for b in p.boxes])]
+             for rank, p in enumerate(result.predictions)]
+    return overlay, boxes, tiles, table, result.to_dict()
+
+
+def _thumbnail_result(result: Result) -> Result:
+    """A copy of `result` whose image and maps are at most GALLERY_SIDE pixels on their longer side."""
+    import cv2
+    from dataclasses import replace
+
+    scale = GALLERY_SIDE / max(result.width, result.height)
+    if scale >= 1:
+        return result
+    size = (max(1, round(result.width * scale)), max(1, round(result.height * scale)))
+    image = cv2.resize(result.image, size, interpolation=cv2.INTER_AREA)
+    predictions = [replace(p, cam=cv2.resize(p.cam, size, interpolation=cv2.INTER_AREA)) for p in result.predictions]
+    return replace(result, image=image, predictions=predictions)
+
+
+class DownloadFolder:
+    """Per-request folders for download files under one private temporary root; folders older than
+    `max_age` seconds are removed as new ones are made, so disk use stays bounded."""
+
+    def __init__(self, max_age: float = 3600):
+        self.root = Path(tempfile.mkdtemp(prefix="cam-downloads-"))
+        self.max_age = max_age
+
+    def new(self) -> Path:
+        now = time.time()
+        for old in self.root.iterdir():
+            if now - old.stat().st_mtime > self.max_age:
+                shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(dir=self.root))
+
+
+def write_downloads(result: Result, folder: Path, opacity: float) -> list[str]:
+    """Overlay PNG, boxes JSON and the raw maps (.npy, k x H x W float32) of a Result."""
+    overlay_path, json_path, maps_path = folder / "overlay.png", folder / "boxes.json", folder / "maps.npy"
+    render.save_png(render.overlay(result.image, result.predictions[0].cam, opacity), overlay_path)
+    json_path.write_text(json.dumps(result.to_dict(), indent=2))
+    np.save(maps_path, np.stack([p.cam for p in result.predictions]))
+    return [str(overlay_path), str(json_path), str(maps_path)]
