@@ -90,12 +90,32 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train import train
+
+    bar = _progress_bar("train")
+
+    def progress(info: dict) -> None:
+        if info.get("stage") in ("train", "validate") and "val_accuracy" in info:
+            _emit({k: round(v, 4) if isinstance(v, float) else v for k, v in info.items()})
+        if "epoch" in info:
+            bar(info["epoch"] - 1 + info.get("step", info.get("steps", 1)) / info.get("steps", 1), info["epochs"])
+        else:
+            print(f"{info['stage']}...", file=sys.stderr, flush=True)
+
+    summary = train(args.data, model_spec=args.model, mode=args.mode, epochs=args.epochs, lr=args.lr,
+                    val_split=args.val_split, out=args.out, seed=args.seed, pretrained=not args.no_pretrained,
+                    progress=progress)
+    _emit(summary)
+    return 0
+
+
 def _progress_bar(title: str):
     """A callback(done, total) drawing a one-line progress bar on stderr."""
     def update(done: int, total: int) -> None:
         filled = int(30 * done / max(total, 1))
         end = "\n" if done >= total else ""
-        print(f"\r{title} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+        print(f"\r{title} [{'#' * filled}{'.' * (30 - filled)}] {done:g}/{total}", end=end, file=sys.stderr, flush=True)
     return update
 
 
@@ -111,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--out", help="folder for overlay and box PNGs and a JSON file per image")
     _add_cam_options(loc)
     loc.set_defaults(run=cmd_localize)
+
+    tr = sub.add_parser("train", help="fine-tune on a zip or folder of class folders; writes a checkpoint")
+    tr.add_argument("data", help="DATA.zip or a folder holding one folder of images per class")
+    tr.add_argument("--model", default="default", help="model to start from (default: the bundled ImageNet model)")
+    tr.add_argument("--mode", choices=["head", "full"], default="head",
+                    help="head: train the classifier on frozen features (fast); full: the whole network")
+    tr.add_argument("--epochs", type=int, default=None, help="default 30 (head) or 5 (full)")
+    tr.add_argument("--lr", type=float, default=None, help="learning rate, default 1e-2 (head) or 1e-3 (full)")
+    tr.add_argument("--val-split", type=float, default=0.2, help="fraction of each class held out for validation")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--no-pretrained", action="store_true", help="timm/torchvision names: start from random weights")
+    tr.add_argument("--out", default="checkpoints", help="folder that receives experiment_YYYY-MM-DD_HH_MM/")
+    tr.set_defaults(run=cmd_train)
 
     ev = sub.add_parser("evaluate", help="WSOL metrics on a folder holding images/ and boxes.csv")
     ev.add_argument("folder")

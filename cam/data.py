@@ -107,3 +107,115 @@ def find_images(paths) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+# --- Uploaded datasets: a zip (or folder) of one folder per class -------------------------------
+
+MAX_ARCHIVE_FILES = 20_000
+MAX_UNPACKED_BYTES = 2 * 1024**3  # 2 GiB in all
+MAX_RATIO = 100  # uncompressed / compressed, per member: higher is a zip bomb
+MIN_IMAGES_PER_CLASS = 2
+ARCHIVE_SUFFIXES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
+
+
+def _is_ignored(parts: tuple[str, ...]) -> bool:
+    """macOS resource forks and hidden files or folders are not data."""
+    return parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts)
+
+
+def unpack_zip(zip_path, dest) -> int:
+    """Unpack the images of a dataset zip into the empty folder `dest`; return how many members
+    were skipped (hidden, __MACOSX, non-images).
+
+    Refuses, before writing anything, archives with paths escaping `dest`, links, nested archives,
+    too many members or too many bytes (declared sizes and compression ratios), and refuses
+    corrupt ones; while unpacking, actual bytes are counted too, so a lying header cannot
+    exceed the caps.
+    """
+    import stat
+    import zipfile
+    from pathlib import PurePosixPath
+
+    dest = Path(dest)
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"not a readable zip archive ({exc})") from None
+    with archive:
+        members = archive.infolist()
+        if len(members) > MAX_ARCHIVE_FILES:
+            raise ValueError(f"the zip has {len(members):,} entries; at most {MAX_ARCHIVE_FILES:,} are accepted")
+        wanted, skipped, declared = [], 0, 0
+        for info in members:
+            name = info.filename.replace("\\", "/")
+            path = PurePosixPath(name)
+            if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in path.parts:
+                raise ValueError(f"the zip entry {info.filename!r} points outside the dataset folder")
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise ValueError(f"the zip entry {info.filename!r} is a link; links are not accepted")
+            if info.is_dir() or not path.parts:
+                continue
+            if _is_ignored(path.parts):
+                skipped += 1
+                continue
+            suffix = path.suffix.lower()
+            if suffix in ARCHIVE_SUFFIXES:
+                raise ValueError(f"the zip contains another archive ({info.filename!r}); unpack it first")
+            if suffix not in IMAGE_SUFFIXES:
+                skipped += 1
+                continue
+            if info.file_size > MAX_RATIO * max(info.compress_size, 1) and info.file_size > 1_000_000:
+                raise ValueError(f"the zip entry {info.filename!r} expands {info.file_size // max(info.compress_size, 1)}x "
+                                 "(a decompression bomb?)")
+            declared += info.file_size
+            if declared > MAX_UNPACKED_BYTES:
+                raise ValueError(f"the zip unpacks to more than {MAX_UNPACKED_BYTES // 1024**3} GiB")
+            wanted.append((info, path))
+        written = 0
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            for info, path in wanted:
+                target = dest.joinpath(*path.parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as source, open(target, "wb") as sink:
+                    while chunk := source.read(1 << 20):
+                        written += len(chunk)
+                        if written > MAX_UNPACKED_BYTES or written > declared:
+                            raise ValueError("the zip unpacks to more bytes than its headers declare")
+                        sink.write(chunk)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as exc:
+            raise ValueError(f"the zip archive is corrupt ({type(exc).__name__}: {exc})") from None
+    return skipped
+
+
+def scan_dataset(folder) -> tuple[list[str], list[tuple[Path, int]], int]:
+    """Find the classes of a folder-per-class dataset (at its root or under one top folder).
+
+    Returns (class names sorted, [(image path, class index)], files skipped). Raises a ValueError
+    for fewer than 2 classes or a class with fewer than MIN_IMAGES_PER_CLASS images.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder")
+    images, skipped = [], 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        parts = path.relative_to(root).parts
+        if _is_ignored(parts) or path.suffix.lower() not in IMAGE_SUFFIXES or path.is_symlink():
+            skipped += 1
+            continue
+        images.append(parts)
+    tops = {parts[0] for parts in images}
+    if len(tops) == 1 and all(len(parts) >= 3 for parts in images):  # one wrapping top folder
+        root, images = root / tops.pop(), [parts[1:] for parts in images]
+    skipped += sum(len(parts) < 2 for parts in images)  # loose files beside the class folders
+    images = [parts for parts in images if len(parts) >= 2]
+    class_names = sorted({parts[0] for parts in images})
+    if len(class_names) < 2:
+        raise ValueError(f"the dataset needs at least 2 class folders with images, found {len(class_names)}"
+                         + (f" ({class_names[0]!r})" if class_names else ""))
+    counts = {name: sum(parts[0] == name for parts in images) for name in class_names}
+    small = [f"{name!r} ({n})" for name, n in counts.items() if n < MIN_IMAGES_PER_CLASS]
+    if small:
+        raise ValueError(f"every class needs at least {MIN_IMAGES_PER_CLASS} images; too few in {', '.join(small)}")
+    index = {name: i for i, name in enumerate(class_names)}
+    return class_names, [(root.joinpath(*parts), index[parts[0]]) for parts in images], skipped

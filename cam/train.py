@@ -1,0 +1,270 @@
+"""Fine-tune a classifier on a folder-per-class dataset (zip or folder) and save a checkpoint that
+`cam.load_model` reads back: then `localize` names and boxes the user's own classes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import load_image, scan_dataset, unpack_zip
+from .localize import forward_features, preprocess
+from .models import CamModel, load_model
+
+DEFAULT_EPOCHS = {"head": 30, "full": 5}
+DEFAULT_LR = {"head": 1e-2, "full": 1e-3}
+
+
+class TrainingCancelled(Exception):
+    """Raised when the caller's cancel event is set; no checkpoint is written."""
+
+
+def stratified_split(labels: list[int], val_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, validation): each class contributes `val_split` of its images (at least one)
+    to validation, chosen by a seeded shuffle, so the split is reproducible."""
+    if not 0 < val_split < 1:
+        raise ValueError(f"val_split must be between 0 and 1, got {val_split}")
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == label]
+        rng.shuffle(members)
+        n_val = min(max(1, round(val_split * len(members))), len(members) - 1)
+        val += members[:n_val]
+        train += members[n_val:]
+    return sorted(train), sorted(val)
+
+
+def train(data, model_spec: str = "default", mode: str = "head", epochs: int | None = None,
+          lr: float | None = None, val_split: float = 0.2, out="checkpoints", seed: int = 0,
+          batch_size: int = 32, pretrained: bool = True, device: str | None = None,
+          progress=None, cancel: threading.Event | None = None) -> dict:
+    """Fine-tune `model_spec` on `data` (a .zip or a folder of class folders); return the summary.
+
+    mode 'head': the backbone is frozen, its pooled features computed once and a new linear
+    classifier trained on them (seconds on a CPU). mode 'full': the whole network is trained with
+    augmentation, the backbone at a tenth of the learning rate. The best validation epoch is kept
+    and written atomically to `out/experiment_YYYY-MM-DD_HH_MM[_N]`. `progress(dict)` receives
+    stage, epoch, step, loss and accuracy; setting `cancel` stops the run without a checkpoint.
+    """
+    if mode not in DEFAULT_EPOCHS:
+        raise ValueError(f"mode must be 'head' or 'full', got {mode!r}")
+    epochs = DEFAULT_EPOCHS[mode] if epochs is None else int(epochs)
+    lr = DEFAULT_LR[mode] if lr is None else float(lr)
+    if not 1 <= epochs <= 1000:
+        raise ValueError(f"epochs must be between 1 and 1000, got {epochs}")
+    if not 0 < lr < 1:
+        raise ValueError(f"lr must be between 0 and 1, got {lr}")
+    started = time.perf_counter()
+    report = progress or (lambda _info: None)
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory(prefix="cam-train-") as scratch:
+        folder, skipped = Path(data), 0
+        if folder.is_file():
+            report({"stage": "unpacking"})
+            skipped = unpack_zip(folder, Path(scratch) / "data")
+            folder = Path(scratch) / "data"
+        class_names, items, skipped_scan = scan_dataset(folder)
+        skipped += skipped_scan
+        model = load_model(model_spec, pretrained=pretrained, device=device)
+        if model.classifier_layer is None:
+            raise ValueError(f"{model_spec!r} has no linear classifier to retrain; pick e.g. 'default' or 'timm:resnet18'")
+        report({"stage": "loading images", "images": len(items)})
+        arrays = [load_image(path) for path, _ in items]
+        labels = [label for _, label in items]
+        train_idx, val_idx = stratified_split(labels, val_split, seed)
+        _replace_classifier(model, len(class_names))
+        fit = _train_head if mode == "head" else _train_full
+        best = fit(model, arrays, labels, train_idx, val_idx, epochs, lr, batch_size, report, cancel)
+    model.net.load_state_dict(best["state"])
+    model.class_names = class_names
+    metrics = _metrics(best["predictions"], [labels[i] for i in val_idx], class_names)
+    metrics.update(best_epoch=best["epoch"], train_images=len(train_idx), val_images=len(val_idx),
+                   skipped_files=skipped, seconds=round(time.perf_counter() - started, 2))
+    checkpoint = save_checkpoint(model, out, metrics, {"base_spec": model_spec, "mode": mode, "epochs": epochs, "lr": lr})
+    return {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
+
+
+def _replace_classifier(model: CamModel, num_classes: int) -> None:
+    """Swap the classifier for a new zero-initialised linear layer with `num_classes` outputs."""
+    parent_name, _, attr = model.classifier_layer.rpartition(".")
+    parent = model.net.get_submodule(parent_name) if parent_name else model.net
+    old = getattr(parent, attr)
+    new = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+    nn.init.zeros_(new.weight)
+    nn.init.zeros_(new.bias)
+    setattr(parent, attr, new)
+
+
+def _classifier(model: CamModel) -> nn.Linear:
+    return model.net.get_submodule(model.classifier_layer)
+
+
+def _check_cancel(cancel) -> None:
+    if cancel is not None and cancel.is_set():
+        raise TrainingCancelled("training was cancelled")
+
+
+def _pooled_features(model: CamModel, arrays, indices, batch_size) -> torch.Tensor:
+    chunks = []
+    for start in range(0, len(indices), batch_size):
+        batch = preprocess(model, [arrays[i] for i in indices[start:start + batch_size]], model.input_size)
+        chunks.append(model.features_to_maps(forward_features(model, batch)[1]).mean((2, 3)))
+    return torch.cat(chunks).clone()  # a normal tensor: inference-mode tensors cannot enter autograd
+
+
+def _train_head(model, arrays, labels, train_idx, val_idx, epochs, lr, batch_size, report, cancel) -> dict:
+    """Backbone frozen: pooled features once, then only the linear classifier learns."""
+    report({"stage": "features", "images": len(arrays)})
+    x_train = _pooled_features(model, arrays, train_idx, batch_size)
+    x_val = _pooled_features(model, arrays, val_idx, batch_size)
+    y_train = torch.tensor([labels[i] for i in train_idx], device=x_train.device)
+    head = _classifier(model)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    best = None
+    for epoch in range(1, epochs + 1):
+        head.train()
+        order = torch.randperm(len(train_idx), generator=generator)
+        total, correct, loss_sum = 0, 0, 0.0
+        for step, start in enumerate(range(0, len(order), batch_size), start=1):
+            _check_cancel(cancel)
+            pick = order[start:start + batch_size].to(x_train.device)
+            logits = head(x_train[pick])
+            loss = nn.functional.cross_entropy(logits, y_train[pick])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += len(pick)
+            correct += int((logits.argmax(1) == y_train[pick]).sum())
+            loss_sum += float(loss.detach()) * len(pick)
+        head.eval()
+        with torch.no_grad():
+            predictions = head(x_val).argmax(1).tolist()
+        best = _keep_best(model, best, epoch, predictions, [labels[i] for i in val_idx])
+        report({"stage": "train", "epoch": epoch, "epochs": epochs, "loss": loss_sum / total,
+                "train_accuracy": correct / total, "val_accuracy": best["last_accuracy"]})
+    return best
+
+
+def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random resized crop (60-100% of the side), horizontal flip and brightness, per image."""
+    _, _, h, w = batch.shape
+    out = torch.empty_like(batch)
+    for i in range(batch.shape[0]):
+        scale = 0.6 + 0.4 * float(torch.rand(1, generator=generator))
+        ch, cw = max(8, int(h * scale)), max(8, int(w * scale))
+        y = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+        x = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+        crop = batch[i:i + 1, :, y:y + ch, x:x + cw]
+        crop = nn.functional.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+        if float(torch.rand(1, generator=generator)) < 0.5:
+            crop = crop.flip(-1)
+        out[i] = crop[0] * (0.8 + 0.4 * float(torch.rand(1, generator=generator)))
+    return out
+
+
+def _train_full(model, arrays, labels, train_idx, val_idx, epochs, lr, batch_size, report, cancel) -> dict:
+    """The whole network learns; the new classifier at `lr`, the backbone at lr / 10."""
+    head = _classifier(model)
+    head_ids = {id(p) for p in head.parameters()}
+    backbone = [p for p in model.net.parameters() if id(p) not in head_ids]
+    optimizer = torch.optim.AdamW([{"params": backbone, "lr": lr / 10}, {"params": head.parameters(), "lr": lr}],
+                                  weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    y_all = torch.tensor(labels)
+    best = None
+    steps = (len(train_idx) + batch_size - 1) // batch_size
+    for epoch in range(1, epochs + 1):
+        model.net.train()
+        order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator).tolist()]
+        total, correct, loss_sum = 0, 0, 0.0
+        for step, start in enumerate(range(0, len(order), batch_size), start=1):
+            _check_cancel(cancel)
+            pick = order[start:start + batch_size]
+            x = _augment(preprocess(model, [arrays[i] for i in pick], model.input_size), generator)
+            y = y_all[pick].to(x.device)
+            logits = model.net(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += len(pick)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss.detach()) * len(pick)
+            report({"stage": "train", "epoch": epoch, "epochs": epochs, "step": step, "steps": steps,
+                    "loss": loss_sum / total, "train_accuracy": correct / total})
+        model.net.eval()
+        predictions = []
+        with torch.no_grad():
+            for start in range(0, len(val_idx), batch_size):
+                batch = preprocess(model, [arrays[i] for i in val_idx[start:start + batch_size]], model.input_size)
+                predictions += model.net(batch).argmax(1).tolist()
+        best = _keep_best(model, best, epoch, predictions, [labels[i] for i in val_idx])
+        report({"stage": "validate", "epoch": epoch, "epochs": epochs, "loss": loss_sum / total,
+                "train_accuracy": correct / total, "val_accuracy": best["last_accuracy"]})
+    return best
+
+
+def _keep_best(model, best, epoch, predictions, truths) -> dict:
+    accuracy = float(np.mean([p == t for p, t in zip(predictions, truths)]))
+    if best is None or accuracy > best["accuracy"]:
+        best = {"accuracy": accuracy, "epoch": epoch, "predictions": predictions,
+                "state": {k: v.detach().clone() for k, v in model.net.state_dict().items()}}
+    best["last_accuracy"] = accuracy
+    return best
+
+
+def _metrics(predictions: list[int], truths: list[int], class_names: list[str]) -> dict:
+    n = len(class_names)
+    confusion = np.zeros((n, n), dtype=int)
+    for p, t in zip(predictions, truths):
+        confusion[t, p] += 1
+    per_class = {name: float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None
+                 for i, name in enumerate(class_names)}
+    return {"val_accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
+            "per_class_accuracy": per_class, "confusion_matrix": confusion.tolist(), "class_names": class_names}
+
+
+def save_checkpoint(model: CamModel, out, metrics: dict, extra: dict) -> Path:
+    """Write model.safetensors + config.json under a hidden temporary name, then rename it to
+    `experiment_YYYY-MM-DD_HH_MM` (with _2, _3... if taken): readers never see half a checkpoint."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.now()
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+    try:
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.net.state_dict().items()}
+        save_file(state, str(staging / "model.safetensors"))
+        config = {"arch": model.arch, "class_names": model.class_names, "preprocessing": model.preprocessing(),
+                  "metrics": metrics, "date": now.isoformat(timespec="seconds"), **extra}
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        for fd_path in (staging / "model.safetensors", staging / "config.json"):
+            with open(fd_path, "rb") as handle:
+                os.fsync(handle.fileno())
+        base = f"experiment_{now:%Y-%m-%d_%H_%M}"
+        for n in range(1, 1000):
+            target = out / (base if n == 1 else f"{base}_{n}")
+            if target.exists():
+                continue
+            try:
+                os.rename(staging, target)  # atomic; fails if another run took the name meanwhile
+                return target
+            except OSError:
+                continue
+        raise ValueError(f"no free checkpoint name under {out}")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,149 @@
+import json
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+
+import cam
+from cam import data as cam_data
+from cam.train import TrainingCancelled, stratified_split, train
+
+from .conftest import ROOT
+from .datasets import COLOURS, dataset_zip, square_image
+
+TINY = "timm:test_resnet"
+
+
+def _temp_dirs():
+    return sorted(p for p in os.listdir(tempfile.gettempdir()) if p.startswith("cam-train-"))
+
+
+def test_head_training_writes_a_checkpoint_that_reloads_and_localizes(tmp_path):
+    zip_path = dataset_zip(tmp_path / "shapes.zip", top="shapes/", extra={"__MACOSX/._x": b"x", "notes.txt": b"hi"})
+    out = tmp_path / "checkpoints"
+    seen = []
+    summary = train(zip_path, model_spec=TINY, pretrained=False, mode="head", epochs=3, out=out, progress=seen.append)
+    folder = out / os.path.basename(summary["checkpoint"])
+    assert folder.name.startswith("experiment_") and sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
+    assert [p for p in os.listdir(out) if p.startswith(".")] == []  # no staging folder left
+    config = json.loads((folder / "config.json").read_text())
+    assert config["class_names"] == sorted(COLOURS) and config["arch"] == TINY
+    metrics = summary["metrics"]
+    assert metrics["skipped_files"] == 2 and metrics["val_images"] == 3 and metrics["train_images"] == 15
+    assert np.array(metrics["confusion_matrix"]).sum() == 3
+    assert [s["epoch"] for s in seen if s.get("stage") == "train"] == [1, 2, 3]
+
+    model = cam.load_model(str(folder), device="cpu")
+    assert model.class_names == sorted(COLOURS)
+    result = cam.localize(model, np.full((64, 64, 3), 120, np.uint8), topk=3)
+    assert {p.label for p in result.predictions} == set(COLOURS)
+
+
+def test_full_training_and_unique_names(tmp_path):
+    zip_path = dataset_zip(tmp_path / "shapes.zip", per_class=3)
+    first = train(zip_path, model_spec=TINY, pretrained=False, mode="full", epochs=1, out=tmp_path / "c", batch_size=4)
+    second = train(tmp_path / "shapes.zip", model_spec=TINY, pretrained=False, mode="head", epochs=1, out=tmp_path / "c")
+    assert first["checkpoint"] != second["checkpoint"]
+    assert cam.load_model(first["checkpoint"], device="cpu").class_names == sorted(COLOURS)
+
+
+def test_a_plain_folder_works_and_split_is_stratified_and_seeded(tmp_path):
+    for name, colour in COLOURS.items():
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(5):
+            (tmp_path / "data" / name / f"{i}.png").write_bytes(square_image(colour, i))
+    classes, items, skipped = cam_data.scan_dataset(tmp_path / "data")
+    assert classes == sorted(COLOURS) and len(items) == 15 and skipped == 0
+    labels = [label for _, label in items]
+    train_idx, val_idx = stratified_split(labels, 0.2, seed=1)
+    assert sorted([labels[i] for i in val_idx]) == [0, 1, 2]
+    assert (train_idx, val_idx) == stratified_split(labels, 0.2, seed=1)
+
+
+def test_cancel_leaves_no_checkpoint(tmp_path):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(TrainingCancelled):
+        train(dataset_zip(tmp_path / "d.zip"), model_spec=TINY, pretrained=False, epochs=2, out=tmp_path / "c", cancel=cancel)
+    assert not (tmp_path / "c").exists() or os.listdir(tmp_path / "c") == []
+
+
+def _zip(path, entries):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            if isinstance(data, zipfile.ZipInfo):
+                archive.writestr(data, b"target")
+            else:
+                archive.writestr(name, data)
+    return path
+
+
+def _link(name):
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+PNG = square_image((200, 0, 0), 0)
+GOOD = {f"{c}/{i}.png": PNG for c in ("a", "b") for i in range(3)}
+BAD_ZIPS = {
+    "escape": ({**GOOD, "../evil.png": PNG}, "outside"),
+    "absolute": ({**GOOD, "/etc/evil.png": PNG}, "outside"),
+    "link": ({**GOOD, "a/link.png": _link("a/link.png")}, "link"),
+    "bomb": ({**GOOD, "a/huge.png": b"\0" * 50_000_000}, "bomb"),
+    "nested": ({**GOOD, "a/more.zip": b"PK"}, "another archive"),
+    "one class": ({f"a/{i}.png": PNG for i in range(4)}, "at least 2 class"),
+    "empty class": ({**{f"a/{i}.png": PNG for i in range(4)}, "b/readme.txt": b"x"}, "at least 2 class"),
+    "too few": ({**{f"a/{i}.png": PNG for i in range(4)}, "b/0.png": PNG}, "too few"),
+    "no images": ({"a/x.txt": b"x", "b/y.txt": b"y"}, "at least 2 class"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ZIPS))
+def test_bad_zips_are_refused_and_change_nothing(case, tmp_path):
+    entries, message = BAD_ZIPS[case]
+    zip_path = _zip(tmp_path / "bad.zip", entries)
+    out = tmp_path / "checkpoints"
+    before = _temp_dirs()
+    with pytest.raises(ValueError, match=message):
+        train(zip_path, model_spec=TINY, pretrained=False, epochs=1, out=out)
+    assert not out.exists()
+    assert _temp_dirs() == before
+    assert not (tmp_path.parent / "evil.png").exists()
+
+
+def test_corrupt_archive_and_too_many_files(tmp_path, monkeypatch):
+    good = _zip(tmp_path / "good.zip", GOOD).read_bytes()
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(good[:-30])  # the central directory's end is cut off
+    with pytest.raises(ValueError, match="not a readable zip"):
+        cam_data.unpack_zip(corrupt, tmp_path / "x")
+    monkeypatch.setattr(cam_data, "MAX_ARCHIVE_FILES", 5)
+    with pytest.raises(ValueError, match="entries"):
+        cam_data.unpack_zip(tmp_path / "good.zip", tmp_path / "y")
+    assert not (tmp_path / "y").exists()
+
+
+def test_cli_train_prints_progress_and_checkpoint(tmp_path):
+    zip_path = dataset_zip(tmp_path / "shapes.zip")
+    proc = subprocess.run([sys.executable, "-m", "cam", "train", str(zip_path), "--model", TINY, "--epochs", "2",
+                           "--out", str(tmp_path / "c"), "--no-pretrained"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads(proc.stdout.splitlines()[-1])
+    assert os.path.isdir(last["checkpoint"]) and 0 <= last["val_accuracy"] <= 1
+    assert "train [" in proc.stderr
+
+
+def test_cli_train_bad_zip_is_one_line(tmp_path):
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"not a zip")
+    proc = subprocess.run([sys.executable, "-m", "cam", "train", str(bad), "--out", str(tmp_path / "c")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: not a readable zip")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "c").exists()
