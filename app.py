@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 
 from cam.localize import RECOMMENDED
-from cam.service import EXAMPLES, DownloadFolder, ModelCache, analyze, views, write_downloads
+from cam.service import (EXAMPLES, DownloadFolder, ModelCache, analyze, checkpoint_archive, training_updates, views,
+                         write_downloads)
 
 INTRO = """# Where does the classifier look?
 Upload a photo (or drop, paste, or take one with the webcam), or click an example below. One forward
@@ -74,6 +77,37 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             raise gr.Error("Localize a photo first.")
         return write_downloads(result, downloads.new(), opacity)
 
+    def run_training(zip_file, mode, epochs, lr, val_split, progress=gr.Progress()):
+        if zip_file is None:
+            raise gr.Error("Upload a .zip with one folder of images per class first.")
+        curve, status = [], "Starting..."
+        try:
+            for event in training_updates(zip_file, mode, epochs, lr, val_split, out=cache.checkpoints):
+                if event["stage"] == "done":
+                    break
+                if "epoch" in event:
+                    done = event["epoch"] - 1 + event.get("step", event.get("steps", 1)) / event.get("steps", 1)
+                    progress(done / event["epochs"], desc=f"epoch {event['epoch']}/{event['epochs']}")
+                    if "val_accuracy" in event:
+                        curve += [{"epoch": event["epoch"], "value": event[k], "series": k}
+                                  for k in ("loss", "train_accuracy", "val_accuracy")]
+                        status = f"Epoch {event['epoch']}/{event['epochs']}: validation accuracy {event['val_accuracy']:.1%}"
+                else:
+                    progress(0, desc=event["stage"])
+                    status = f"{event['stage'].capitalize()}..."
+                yield status, pd.DataFrame(curve), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        metrics = event["metrics"]
+        names = metrics["class_names"]
+        confusion = pd.DataFrame(metrics["confusion_matrix"], columns=names)
+        confusion.insert(0, "true \\ predicted", names)
+        name = Path(event["checkpoint"]).name
+        archive = checkpoint_archive(event["checkpoint"], downloads.new())
+        yield (f"Done: **{name}**, validation accuracy {metrics['val_accuracy']:.1%} in {metrics['seconds']:.0f} s. "
+               "It is now selected in the Localize tab.", pd.DataFrame(curve), metrics, confusion, archive,
+               gr.Dropdown(choices=cache.choices(), value=name))
+
     with gr.Blocks(title="CAM localizer", delete_cache=(900, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Tab("Localize"):
@@ -97,7 +131,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                     with gr.Row():
                         overlay = gr.Image(label="Heatmap of the top class", format="jpeg", interactive=False, elem_id="overlay")
                         boxed = gr.Image(label="Boxes", format="jpeg", interactive=False, elem_id="boxes")
-                    gallery = gr.Gallery(label="One map per class", columns=5, height="auto", format="jpeg", elem_id="gallery")
+                    gallery = gr.Gallery(label="One map per class", columns=5, height=240, format="jpeg", elem_id="gallery")
                     table = gr.Dataframe(headers=["rank", "class", "score", "boxes (x0, y0, x1, y1)"],
                                          label="Classes and scores", interactive=False, elem_id="table")
                     with gr.Accordion("Result as JSON (boxes in image pixels)", open=False):
@@ -108,6 +142,27 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             gr.Examples([[str(p)] for p in sorted(EXAMPLES.iterdir()) if p.suffix in (".png", ".jpg")],
                         inputs=[image], label="Examples (click one)")
             gr.Markdown(ABOUT)
+
+        with gr.Tab("Fine-tune"):
+            gr.Markdown("Teach the model your own classes: upload a **.zip with one folder of images per class** "
+                        "(e.g. `car/`, `bicycle/`, `motorbike/`, at the root or under one top folder). The trained model "
+                        "then localizes your objects from its class activation maps: no box is ever annotated.")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=280):
+                    dataset = gr.File(label="Dataset (.zip)", file_types=[".zip"], type="filepath")
+                    mode = gr.Radio([("head: classifier only, seconds", "head"), ("full: whole network, minutes", "full")],
+                                    value="head", label="Mode")
+                    epochs = gr.Number(30, label="Epochs", precision=0, minimum=1, maximum=1000)
+                    lr = gr.Number(0.01, label="Learning rate", minimum=1e-6, maximum=0.9)
+                    val_split = gr.Slider(0.05, 0.5, value=0.2, step=0.05, label="Validation split (per class)")
+                    start = gr.Button("Start training", variant="primary")
+                with gr.Column(scale=2, min_width=320):
+                    train_status = gr.Markdown("One training runs at a time; others wait in the queue.")
+                    train_plot = gr.LinePlot(x="epoch", y="value", color="series", label="Loss and accuracy", height=260)
+                    train_metrics = gr.JSON(label="Metrics")
+                    confusion = gr.Dataframe(label="Confusion matrix (rows: true class)", interactive=False)
+                    checkpoint_file = gr.File(label="Checkpoint (.zip)", interactive=False)
+            mode.change(lambda m: (30, 0.01) if m == "head" else (5, 0.001), mode, [epochs, lr], api_visibility="private")
 
         outputs = [overlay, boxed, gallery, table, result_json, last]
         inputs = [image, model, topk, threshold, all_regions, opacity, input_size, flip]
@@ -121,6 +176,9 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                            show_progress="hidden", trigger_mode="always_last", concurrency_limit=4, concurrency_id="render")
         refresh.click(lambda: gr.Dropdown(choices=cache.choices()), None, model, api_name="models")
         download_button.click(prepare_downloads, [last, opacity], files, api_name="downloads")
+        start.click(run_training, [dataset, mode, epochs, lr, val_split],
+                    [train_status, train_plot, train_metrics, confusion, checkpoint_file, model],
+                    api_name="train", concurrency_limit=1, concurrency_id="train")
     return demo
 
 

@@ -114,3 +114,45 @@ def write_downloads(result: Result, folder: Path, opacity: float) -> list[str]:
     json_path.write_text(json.dumps(result.to_dict(), indent=2))
     np.save(maps_path, np.stack([p.cam for p in result.predictions]))
     return [str(overlay_path), str(json_path), str(maps_path)]
+
+
+def training_updates(data, mode: str, epochs: int, lr: float, val_split: float, out: Path = CHECKPOINTS,
+                     model_spec: str = DEFAULT_SPEC):
+    """Run `cam.train` in a worker thread and yield its progress dicts as they come, then
+    {'stage': 'done', **summary}; errors surface as a ValueError in the caller's thread. Closing
+    the generator (the user left) cancels the run; no checkpoint is written then."""
+    import queue
+
+    from .train import train
+
+    events: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+
+    def work():
+        try:
+            summary = train(data, model_spec=model_spec, mode=mode, epochs=int(epochs), lr=float(lr),
+                            val_split=float(val_split), out=out, progress=events.put, cancel=cancel)
+            events.put({"stage": "done", **summary})
+        except Exception as exc:  # handed to the caller's thread below
+            events.put({"stage": "error", "error": exc})
+
+    worker = threading.Thread(target=work, name="cam-train", daemon=True)
+    worker.start()
+    try:
+        while True:
+            event = events.get()
+            if event["stage"] == "error":
+                error = event["error"]
+                raise error if isinstance(error, ValueError) else ValueError(f"training failed: {error}")
+            yield event
+            if event["stage"] == "done":
+                return
+    finally:
+        cancel.set()
+        worker.join(timeout=60)
+
+
+def checkpoint_archive(checkpoint: str, folder: Path) -> str:
+    """A zip of a checkpoint folder, for download."""
+    base = folder / Path(checkpoint).name
+    return shutil.make_archive(str(base), "zip", root_dir=checkpoint)

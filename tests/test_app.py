@@ -1,0 +1,144 @@
+"""The real app on a free local port: its API through gradio_client, its page through Chromium."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import EXAMPLES, ROOT
+from .datasets import COLOURS, dataset_zip
+
+ARTIFACTS = ROOT / "test-artifacts"
+CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
+    log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "CAM_CHECKPOINTS": str(checkpoints)})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 180
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"the app did not start: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield {"url": url, "checkpoints": checkpoints}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _client(server):
+    from gradio_client import Client
+
+    return Client(server["url"], verbose=False)
+
+
+def _localize(client, path, choice="default", topk=5):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), choice, topk, 0.2, False, 0.5, 288, False, api_name="/localize")
+
+
+def test_api_localize_bad_file_then_good(server, tmp_path):
+    client = _client(server)
+    overlay, boxed, gallery, table, result = _localize(client, EXAMPLES / "chelsea.png")
+    assert result["predictions"][0]["label"] in CATS and (result["width"], result["height"]) == (451, 300)
+    scores = [p["score"] for p in result["predictions"]]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 5
+    for x0, y0, x1, y1 in result["predictions"][0]["boxes"]:
+        assert 0 <= x0 < x1 <= 451 and 0 <= y0 < y1 <= 300
+    assert len(gallery) == 5 and os.path.exists(overlay) and os.path.exists(boxed)
+    assert table["data"][0][1] == result["predictions"][0]["label"]
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image at all")
+    with pytest.raises(Exception, match="not an image this app can read"):
+        _localize(client, bad)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes((EXAMPLES / "grace_hopper.jpg").read_bytes()[:5000])
+    with pytest.raises(Exception, match="truncated or corrupt"):
+        _localize(client, truncated)
+    assert _localize(client, EXAMPLES / "coffee.png", topk=2)[4]["predictions"][0]["label"] == "espresso"
+
+
+def test_api_rejects_models_outside_checkpoints(server):
+    client = _client(server)
+    with pytest.raises(Exception):
+        _localize(client, EXAMPLES / "coffee.png", choice="../../etc")
+
+
+def test_api_train_then_localize_with_the_new_model(server, tmp_path):
+    from gradio_client import handle_file
+
+    client = _client(server)
+    zip_path = dataset_zip(tmp_path / "colours.zip")
+    status, _plot, metrics, _confusion, archive, _model = client.predict(
+        handle_file(str(zip_path)), "head", 5, 0.01, 0.2, api_name="/train")
+    assert "Done" in status and metrics["class_names"] == sorted(COLOURS) and archive.endswith(".zip")
+    names = [p.name for p in server["checkpoints"].iterdir()]
+    assert len(names) == 1 and names[0].startswith("experiment_")
+    result = _localize(client, EXAMPLES / "coffee.png", choice=names[0], topk=3)[4]
+    assert {p["label"] for p in result["predictions"]} == set(COLOURS)
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_browser_example_upload_and_slider(server):
+    if not _chromium():
+        if os.environ.get("CAM_REQUIRE_BROWSER"):
+            pytest.fail("Chromium is required (CAM_REQUIRE_BROWSER is set) but not installed")
+        pytest.skip("Chromium is not installed (apt-get install chromium); browser test skipped")
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", "--no-first-run"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=flags, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(90_000)
+        page.goto(server["url"])
+        # Click the cat in the example gallery: it runs by itself.
+        page.locator(".gallery-item, [data-testid='examples'] button, table.table tbody tr").filter(
+            has=page.locator("img[src*='chelsea']")).first.click()
+        expect(page.locator("#overlay img")).to_be_visible()
+        expect(page.locator("#boxes img")).to_be_visible()
+        expect(page.locator("#gallery img").first).to_be_visible()
+        expect(page.locator("#table")).to_contain_text("cat")
+        page.screenshot(path=str(ARTIFACTS / "localize_example.png"), full_page=True)
+
+        # Upload a photo through the file input.
+        page.locator("input[type=file]").first.set_input_files(str(EXAMPLES / "coffee.png"))
+        expect(page.locator("#table")).to_contain_text("espresso")
+        page.screenshot(path=str(ARTIFACTS / "localize_upload.png"), full_page=True)
+
+        # Move the threshold slider: the boxes picture changes without a new upload.
+        before = page.locator("#boxes img").get_attribute("src")
+        slider = page.locator("input[type=range]").nth(1)
+        slider.fill("0.8")
+        expect(page.locator("#boxes img")).not_to_have_attribute("src", before)
+        page.screenshot(path=str(ARTIFACTS / "localize_threshold.png"), full_page=True)
+
+        # Phone width still shows the outputs.
+        page.set_viewport_size({"width": 390, "height": 844})
+        expect(page.locator("#boxes img")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "localize_phone.png"), full_page=True)
+        browser.close()
