@@ -1,0 +1,99 @@
+"""Fine-tuning benchmark: zip to saved checkpoint, then test accuracy and localization; prints JSON.
+
+    python benchmarks/finetune.py DATA.zip [--test DIR] [--mode head|full|both]
+    python benchmarks/finetune.py --from-dev ../shared/data/imagenet-val-dev [--mode both]
+
+With --from-dev, a 3-class photo set is built (in a temporary folder) from an ImageNet folder with
+boxes.csv: 'artifact' (classes 398-922), 'dog' (151-268) and 'wild animal' (0-150, 269-397), at
+most 60 photos per class, every third photo of each class held out as the test set (labels are
+class indices in sorted folder order, boxes kept). The rest is zipped as one folder per class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cam  # noqa: E402
+from cam.evaluate import evaluate  # noqa: E402
+from cam.localize import RECOMMENDED  # noqa: E402
+from cam.train import train  # noqa: E402
+
+GROUPS = {"artifact": lambda c: 398 <= c <= 922, "dog": lambda c: 151 <= c <= 268,
+          "wild animal": lambda c: c <= 150 or 269 <= c <= 397}
+
+
+def build_from_dev(dev: Path, work: Path, per_class: int = 60) -> tuple[Path, Path, int]:
+    """Write work/data.zip (training photos) and work/test/ (images/ + boxes.csv); return their paths."""
+    rows = list(csv.DictReader((dev / "boxes.csv").open()))
+    labels = {r["file"]: int(r["label"]) for r in rows}
+    names = sorted(GROUPS)
+    test = work / "test"
+    (test / "images").mkdir(parents=True)
+    zip_path, held_out, total = work / "data.zip", set(), 0
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for index, name in enumerate(names):
+            files = sorted(f for f, c in labels.items() if GROUPS[name](c))[:per_class]
+            total += len(files)
+            for i, file in enumerate(files):
+                if i % 3 == 2:
+                    shutil.copy(dev / "images" / file, test / "images" / file)
+                    held_out.add((file, index))
+                else:
+                    archive.write(dev / "images" / file, f"photos/{name}/{file}")
+    with (test / "boxes.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", "x0", "y0", "x1", "y1"])
+        for r in rows:
+            for file, index in held_out:
+                if r["file"] == file:
+                    writer.writerow([file, index, r["x0"], r["y0"], r["x1"], r["y1"]])
+    return zip_path, test, total
+
+
+def run(zip_path: Path, test: Path | None, mode: str, out: Path) -> dict:
+    start = time.perf_counter()
+    summary = train(zip_path, mode=mode, out=out)
+    row = {"mode": mode, "zip_to_checkpoint_s": round(time.perf_counter() - start, 2),
+           "val_accuracy": round(summary["val_accuracy"], 3), "train_images": summary["metrics"]["train_images"],
+           "val_images": summary["metrics"]["val_images"]}
+    if test:
+        model = cam.load_model(summary["checkpoint"])
+        metrics, _ = evaluate(model, test)
+        row.update({"test_images": metrics["images"], "test_accuracy": round(metrics["top1_cls"], 3),
+                    "test_top1_loc": round(metrics["top1_loc"], 3), "test_gt_known_loc": round(metrics["gt_known_loc"], 3),
+                    "test_max_box_acc_v2": round(metrics["max_box_acc_v2"], 3),
+                    "localization_setting": RECOMMENDED})
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("zip", nargs="?", help="a dataset zip (one folder per class)")
+    parser.add_argument("--test", help="a test folder with images/ and boxes.csv (labels: sorted class order)")
+    parser.add_argument("--from-dev", help="build the 3-class set from this ImageNet folder instead")
+    parser.add_argument("--mode", choices=["head", "full", "both"], default="head")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cam-bench-") as scratch:
+        work = Path(scratch)
+        if args.from_dev:
+            zip_path, test, total = build_from_dev(Path(args.from_dev), work)
+            print(json.dumps({"photo_set": "3 classes from imagenet-val-dev", "photos": total}), flush=True)
+        elif args.zip:
+            zip_path, test = Path(args.zip), Path(args.test) if args.test else None
+        else:
+            parser.error("give DATA.zip or --from-dev DIR")
+        for mode in (["head", "full"] if args.mode == "both" else [args.mode]):
+            print(json.dumps(run(zip_path, test, mode, work / "checkpoints")), flush=True)
+
+
+if __name__ == "__main__":
+    main()
