@@ -14,8 +14,8 @@ import gradio as gr
 import pandas as pd
 
 from cam.localize import RECOMMENDED
-from cam.service import (EXAMPLES, DownloadFolder, ModelCache, analyze, checkpoint_archive, training_updates, views,
-                         write_downloads)
+from cam.service import (EXAMPLES, DownloadFolder, ModelCache, analyze, checkpoint_archive, compact, restore,
+                         training_updates, views, write_downloads)
 
 INTRO = """# Where does the classifier look?
 Upload a photo (or drop, paste, or take one with the webcam), or click an example below. One forward
@@ -61,21 +61,21 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             result = analyze(cache, choice, image, topk, threshold, all_regions, input_size, flip)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        return (*views(result, opacity), result)
+        return (*views(result, opacity), compact(result))
 
     def rerender(result, threshold, all_regions, opacity):
         if result is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), None
         try:
-            result = result.with_threshold(threshold, all_regions)
-            return (*views(result, opacity), result)
+            result = restore(result).with_threshold(threshold, all_regions)
+            return (*views(result, opacity), compact(result))
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
 
     def prepare_downloads(result, opacity):
         if result is None:
             raise gr.Error("Localize a photo first.")
-        return write_downloads(result, downloads.new(), opacity)
+        return write_downloads(restore(result), downloads.new(), opacity)
 
     def run_training(zip_file, mode, epochs, lr, val_split, progress=gr.Progress()):
         if zip_file is None:
@@ -111,7 +111,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
     with gr.Blocks(title="CAM localizer", delete_cache=(900, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Tab("Localize"):
-            last = gr.State(None, time_to_live=3600)
+            last = gr.State(None, time_to_live=1800)
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=280):
                     image = PhotoInput(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], height=320)

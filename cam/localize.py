@@ -32,6 +32,7 @@ class Prediction:
     score: float
     boxes: list[Box]
     cam: np.ndarray = field(repr=False)
+    small_cam: np.ndarray | None = field(default=None, repr=False)  # the normalised map at feature resolution
 
     def to_dict(self) -> dict:
         return {"class_index": self.class_index, "label": self.label, "score": self.score,
@@ -103,8 +104,8 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
         for i, array in enumerate(arrays):
             maps_and_boxes = [_upsample_and_box(m, array.shape[:2], threshold, all_regions) for m in small[i]]
             predictions = [
-                Prediction(int(c), model.class_names[int(c)], float(s), boxes, m)
-                for c, s, (m, boxes) in zip(indices[i].tolist(), scores[i].tolist(), maps_and_boxes)
+                Prediction(int(c), model.class_names[int(c)], float(s), boxes, m, low)
+                for c, s, (m, boxes), low in zip(indices[i].tolist(), scores[i].tolist(), maps_and_boxes, small[i])
             ]
             results.append(Result(predictions, array, model.spec, threshold, bool(all_regions)))
     return results

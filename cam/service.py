@@ -77,6 +77,24 @@ def views(result: Result, opacity: float):
     return overlay, boxes, tiles, table, result.to_dict()
 
 
+def compact(result: Result) -> Result:
+    """The Result without its full-size maps (kept per browser session: a 1 MP photo's five maps
+    are 20 MB, their feature-resolution versions a few hundred bytes)."""
+    from dataclasses import replace
+
+    return replace(result, predictions=[replace(p, cam=None) for p in result.predictions])
+
+
+def restore(kept: Result) -> Result:
+    """Upsample a compact Result's maps back to the image's size (bit-identical to the originals)."""
+    from dataclasses import replace
+
+    from .localize import upsample_map
+
+    size = kept.image.shape[:2]
+    return replace(kept, predictions=[replace(p, cam=upsample_map(p.small_cam, size)) for p in kept.predictions])
+
+
 def _thumbnail_result(result: Result) -> Result:
     """A copy of `result` whose image and maps are at most GALLERY_SIDE pixels on their longer side."""
     import cv2

@@ -87,3 +87,14 @@ def test_default_model_box_finds_a_cat_placed_in_a_larger_scene(default_model):
     assert truth[0] <= peak_x < truth[2] and truth[1] <= peak_y < truth[3]
     assert iou(top.boxes[0], truth) >= 0.4
     assert top.cam[50, 50] < 0.2 and top.cam[:100, :200].mean() < 0.1  # the empty corner stays cold
+
+
+def test_compact_state_restores_identical_maps(tiny_model, photo):
+    from cam.service import compact, restore
+
+    result = cam.localize(tiny_model, photo, topk=3)
+    kept = compact(result)
+    assert all(p.cam is None and p.small_cam.size < 100 for p in kept.predictions)
+    back = restore(kept)
+    for original, again in zip(result.predictions, back.predictions):
+        assert np.array_equal(original.cam, again.cam) and original.boxes == again.boxes
