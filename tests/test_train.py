@@ -147,3 +147,36 @@ def test_cli_train_bad_zip_is_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: not a readable zip")
     assert "Traceback" not in proc.stderr and not (tmp_path / "c").exists()
+
+
+def _checkpoint(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    summary = train(dataset_zip(tmp_path / "d.zip"), model_spec=TINY, pretrained=False, epochs=1, out=tmp_path / "c")
+    return tmp_path / "c" / os.path.basename(summary["checkpoint"])
+
+
+def test_hostile_checkpoints_are_refused(tmp_path):
+    import pickle
+
+    folder = _checkpoint(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    (folder / "model.safetensors").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(ValueError, match="safetensors"):
+        cam.load_model(str(folder))
+    assert not (tmp_path / "pwned").exists()
+
+    folder = _checkpoint(tmp_path / "second")
+    (folder / "config.json").write_text(json.dumps({**config, "class_names": ["a", "b", "c", "d"]}))
+    with pytest.raises(ValueError, match="does not match"):
+        cam.load_model(str(folder))
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid checkpoint config"):
+        cam.load_model(str(folder))
+    (folder / "config.json").unlink()
+    with pytest.raises(ValueError, match="unknown model spec|not a checkpoint"):
+        cam.load_model(str(folder))
