@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from cam.localize import RECOMMENDED
-from cam.service import (EXAMPLES, DownloadFolder, ModelCache, analyze, checkpoint_archive, compact, restore,
+from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact, restore,
                          training_updates, views, write_downloads)
 
 INTRO = """# Where does the classifier look?
@@ -52,7 +52,7 @@ class PhotoInput(gr.Image):
 def build_app(cache: ModelCache | None = None) -> gr.Blocks:
     """The whole UI; `cache` holds the models (a fresh one by default)."""
     cache = cache or ModelCache()
-    downloads = DownloadFolder()
+    outputs_root = OutputFolders()
 
     def run_localize(image, choice, topk, threshold, all_regions, opacity, input_size, flip):
         if image is None:
@@ -61,21 +61,21 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             result = analyze(cache, choice, image, topk, threshold, all_regions, input_size, flip)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        return (*views(result, opacity), compact(result))
+        return (*views(result, opacity, outputs_root.new()), compact(result))
 
     def rerender(result, threshold, all_regions, opacity):
         if result is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), None
         try:
             result = restore(result).with_threshold(threshold, all_regions)
-            return (*views(result, opacity), compact(result))
+            return (*views(result, opacity, outputs_root.new()), compact(result))
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
 
     def prepare_downloads(result, opacity):
         if result is None:
             raise gr.Error("Localize a photo first.")
-        return write_downloads(restore(result), downloads.new(), opacity)
+        return write_downloads(restore(result), outputs_root.new(), opacity)
 
     def run_training(zip_file, mode, epochs, lr, val_split, progress=gr.Progress()):
         if zip_file is None:
@@ -103,7 +103,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         confusion = pd.DataFrame(metrics["confusion_matrix"], columns=names)
         confusion.insert(0, "true \\ predicted", names)
         name = Path(event["checkpoint"]).name
-        archive = checkpoint_archive(event["checkpoint"], downloads.new())
+        archive = checkpoint_archive(event["checkpoint"], outputs_root.new())
         yield (f"Done: **{name}**, validation accuracy {metrics['val_accuracy']:.1%} in {metrics['seconds']:.0f} s. "
                "It is now selected in the Localize tab.", pd.DataFrame(curve), metrics, confusion, archive,
                gr.Dropdown(choices=cache.choices(), value=name))

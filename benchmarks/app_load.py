@@ -114,12 +114,13 @@ def main() -> None:
 
         process = psutil.Process(app.pid)
 
+        clients = [Client(url, verbose=False) for _ in range(args.clients)]  # one browser session each, reused
+
         def burst(duration: float | None) -> dict:
             latencies, errors, lock = [], [], threading.Lock()
             stop_at = time.time() + duration if duration else None
 
-            def worker():
-                own = Client(url, verbose=False)
+            def worker(own):
                 n = 0
                 while (stop_at and time.time() < stop_at) or (not stop_at and n < args.requests):
                     t0 = time.perf_counter()
@@ -133,7 +134,7 @@ def main() -> None:
                     n += 1
 
             t0 = time.perf_counter()
-            threads = [threading.Thread(target=worker) for _ in range(args.clients)]
+            threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
             for t in threads:
                 t.start()
             for t in threads:
@@ -143,6 +144,7 @@ def main() -> None:
                     "throughput_rps": round(len(latencies) / wall, 2), "p50_ms": round(percentile(latencies, 50), 1),
                     "p95_ms": round(percentile(latencies, 95), 1), "rss_mb_after": round(process.memory_info().rss / 2**20, 1)}
 
+        burst(None)  # warm-up: every session holds its last result from here on
         rss_start = process.memory_info().rss / 2**20
         concurrent = [burst(None) for _ in range(3)]  # repeated: memory must stay flat
         report = {
@@ -150,7 +152,7 @@ def main() -> None:
             "cold_start_s": round(cold_start, 2),
             "single_client": single,
             "ratio_app_to_do_nothing_p50": round(single["app"]["p50_ms"] / single["do_nothing"]["p50_ms"], 2),
-            "concurrent": {"clients": args.clients, "requests_each": args.requests, "rss_mb_before": round(rss_start, 1),
+            "concurrent": {"clients": args.clients, "requests_each": args.requests, "rss_mb_after_warmup": round(rss_start, 1),
                            "runs": concurrent},
         }
         if args.soak_seconds:

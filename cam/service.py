@@ -65,16 +65,33 @@ def analyze(cache: ModelCache, choice: str, image, topk: int, threshold: float, 
                     input_size=input_size or None, flip=bool(flip))
 
 
-def views(result: Result, opacity: float):
-    """The app's outputs for a Result: overlay, boxes picture, gallery tiles, score table, JSON."""
+def views(result: Result, opacity: float, folder: Path):
+    """The app's outputs for a Result, pictures as JPEG files in `folder` (a fresh one per request):
+    overlay, boxes picture, gallery tiles with captions, score table, JSON.
+
+    Files, not arrays: Gradio caches an array under its content hash and rewrites that file on
+    every request, so identical answers to concurrent requests could be read half-written; a
+    file path is copied into its cache atomically.
+    """
     top = result.predictions[0]
-    overlay = render.overlay(result.image, top.cam, opacity)
-    boxes = render.draw_boxes(result.image, result)
+    overlay = _jpeg(render.overlay(result.image, top.cam, opacity), folder / "overlay.jpg")
+    boxes = _jpeg(render.draw_boxes(result.image, result), folder / "boxes.jpg")
     small = _thumbnail_result(result)
-    tiles = render.gallery(small, opacity)
+    tiles = [(_jpeg(tile, folder / f"map_{rank + 1}.jpg"), caption)
+             for rank, (tile, caption) in enumerate(render.gallery(small, opacity))]
     table = [[rank + 1, p.label, round(p.score, 4), json.dumps([list(b) for b in p.boxes])]
              for rank, p in enumerate(result.predictions)]
     return overlay, boxes, tiles, table, result.to_dict()
+
+
+def _jpeg(rgb: np.ndarray, path: Path) -> str:
+    import cv2
+
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise ValueError("could not encode the picture")
+    path.write_bytes(data.tobytes())
+    return str(path)
 
 
 def compact(result: Result) -> Result:
@@ -109,19 +126,22 @@ def _thumbnail_result(result: Result) -> Result:
     return replace(result, image=image, predictions=predictions)
 
 
-class DownloadFolder:
-    """Per-request folders for download files under one private temporary root; folders older than
+class OutputFolders:
+    """Per-request folders for output files under one private temporary root; folders older than
     `max_age` seconds are removed as new ones are made, so disk use stays bounded."""
 
-    def __init__(self, max_age: float = 3600):
+    def __init__(self, max_age: float = 600):
         self.root = Path(tempfile.mkdtemp(prefix="cam-downloads-"))
         self.max_age = max_age
 
     def new(self) -> Path:
         now = time.time()
         for old in self.root.iterdir():
-            if now - old.stat().st_mtime > self.max_age:
-                shutil.rmtree(old, ignore_errors=True)
+            try:
+                if now - old.stat().st_mtime > self.max_age:
+                    shutil.rmtree(old, ignore_errors=True)
+            except FileNotFoundError:  # removed by a concurrent request
+                pass
         return Path(tempfile.mkdtemp(dir=self.root))
 
 
