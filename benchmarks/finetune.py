@@ -4,9 +4,12 @@
     python benchmarks/finetune.py --from-dev ../shared/data/imagenet-val-dev [--mode both]
 
 With --from-dev, a 3-class photo set is built (in a temporary folder) from an ImageNet folder with
-boxes.csv: 'artifact' (classes 398-922), 'dog' (151-268) and 'wild animal' (0-150, 269-397), at
-most 60 photos per class, every third photo of each class held out as the test set (labels are
-class indices in sorted folder order, boxes kept). The rest is zipped as one folder per class.
+boxes.csv, from ImageNet's superclasses 'bird' (7-24, 80-100, 127-146), 'dog' (151-268) and
+'reptile' (25-68, amphibians included), every third photo of each class held out as the test set
+(labels are class indices in sorted folder order, boxes kept). The rest is zipped as one folder
+per class. The 314-photo dev set holds 65 such photos (20 birds, 33 dogs, 12 reptiles), not ~170;
+a broader split (animal / artifact / food) reached only 0.72-0.78 held-out accuracy, as its test
+photos come from ImageNet classes never seen in training.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ from cam.evaluate import evaluate  # noqa: E402
 from cam.localize import RECOMMENDED  # noqa: E402
 from cam.train import train  # noqa: E402
 
-GROUPS = {"artifact": lambda c: 398 <= c <= 922, "dog": lambda c: 151 <= c <= 268,
-          "wild animal": lambda c: c <= 150 or 269 <= c <= 397}
+BIRDS = set(range(7, 25)) | set(range(80, 101)) | set(range(127, 147))
+GROUPS = {"bird": lambda c: c in BIRDS, "dog": lambda c: 151 <= c <= 268, "reptile": lambda c: 25 <= c <= 68}
 
 
-def build_from_dev(dev: Path, work: Path, per_class: int = 60) -> tuple[Path, Path, int]:
+def build_from_dev(dev: Path, work: Path, per_class: int = 70) -> tuple[Path, Path, int]:
     """Write work/data.zip (training photos) and work/test/ (images/ + boxes.csv); return their paths."""
     rows = list(csv.DictReader((dev / "boxes.csv").open()))
     labels = {r["file"]: int(r["label"]) for r in rows}
