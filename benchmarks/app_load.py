@@ -28,6 +28,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def free_port() -> int:
@@ -49,6 +50,16 @@ def wait_until_up(url: str, timeout: float = 300) -> None:
 
 def percentile(values, q) -> float:
     return float(np.percentile(values, q))
+
+
+def temp_usage_mb() -> float:
+    """Megabytes under the system temp folder's gradio and cam-* folders (uploads, outputs, jobs)."""
+    root = Path(tempfile.gettempdir())
+    total = 0
+    for top in [root / "gradio", *root.glob("cam-*")]:
+        if top.exists():
+            total += sum(f.stat().st_size for f in top.rglob("*") if f.is_file())
+    return round(total / 2**20, 1)
 
 
 def do_nothing_app():
@@ -77,6 +88,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--soak-seconds", type=float, default=0)
+    parser.add_argument("--train-from-dev", help="during the soak, run one fine-tuning job (mode full) on the "
+                        "3-class set benchmarks/finetune.py builds from this ImageNet folder")
     args = parser.parse_args()
 
     photo_path = Path(tempfile.mkdtemp()) / "photo_1mp.jpg"
@@ -156,7 +169,31 @@ def main() -> None:
                            "runs": concurrent},
         }
         if args.soak_seconds:
-            report["soak"] = {"seconds": args.soak_seconds, **burst(args.soak_seconds)}
+            disk_before = temp_usage_mb()
+            training = {}
+            if args.train_from_dev:
+                from finetune import build_from_dev
+
+                zip_path, _, _ = build_from_dev(Path(args.train_from_dev), Path(tempfile.mkdtemp()))
+
+                def train_job():
+                    t0 = time.perf_counter()
+                    try:
+                        status = Client(url, verbose=False).predict(handle_file(str(zip_path)), "full", 3, 0.001, 0.2,
+                                                                    api_name="/train")[0]
+                        training.update(ok=True, status=status[:120])
+                    except Exception as exc:
+                        training.update(ok=False, error=repr(exc)[:200])
+                    training["seconds"] = round(time.perf_counter() - t0, 1)
+
+                trainer = threading.Thread(target=train_job)
+                trainer.start()
+            soak = burst(args.soak_seconds)
+            if args.train_from_dev:
+                trainer.join()
+            report["soak"] = {"seconds": args.soak_seconds, **soak, "rss_mb_start": round(rss_start, 1),
+                              "rss_growth_pct": round(100 * (soak["rss_mb_after"] / rss_start - 1), 1),
+                              "temp_mb_before": disk_before, "temp_mb_after": temp_usage_mb(), "training_job": training}
         print(json.dumps(report, indent=2))
     finally:
         app.terminate()

@@ -23,6 +23,7 @@ from .models import CamModel, load_model
 
 DEFAULT_EPOCHS = {"head": 30, "full": 5}
 DEFAULT_LR = {"head": 1e-2, "full": 1e-3}
+STALE_PARTIAL_SECONDS = 3600
 
 
 class TrainingCancelled(Exception):
@@ -263,6 +264,9 @@ def save_checkpoint(model: CamModel, out, metrics: dict, extra: dict) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     now = datetime.now()
+    for stale in out.glob(".partial-*"):  # left by a run killed while saving; never listed or loaded
+        if time.time() - stale.stat().st_mtime > STALE_PARTIAL_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
     try:
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.net.state_dict().items()}

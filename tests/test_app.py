@@ -142,3 +142,44 @@ def test_browser_example_upload_and_slider(server):
         expect(page.locator("#boxes img")).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "localize_phone.png"), full_page=True)
         browser.close()
+
+
+def test_api_hostile_inputs_get_errors_and_the_server_keeps_serving(server, tmp_path):
+    import numpy as np
+    from gradio_client import handle_file
+
+    from .images import bomb_png, hostile_files, jpeg_bytes
+
+    client = _client(server)
+    photo = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for name, data in {**hostile_files(photo), "bomb.png": bomb_png()}.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(Exception) as info:
+            _localize(client, path)
+        assert "Traceback" not in str(info.value) and len(str(info.value)) < 400, name
+
+    def call(**changes):
+        values = {"topk": 5, "threshold": 0.2}
+        values.update(changes)
+        return client.predict(handle_file(str(EXAMPLES / "coffee.png")), "default", values["topk"], values["threshold"],
+                              False, 0.5, 288, False, api_name="/localize")
+
+    for bad in ({"topk": 0}, {"topk": 10000}, {"threshold": -1}, {"threshold": 2}):
+        with pytest.raises(Exception):
+            call(**bad)
+
+    rotated = tmp_path / "rotated.jpg"  # stored 80 wide, 40 high; EXIF says: display rotated 90 degrees
+    rotated.write_bytes(jpeg_bytes(np.full((40, 80, 3), 128, np.uint8), exif_orientation=6))
+    upright = _localize(client, rotated, topk=1)[4]
+    assert (upright["width"], upright["height"]) == (40, 80)
+
+    bad_zip = tmp_path / "escape.zip"
+    import zipfile
+    with zipfile.ZipFile(bad_zip, "w") as archive:
+        archive.writestr("../evil.png", b"x")
+    with pytest.raises(Exception, match="outside"):
+        client.predict(handle_file(str(bad_zip)), "head", 2, 0.01, 0.2, api_name="/train")
+    assert not any(p.name.startswith("experiment_") and p.stat().st_mtime > time.time() - 5
+                   for p in server["checkpoints"].iterdir())
+    assert _localize(client, EXAMPLES / "chelsea.png", topk=1)[4]["predictions"][0]["label"] in CATS

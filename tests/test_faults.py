@@ -1,0 +1,71 @@
+"""Killed runs leave checkpoints/ consistent: earlier checkpoints load, no half folder is listed."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import cam
+from cam.service import ModelCache
+from cam.train import train
+
+from .conftest import ROOT
+from .datasets import dataset_zip
+
+TINY = "timm:test_resnet"
+
+
+def _existing_checkpoint(tmp_path):
+    summary = train(dataset_zip(tmp_path / "first.zip"), model_spec=TINY, pretrained=False, epochs=1, out=tmp_path / "c")
+    return summary["checkpoint"]
+
+
+def _assert_consistent(tmp_path, earlier):
+    folders = sorted(os.listdir(tmp_path / "c"))
+    visible = [f for f in folders if not f.startswith(".")]
+    assert visible == [os.path.basename(earlier)]
+    assert ModelCache(tmp_path / "c").choices() == ["default", os.path.basename(earlier)]
+    assert cam.load_model(earlier, device="cpu").class_names == ["blue", "green", "red"]
+
+
+def test_training_killed_mid_epoch(tmp_path):
+    earlier = _existing_checkpoint(tmp_path)
+    zip_path = dataset_zip(tmp_path / "big.zip", per_class=12)
+    proc = subprocess.Popen([sys.executable, "-m", "cam", "train", str(zip_path), "--model", TINY, "--no-pretrained",
+                             "--mode", "full", "--epochs", "500", "--out", str(tmp_path / "c")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first_epoch = proc.stdout.readline()  # a JSON line after each epoch: we are mid-run now
+    assert '"epoch": 1' in first_epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    _assert_consistent(tmp_path, earlier)
+
+
+def test_training_killed_while_saving(tmp_path):
+    earlier = _existing_checkpoint(tmp_path)
+    zip_path = dataset_zip(tmp_path / "second.zip")
+    script = textwrap.dedent(f"""
+        import os, safetensors.torch
+        real = safetensors.torch.save_file
+        def dies_halfway(state, path, *a, **k):
+            real(state, path, *a, **k)
+            with open(path, "r+b") as handle:
+                handle.truncate(os.path.getsize(path) // 2)
+            os._exit(9)  # killed between the weights and the config
+        safetensors.torch.save_file = dies_halfway
+        from cam.train import train
+        train({str(zip_path)!r}, model_spec={TINY!r}, pretrained=False, epochs=1, out={str(tmp_path / "c")!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, timeout=300)
+    assert proc.returncode == 9
+    assert any(f.startswith(".partial-") for f in os.listdir(tmp_path / "c"))  # the half checkpoint, hidden
+    _assert_consistent(tmp_path, earlier)
+
+    # The next save clears such leftovers once they are stale.
+    import cam.train as cam_train
+    stale = next(p for p in (tmp_path / "c").iterdir() if p.name.startswith(".partial-"))
+    os.utime(stale, (time.time() - 2 * cam_train.STALE_PARTIAL_SECONDS,) * 2)
+    train(zip_path, model_spec=TINY, pretrained=False, epochs=1, out=tmp_path / "c")
+    assert not stale.exists()
