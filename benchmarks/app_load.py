@@ -62,6 +62,11 @@ def temp_usage_mb() -> float:
     return round(total / 2**20, 1)
 
 
+def job_temp_dirs() -> int:
+    """Training jobs' private unpack folders still present (0 once every job has ended)."""
+    return len(list(Path(tempfile.gettempdir()).glob("cam-train-*")))
+
+
 def do_nothing_app():
     """Same inputs and outputs as the real /localize, no work: the transport and encoding cost."""
     import gradio as gr
@@ -99,8 +104,10 @@ def main() -> None:
 
     port = free_port()
     started = time.perf_counter()
+    checkpoints = tempfile.mkdtemp(prefix="bench-checkpoints-")  # the soak's training job writes here
     app = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env={**__import__("os").environ, "CAM_CHECKPOINTS": checkpoints})
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_until_up(url)
@@ -170,6 +177,7 @@ def main() -> None:
         }
         if args.soak_seconds:
             disk_before = temp_usage_mb()
+            report["job_temp_dirs_before"] = job_temp_dirs()
             training = {}
             if args.train_from_dev:
                 from finetune import build_from_dev
@@ -193,7 +201,8 @@ def main() -> None:
                 trainer.join()
             report["soak"] = {"seconds": args.soak_seconds, **soak, "rss_mb_start": round(rss_start, 1),
                               "rss_growth_pct": round(100 * (soak["rss_mb_after"] / rss_start - 1), 1),
-                              "temp_mb_before": disk_before, "temp_mb_after": temp_usage_mb(), "training_job": training}
+                              "temp_mb_before": disk_before, "temp_mb_after": temp_usage_mb(),
+                              "job_temp_dirs_after": job_temp_dirs(), "training_job": training}
         print(json.dumps(report, indent=2))
     finally:
         app.terminate()

@@ -70,11 +70,3 @@ def iou(a, b) -> float:
     inter = iw * ih
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return float(inter / union) if union > 0 else 0.0
-
-
-def normalize_map(cam: np.ndarray) -> np.ndarray:
-    """Min-max normalise a map to [0, 1]; a flat map becomes all zeros."""
-    low, high = float(cam.min()), float(cam.max())
-    if not high - low > 1e-12:
-        return np.zeros_like(cam, dtype=np.float32)
-    return ((cam - low) / (high - low)).astype(np.float32)

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from cam.boxes import boxes_from_map, iou, normalize_map
+from cam.boxes import boxes_from_map, iou
 
 
 def test_one_blob_exact_box():
@@ -57,9 +57,3 @@ def test_iou_values():
     assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
     assert iou((0, 0, 10, 10), (10, 10, 20, 20)) == 0.0
     assert iou((0, 0, 2, 2), (0.5, 0.5, 1.5, 1.5)) == pytest.approx(0.25)
-
-
-def test_normalize_map():
-    out = normalize_map(np.array([[2.0, 4.0], [6.0, 2.0]]))
-    np.testing.assert_allclose(out, [[0, 0.5], [1, 0]])
-    assert not normalize_map(np.full((3, 3), 7.0)).any()

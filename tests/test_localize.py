@@ -98,3 +98,13 @@ def test_compact_state_restores_identical_maps(tiny_model, photo):
     back = restore(kept)
     for original, again in zip(result.predictions, back.predictions):
         assert np.array_equal(original.cam, again.cam) and original.boxes == again.boxes
+
+
+def test_normalise_maps():
+    import torch
+
+    from cam.localize import normalise_maps
+
+    out = normalise_maps(torch.tensor([[[2.0, 4.0], [6.0, 2.0]], [[7.0, 7.0], [7.0, 7.0]]]))
+    np.testing.assert_allclose(out[0].numpy(), [[0, 0.5], [1, 0]])
+    assert not out[1].any()  # a flat map carries no location
