@@ -69,7 +69,9 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
     started = time.perf_counter()
     report = progress or (lambda _info: None)
     torch.manual_seed(seed)
+    _remove_orphaned_job_folders()
     with tempfile.TemporaryDirectory(prefix="cam-train-") as scratch:
+        (Path(scratch) / "owner.pid").write_text(str(os.getpid()))
         folder, skipped = Path(data), 0
         if folder.is_file():
             report({"stage": "unpacking"})
@@ -94,6 +96,17 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
                    skipped_files=skipped, seconds=round(time.perf_counter() - started, 2))
     checkpoint = save_checkpoint(model, out, metrics, {"base_spec": model_spec, "mode": mode, "epochs": epochs, "lr": lr})
     return {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
+
+
+def _remove_orphaned_job_folders() -> None:
+    """Remove the unpack folders of jobs whose process died (killed runs cannot clean up)."""
+    for folder in Path(tempfile.gettempdir()).glob("cam-train-*"):
+        try:
+            os.kill(int((folder / "owner.pid").read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, ValueError):  # no or unreadable owner file yet, or not ours to judge
+            pass
 
 
 def _replace_classifier(model: CamModel, num_classes: int) -> None:

@@ -33,14 +33,24 @@ def _assert_consistent(tmp_path, earlier):
 def test_training_killed_mid_epoch(tmp_path):
     earlier = _existing_checkpoint(tmp_path)
     zip_path = dataset_zip(tmp_path / "big.zip", per_class=12)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "cam", "train", str(zip_path), "--model", TINY, "--no-pretrained",
                              "--mode", "full", "--epochs", "500", "--out", str(tmp_path / "c")],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "TMPDIR": str(scratch)})
     first_epoch = proc.stdout.readline()  # a JSON line after each epoch: we are mid-run now
     assert '"epoch": 1' in first_epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     _assert_consistent(tmp_path, earlier)
+
+    # The killed job's unpack folder is orphaned; the next job removes it.
+    assert [p.name[:10] for p in scratch.iterdir()] == ["cam-train-"]
+    subprocess.run([sys.executable, "-m", "cam", "train", str(zip_path), "--model", TINY, "--no-pretrained",
+                    "--epochs", "1", "--out", str(tmp_path / "c")], cwd=ROOT, capture_output=True, timeout=300,
+                   env={**os.environ, "TMPDIR": str(scratch)}, check=True)
+    assert list(scratch.iterdir()) == []
 
 
 def test_training_killed_while_saving(tmp_path):
