@@ -96,8 +96,7 @@ def cmd_train(args) -> int:
     bar = _progress_bar("train")
 
     def progress(info: dict) -> None:
-        if info.get("stage") in ("train", "validate") and "val_accuracy" in info:
-            _emit({k: round(v, 4) if isinstance(v, float) else v for k, v in info.items()})
+        _emit({k: round(v, 4) if isinstance(v, float) else v for k, v in info.items()})
         if "epoch" in info:
             bar(info["epoch"] - 1 + info.get("step", info.get("steps", 1)) / info.get("steps", 1), info["epochs"])
         else:

@@ -154,56 +154,44 @@ def write_downloads(result: Result, folder: Path, opacity: float) -> list[str]:
     return [str(overlay_path), str(json_path), str(maps_path)]
 
 
-def training_updates(data, mode: str, epochs: int, lr: float, val_split: float, out: Path = CHECKPOINTS,
-                     model_spec: str = DEFAULT_SPEC):
-    """Run `cam.train` in a worker thread and yield its progress dicts as they come, then
-    {'stage': 'done', **summary}; errors surface as a ValueError in the caller's thread. Closing
-    the generator (the user left) cancels the run; no checkpoint is written then."""
-    import queue
+def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPOINTS, model_spec: str = DEFAULT_SPEC):
+    """Run a fine-tuning job in its own process (`python -m cam train`) and yield its progress
+    dicts as they come, then {'stage': 'done', **summary}. Its own process: the server's memory is
+    untouched when it ends, and inference never waits on it. A failed job raises a ValueError with
+    its one-line message; closing the generator (the user left) stops the job, and a stopped job
+    writes no checkpoint."""
+    import collections
+    import subprocess
+    import sys
 
-    from .train import train
-
-    events: queue.Queue = queue.Queue()
-    cancel = threading.Event()
-
-    def work():
-        try:
-            summary = train(data, model_spec=model_spec, mode=mode, epochs=int(epochs), lr=float(lr),
-                            val_split=float(val_split), out=out, progress=events.put, cancel=cancel)
-            events.put({"stage": "done", **summary})
-        except Exception as exc:  # handed to the caller's thread below
-            events.put({"stage": "error", "error": exc})
-
-    worker = threading.Thread(target=work, name="cam-train", daemon=True)
-    worker.start()
     try:
-        while True:
-            event = events.get()
-            if event["stage"] == "error":
-                error = event["error"]
-                raise error if isinstance(error, ValueError) else ValueError(f"training failed: {error}")
-            yield event
-            if event["stage"] == "done":
-                return
+        settings = ["--mode", str(mode), "--epochs", str(int(epochs)), "--lr", str(float(lr)),
+                    "--val-split", str(float(val_split))]
+    except (TypeError, ValueError):
+        raise ValueError("epochs, learning rate and validation split must be numbers") from None
+    command = [sys.executable, "-m", "cam", "train", str(data), "--model", model_spec, *settings, "--out", str(out)]
+    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors: collections.deque = collections.deque(maxlen=20)
+    drain = threading.Thread(target=lambda: errors.extend(job.stderr), daemon=True)  # the progress bar
+    drain.start()
+    try:
+        summary = None
+        for line in job.stdout:
+            event = json.loads(line)
+            if "checkpoint" in event:
+                summary = event
+            else:
+                yield event
+        job.wait()
+        drain.join(timeout=10)
+        if job.returncode != 0 or summary is None:
+            reported = [e.rsplit("error: ", 1)[1].strip() for e in errors if "error: " in e]
+            raise ValueError(reported[-1] if reported else f"training stopped (exit code {job.returncode})")
+        yield {"stage": "done", **summary}
     finally:
-        cancel.set()
-        worker.join(timeout=60)
-        release_memory()
-
-
-def release_memory() -> None:
-    """Hand the memory a finished training job freed back to the OS (glibc keeps freed heap
-    otherwise, and the serving process would look as if it leaked)."""
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name)
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
+        if job.poll() is None:
+            job.terminate()
+            job.wait(timeout=30)
 
 
 def checkpoint_archive(checkpoint: str, folder: Path) -> str:

@@ -37,3 +37,20 @@ def test_folder_is_walked_and_bad_model_is_one_line(tmp_path):
 def test_bad_parameter_is_one_line():
     proc = run_cli("localize", str(EXAMPLES / "chelsea.png"), "--threshold", "2")
     assert proc.returncode == 2 and "threshold" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_hostile_images_each_get_one_line_and_the_rest_is_done(tmp_path):
+    import numpy as np
+
+    from .images import hostile_files
+
+    photo = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    names = []
+    for name, data in hostile_files(photo).items():
+        (tmp_path / name).write_bytes(data)
+        names.append(str(tmp_path / name))
+    proc = run_cli("localize", *names, str(EXAMPLES / "coffee.png"), "--topk", "1")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == len(names) and all(line.startswith("error: ") for line in errors)
+    assert [json.loads(line)["predictions"][0]["label"] for line in proc.stdout.splitlines()] == ["espresso"]

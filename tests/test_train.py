@@ -180,3 +180,13 @@ def test_hostile_checkpoints_are_refused(tmp_path):
     (folder / "config.json").unlink()
     with pytest.raises(ValueError, match="unknown model spec|not a checkpoint"):
         cam.load_model(str(folder))
+
+
+def test_hundred_thousand_tiny_files_are_refused_quickly(tmp_path):
+    zip_path = tmp_path / "many.zip"
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for i in range(100_000):
+            archive.writestr(f"a/{i}.png", b"")
+    with pytest.raises(ValueError, match="100,000 entries"):
+        cam_data.unpack_zip(zip_path, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
