@@ -14,7 +14,8 @@ import gradio as gr
 import pandas as pd
 
 from cam.localize import RECOMMENDED
-from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact, restore,
+from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact,
+                         limit_malloc_arenas, restore,
                          training_updates, views, write_downloads)
 
 INTRO = """# Where does the classifier look?
@@ -187,6 +188,7 @@ def main() -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     args = parser.parse_args()
+    limit_malloc_arenas()
     build_app().queue(default_concurrency_limit=4).launch(
         server_name=args.host, server_port=args.port, show_error=True, css=CSS, max_file_size="50mb")
 
