@@ -53,7 +53,8 @@ class PhotoInput(gr.Image):
 def build_app(cache: ModelCache | None = None) -> gr.Blocks:
     """The whole UI; `cache` holds the models (a fresh one by default)."""
     cache = cache or ModelCache()
-    outputs_root = OutputFolders()
+    ttl = int(os.environ.get("CAM_CACHE_TTL", 3600))  # seconds a result file stays downloadable
+    outputs_root = OutputFolders(max_age=min(ttl, 120))  # Gradio has copied them by the time the answer is sent
 
     def run_localize(image, choice, topk, threshold, all_regions, opacity, input_size, flip):
         if image is None:
@@ -109,7 +110,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                "It is now selected in the Localize tab.", pd.DataFrame(curve), metrics, confusion, archive,
                gr.Dropdown(choices=cache.choices(), value=name))
 
-    with gr.Blocks(title="CAM localizer", delete_cache=(900, 3600)) as demo:
+    with gr.Blocks(title="CAM localizer", delete_cache=(max(ttl // 4, 10), ttl)) as demo:
         gr.Markdown(INTRO)
         with gr.Tab("Localize"):
             last = gr.State(None, time_to_live=1800)

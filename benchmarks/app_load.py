@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -52,11 +54,11 @@ def percentile(values, q) -> float:
     return float(np.percentile(values, q))
 
 
-def temp_usage_mb() -> float:
-    """Megabytes under the system temp folder's gradio and cam-* folders (uploads, outputs, jobs)."""
-    root = Path(tempfile.gettempdir())
+def temp_usage_mb(app_temp: Path) -> float:
+    """Megabytes in the app's Gradio cache (uploads and answers) and the cam-* temporary folders
+    (result files, training jobs)."""
     total = 0
-    for top in [root / "gradio", *root.glob("cam-*")]:
+    for top in [app_temp, *Path(tempfile.gettempdir()).glob("cam-*")]:
         if top.exists():
             total += sum(f.stat().st_size for f in top.rglob("*") if f.is_file())
     return round(total / 2**20, 1)
@@ -93,6 +95,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--soak-seconds", type=float, default=0)
+    parser.add_argument("--cache-ttl", type=int, default=60,
+                        help="seconds the app keeps result files (CAM_CACHE_TTL; the app's own default is 3600)")
     parser.add_argument("--train-from-dev", help="during the soak, run one fine-tuning job (mode full) on the "
                         "3-class set benchmarks/finetune.py builds from this ImageNet folder")
     args = parser.parse_args()
@@ -102,22 +106,27 @@ def main() -> None:
     source.resize((1225, 816), Image.BICUBIC).save(photo_path, quality=92)
     arguments = (handle_file(str(photo_path)), "default", 5, 0.2, False, 0.5, 288, False)
 
+    downloads = tempfile.mkdtemp(prefix="bench-downloads-")  # what the clients fetch; removed at the end
+    tempfile.tempdir = downloads  # gradio_client also leaves an empty temp folder per file: here, not in /tmp
     port = free_port()
     started = time.perf_counter()
     checkpoints = tempfile.mkdtemp(prefix="bench-checkpoints-")  # the soak's training job writes here
+    app_temp = Path(tempfile.mkdtemp(prefix="bench-gradio-"))  # the app's own Gradio cache, measured alone
     app = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env={**__import__("os").environ, "CAM_CHECKPOINTS": checkpoints})
+                           env={**os.environ, "CAM_CHECKPOINTS": checkpoints, "GRADIO_TEMP_DIR": str(app_temp),
+                                "CAM_CACHE_TTL": str(args.cache_ttl)})
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_until_up(url)
-        client = Client(url, verbose=False)
+        client = Client(url, verbose=False, download_files=downloads)
         client.predict(*arguments, api_name="/localize")
         cold_start = time.perf_counter() - started
+        temp_at_start = temp_usage_mb(app_temp)
 
         null_port = free_port()
         do_nothing_app().queue().launch(server_name="127.0.0.1", server_port=null_port, prevent_thread_lock=True, quiet=True)
-        null_client = Client(f"http://127.0.0.1:{null_port}/", verbose=False)
+        null_client = Client(f"http://127.0.0.1:{null_port}/", verbose=False, download_files=downloads)
         null_client.predict(*arguments, api_name="/localize")
 
         model = cam.load_model("default", device="cpu")
@@ -134,7 +143,7 @@ def main() -> None:
 
         process = psutil.Process(app.pid)
 
-        clients = [Client(url, verbose=False) for _ in range(args.clients)]  # one browser session each, reused
+        clients = [Client(url, verbose=False, download_files=downloads) for _ in range(args.clients)]  # one browser session each, reused
 
         def burst(duration: float | None) -> dict:
             latencies, errors, lock = [], [], threading.Lock()
@@ -176,7 +185,7 @@ def main() -> None:
                            "runs": concurrent},
         }
         if args.soak_seconds:
-            disk_before = temp_usage_mb()
+            disk_before = temp_usage_mb(app_temp)
             report["job_temp_dirs_before"] = job_temp_dirs()
             training = {}
             if args.train_from_dev:
@@ -187,7 +196,7 @@ def main() -> None:
                 def train_job():
                     t0 = time.perf_counter()
                     try:
-                        status = Client(url, verbose=False).predict(handle_file(str(zip_path)), "full", 3, 0.001, 0.2,
+                        status = Client(url, verbose=False, download_files=downloads).predict(handle_file(str(zip_path)), "full", 3, 0.001, 0.2,
                                                                     api_name="/train")[0]
                         training.update(ok=True, status=status[:120])
                     except Exception as exc:
@@ -201,12 +210,16 @@ def main() -> None:
                 trainer.join()
             report["soak"] = {"seconds": args.soak_seconds, **soak, "rss_mb_start": round(rss_start, 1),
                               "rss_growth_pct": round(100 * (soak["rss_mb_after"] / rss_start - 1), 1),
-                              "temp_mb_before": disk_before, "temp_mb_after": temp_usage_mb(),
+                              "temp_mb_at_app_start": temp_at_start, "temp_mb_before": disk_before, "temp_mb_after": temp_usage_mb(app_temp),
                               "job_temp_dirs_after": job_temp_dirs(), "training_job": training}
+            time.sleep(args.cache_ttl * 1.5 + 5)  # result files expire after the TTL; the sweep runs every TTL/4
+            report["soak"]["temp_mb_after_ttl"] = temp_usage_mb(app_temp)
         print(json.dumps(report, indent=2))
     finally:
         app.terminate()
         app.wait(timeout=30)
+        for folder in (downloads, checkpoints, app_temp):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

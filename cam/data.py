@@ -97,6 +97,33 @@ def _check_size(rgb: np.ndarray, name: str = "image") -> np.ndarray:
     return rgb
 
 
+def private_temp_folder(prefix: str) -> Path:
+    """A new folder in the system temp dir that records its owner process, so that
+    `remove_orphaned_temp_folders` can delete it once that process has died (killed runs cannot
+    clean up after themselves)."""
+    import os
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    (folder / "owner.pid").write_text(str(os.getpid()))
+    return folder
+
+
+def remove_orphaned_temp_folders(prefix: str) -> None:
+    """Delete the `prefix*` temp folders whose owner process is gone."""
+    import os
+    import shutil
+    import tempfile
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        try:
+            os.kill(int((folder / "owner.pid").read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, ValueError):  # no or unreadable owner file yet, or not ours to judge
+            pass
+
+
 def find_images(paths) -> list[Path]:
     """Expand files and folders (walked recursively, sorted) into a list of image paths."""
     found: list[Path] = []

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import render
+from .data import private_temp_folder, remove_orphaned_temp_folders
 from .localize import Result, localize
 from .models import DEFAULT_SPEC, CamModel, load_model
 
@@ -131,12 +132,15 @@ class OutputFolders:
     `max_age` seconds are removed as new ones are made, so disk use stays bounded."""
 
     def __init__(self, max_age: float = 600):
-        self.root = Path(tempfile.mkdtemp(prefix="cam-downloads-"))
+        remove_orphaned_temp_folders("cam-outputs-")  # left by servers that were stopped or killed
+        self.root = private_temp_folder("cam-outputs-")
         self.max_age = max_age
 
     def new(self) -> Path:
         now = time.time()
         for old in self.root.iterdir():
+            if not old.is_dir():
+                continue
             try:
                 if now - old.stat().st_mtime > self.max_age:
                     shutil.rmtree(old, ignore_errors=True)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import load_image, scan_dataset, unpack_zip
+from .data import load_image, private_temp_folder, remove_orphaned_temp_folders, scan_dataset, unpack_zip
 from .localize import forward_features, preprocess
 from .models import CamModel, load_model
 
@@ -69,14 +69,14 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
     started = time.perf_counter()
     report = progress or (lambda _info: None)
     torch.manual_seed(seed)
-    _remove_orphaned_job_folders()
-    with tempfile.TemporaryDirectory(prefix="cam-train-") as scratch:
-        (Path(scratch) / "owner.pid").write_text(str(os.getpid()))
+    remove_orphaned_temp_folders("cam-train-")
+    scratch = private_temp_folder("cam-train-")
+    try:
         folder, skipped = Path(data), 0
         if folder.is_file():
             report({"stage": "unpacking"})
-            skipped = unpack_zip(folder, Path(scratch) / "data")
-            folder = Path(scratch) / "data"
+            skipped = unpack_zip(folder, scratch / "data")
+            folder = scratch / "data"
         class_names, items, skipped_scan = scan_dataset(folder)
         skipped += skipped_scan
         model = load_model(model_spec, pretrained=pretrained, device=device)
@@ -89,6 +89,8 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
         _replace_classifier(model, len(class_names))
         fit = _train_head if mode == "head" else _train_full
         best = fit(model, arrays, labels, train_idx, val_idx, epochs, lr, batch_size, report, cancel)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     model.net.load_state_dict(best["state"])
     model.class_names = class_names
     metrics = _metrics(best["predictions"], [labels[i] for i in val_idx], class_names)
@@ -96,17 +98,6 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
                    skipped_files=skipped, seconds=round(time.perf_counter() - started, 2))
     checkpoint = save_checkpoint(model, out, metrics, {"base_spec": model_spec, "mode": mode, "epochs": epochs, "lr": lr})
     return {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
-
-
-def _remove_orphaned_job_folders() -> None:
-    """Remove the unpack folders of jobs whose process died (killed runs cannot clean up)."""
-    for folder in Path(tempfile.gettempdir()).glob("cam-train-*"):
-        try:
-            os.kill(int((folder / "owner.pid").read_text()), 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except (OSError, ValueError):  # no or unreadable owner file yet, or not ours to judge
-            pass
 
 
 def _replace_classifier(model: CamModel, num_classes: int) -> None:

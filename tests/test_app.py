@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -38,7 +39,10 @@ def server(tmp_path_factory):
                 proc.kill()
                 raise RuntimeError(f"the app did not start: {Path(log.name).read_text()[-2000:]}")
             time.sleep(0.5)
-    yield {"url": url, "checkpoints": checkpoints}
+    # gradio_client leaves an empty folder in the system temp dir per downloaded file: keep them here.
+    system_temp, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("client-temp"))
+    yield {"url": url, "checkpoints": checkpoints, "downloads": tmp_path_factory.mktemp("downloads")}
+    tempfile.tempdir = system_temp
     proc.terminate()
     proc.wait(timeout=30)
 
@@ -46,7 +50,7 @@ def server(tmp_path_factory):
 def _client(server):
     from gradio_client import Client
 
-    return Client(server["url"], verbose=False)
+    return Client(server["url"], verbose=False, download_files=str(server["downloads"]))
 
 
 def _localize(client, path, choice="default", topk=5):

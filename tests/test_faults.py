@@ -39,8 +39,11 @@ def test_training_killed_mid_epoch(tmp_path):
                              "--mode", "full", "--epochs", "500", "--out", str(tmp_path / "c")],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, "TMPDIR": str(scratch)})
-    first_epoch = proc.stdout.readline()  # a JSON line after each epoch: we are mid-run now
-    assert '"epoch": 1' in first_epoch
+    for line in proc.stdout:  # JSON progress lines: stop at the first training step, mid-epoch
+        if '"epoch": 1' in line:
+            break
+    else:
+        raise AssertionError("training ended before its first step was reported")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     _assert_consistent(tmp_path, earlier)
