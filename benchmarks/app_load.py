@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+SYSTEM_TEMP = Path(tempfile.gettempdir())  # where the app keeps its cam-* folders
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -58,7 +59,7 @@ def temp_usage_mb(app_temp: Path) -> float:
     """Megabytes in the app's Gradio cache (uploads and answers) and the cam-* temporary folders
     (result files, training jobs)."""
     total = 0
-    for top in [app_temp, *Path(tempfile.gettempdir()).glob("cam-*")]:
+    for top in [app_temp, *SYSTEM_TEMP.glob("cam-*")]:
         if top.exists():
             total += sum(f.stat().st_size for f in top.rglob("*") if f.is_file())
     return round(total / 2**20, 1)
@@ -66,7 +67,7 @@ def temp_usage_mb(app_temp: Path) -> float:
 
 def job_temp_dirs() -> int:
     """Training jobs' private unpack folders still present (0 once every job has ended)."""
-    return len(list(Path(tempfile.gettempdir()).glob("cam-train-*")))
+    return len(list(SYSTEM_TEMP.glob("cam-train-*")))
 
 
 def do_nothing_app():

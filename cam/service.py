@@ -128,25 +128,32 @@ def _thumbnail_result(result: Result) -> Result:
 
 
 class OutputFolders:
-    """Per-request folders for output files under one private temporary root; folders older than
-    `max_age` seconds are removed as new ones are made, so disk use stays bounded."""
+    """Per-request folders for output files under one private temporary root. A daemon thread
+    removes folders older than `max_age` seconds (by then Gradio has copied what it serves), so
+    disk use returns to nothing once requests stop."""
 
     def __init__(self, max_age: float = 600):
         remove_orphaned_temp_folders("cam-outputs-")  # left by servers that were stopped or killed
         self.root = private_temp_folder("cam-outputs-")
         self.max_age = max_age
+        threading.Thread(target=self._sweep_forever, name="cam-outputs-sweep", daemon=True).start()
 
     def new(self) -> Path:
+        return Path(tempfile.mkdtemp(dir=self.root))
+
+    def sweep(self) -> None:
         now = time.time()
         for old in self.root.iterdir():
-            if not old.is_dir():
-                continue
             try:
-                if now - old.stat().st_mtime > self.max_age:
+                if old.is_dir() and now - old.stat().st_mtime > self.max_age:
                     shutil.rmtree(old, ignore_errors=True)
-            except FileNotFoundError:  # removed by a concurrent request
+            except FileNotFoundError:
                 pass
-        return Path(tempfile.mkdtemp(dir=self.root))
+
+    def _sweep_forever(self) -> None:
+        while self.root.exists():
+            time.sleep(max(self.max_age / 4, 1))
+            self.sweep()
 
 
 def write_downloads(result: Result, folder: Path, opacity: float) -> list[str]:

@@ -153,7 +153,7 @@ def _train_head(model, arrays, labels, train_idx, val_idx, epochs, lr, batch_siz
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        best = _keep_best(model, None, 0, head(x_val).argmax(1).tolist(), [labels[i] for i in val_idx])
+        best = _keep_best(model, None, 0, head(x_val), [labels[i] for i in val_idx])
     for epoch in range(1, epochs + 1):
         head.train()
         order = torch.randperm(len(train_idx), generator=generator)
@@ -171,8 +171,7 @@ def _train_head(model, arrays, labels, train_idx, val_idx, epochs, lr, batch_siz
             loss_sum += float(loss.detach()) * len(pick)
         head.eval()
         with torch.no_grad():
-            predictions = head(x_val).argmax(1).tolist()
-        best = _keep_best(model, best, epoch, predictions, [labels[i] for i in val_idx])
+            best = _keep_best(model, best, epoch, head(x_val), [labels[i] for i in val_idx])
         report({"stage": "train", "epoch": epoch, "epochs": epochs, "loss": loss_sum / total,
                 "train_accuracy": correct / total, "val_accuracy": best["last_accuracy"]})
     return best
@@ -229,21 +228,26 @@ def _train_full(model, arrays, labels, train_idx, val_idx, epochs, lr, batch_siz
             report({"stage": "train", "epoch": epoch, "epochs": epochs, "step": step, "steps": steps,
                     "loss": loss_sum / total, "train_accuracy": correct / total})
         model.net.eval()
-        predictions = []
+        val_logits = []
         with torch.no_grad():
             for start in range(0, len(val_idx), batch_size):
                 batch = preprocess(model, [arrays[i] for i in val_idx[start:start + batch_size]], model.input_size)
-                predictions += model.net(batch).argmax(1).tolist()
-        best = _keep_best(model, best, epoch, predictions, [labels[i] for i in val_idx])
+                val_logits.append(model.net(batch))
+            best = _keep_best(model, best, epoch, torch.cat(val_logits), [labels[i] for i in val_idx])
         report({"stage": "validate", "epoch": epoch, "epochs": epochs, "loss": loss_sum / total,
                 "train_accuracy": correct / total, "val_accuracy": best["last_accuracy"]})
     return best
 
 
-def _keep_best(model, best, epoch, predictions, truths) -> dict:
+def _keep_best(model, best, epoch, val_logits: torch.Tensor, truths: list[int]) -> dict:
+    """Keep the weights of the best epoch so far: highest validation accuracy, then lowest
+    validation loss (small validation sets often tie on accuracy)."""
+    target = torch.tensor(truths, device=val_logits.device)
+    predictions = val_logits.argmax(1).tolist()
     accuracy = float(np.mean([p == t for p, t in zip(predictions, truths)]))
-    if best is None or accuracy > best["accuracy"]:
-        best = {"accuracy": accuracy, "epoch": epoch, "predictions": predictions,
+    loss = float(nn.functional.cross_entropy(val_logits.float(), target))
+    if best is None or (accuracy, -loss) > (best["accuracy"], -best["loss"]):
+        best = {"accuracy": accuracy, "loss": loss, "epoch": epoch, "predictions": predictions,
                 "state": {k: v.detach().clone() for k, v in model.net.state_dict().items()}}
     best["last_accuracy"] = accuracy
     return best

@@ -108,3 +108,17 @@ def test_normalise_maps():
     out = normalise_maps(torch.tensor([[[2.0, 4.0], [6.0, 2.0]], [[7.0, 7.0], [7.0, 7.0]]]))
     np.testing.assert_allclose(out[0].numpy(), [[0, 0.5], [1, 0]])
     assert not out[1].any()  # a flat map carries no location
+
+
+def test_output_folders_expire(tmp_path):
+    import os
+    import time
+
+    from cam.service import OutputFolders
+
+    folders = OutputFolders(max_age=60)
+    fresh, old = folders.new(), folders.new()
+    (old / "overlay.jpg").write_bytes(b"x")
+    os.utime(old, (time.time() - 120,) * 2)
+    folders.sweep()
+    assert fresh.exists() and not old.exists()
