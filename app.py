@@ -97,7 +97,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                 else:
                     progress(0, desc=event["stage"])
                     status = f"{event['stage'].capitalize()}..."
-                yield status, pd.DataFrame(curve), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                yield status, pd.DataFrame(curve), gr.skip(), gr.skip(), gr.skip()
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         metrics = event["metrics"]
@@ -105,10 +105,15 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         confusion = pd.DataFrame(metrics["confusion_matrix"], columns=names)
         confusion.insert(0, "true \\ predicted", names)
         name = Path(event["checkpoint"]).name
-        archive = checkpoint_archive(event["checkpoint"], outputs_root.new())
         yield (f"Done: **{name}**, validation accuracy {metrics['val_accuracy']:.1%} in {metrics['seconds']:.0f} s. "
-               "It is now selected in the Localize tab.", pd.DataFrame(curve), metrics, confusion, archive,
+               "It is now selected in the Localize tab.", pd.DataFrame(curve), metrics, confusion,
                gr.Dropdown(choices=cache.choices(), value=name))
+
+    def download_checkpoint(choice):
+        # A plain (not generator) event, so that Gradio's cache expiry also covers the archive.
+        if choice not in cache.choices() or choice == "default":
+            raise gr.Error("Choose a fine-tuned checkpoint in the model menu.")
+        return checkpoint_archive(str(cache.checkpoints / choice), outputs_root.new())
 
     with gr.Blocks(title="CAM localizer", delete_cache=(max(ttl // 4, 10), ttl)) as demo:
         gr.Markdown(INTRO)
@@ -179,8 +184,9 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         refresh.click(lambda: gr.Dropdown(choices=cache.choices()), None, model, api_name="models")
         download_button.click(prepare_downloads, [last, opacity], files, api_name="downloads")
         start.click(run_training, [dataset, mode, epochs, lr, val_split],
-                    [train_status, train_plot, train_metrics, confusion, checkpoint_file, model],
-                    api_name="train", concurrency_limit=1, concurrency_id="train")
+                    [train_status, train_plot, train_metrics, confusion, model],
+                    api_name="train", concurrency_limit=1, concurrency_id="train"
+                    ).success(download_checkpoint, model, checkpoint_file, api_name="checkpoint_archive")
     return demo
 
 

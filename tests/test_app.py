@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -92,11 +93,14 @@ def test_api_train_then_localize_with_the_new_model(server, tmp_path):
 
     client = _client(server)
     zip_path = dataset_zip(tmp_path / "colours.zip")
-    status, _plot, metrics, _confusion, archive, _model = client.predict(
+    status, _plot, metrics, _confusion, _model = client.predict(
         handle_file(str(zip_path)), "head", 5, 0.01, 0.2, api_name="/train")
-    assert "Done" in status and metrics["class_names"] == sorted(COLOURS) and archive.endswith(".zip")
+    assert "Done" in status and metrics["class_names"] == sorted(COLOURS)
     names = [p.name for p in server["checkpoints"].iterdir()]
     assert len(names) == 1 and names[0].startswith("experiment_")
+    archive = client.predict(names[0], api_name="/checkpoint_archive")
+    with zipfile.ZipFile(archive) as packed:
+        assert sorted(packed.namelist()) == ["config.json", "model.safetensors"]
     result = _localize(client, EXAMPLES / "coffee.png", choice=names[0], topk=3)[4]
     assert {p["label"] for p in result["predictions"]} == set(COLOURS)
 
@@ -179,7 +183,6 @@ def test_api_hostile_inputs_get_errors_and_the_server_keeps_serving(server, tmp_
     assert (upright["width"], upright["height"]) == (40, 80)
 
     bad_zip = tmp_path / "escape.zip"
-    import zipfile
     with zipfile.ZipFile(bad_zip, "w") as archive:
         archive.writestr("../evil.png", b"x")
     with pytest.raises(Exception, match="outside"):
