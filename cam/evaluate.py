@@ -23,7 +23,8 @@ import torch
 
 from .boxes import boxes_from_map, check_threshold, iou
 from .data import load_image
-from .localize import RECOMMENDED, _check_input_size, forward_features, normalise_maps, preprocess, upsample_map
+from .localize import (RECOMMENDED, _check_input_size, class_maps, forward_features, normalise_maps, preprocess,
+                       upsample_map)
 from .models import CamModel
 
 THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # the cam_curve_interval of wsolevaluation
@@ -124,7 +125,6 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
         if not 0 <= sample.label < len(model.class_names):
             raise ValueError(f"{sample.file}: label {sample.label} is not a class of this model")
     images_dir = Path(folder) / "images"
-    weight, _ = model.classifier_params()
     start = time.perf_counter()
     for first in range(0, len(samples), batch_size):
         chunk = samples[first:first + batch_size]
@@ -133,9 +133,8 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
         probs = logits.softmax(1)
         top1 = probs.argmax(1)
         labels = torch.tensor([s.label for s in chunk], device=top1.device)
-        with torch.inference_mode():
-            chosen = weight.float()[torch.stack([top1, labels], 1)]  # (B, 2, K): predicted, true class
-            maps = normalise_maps(torch.einsum("bkc,bchw->bkhw", chosen, features)).cpu().numpy()
+        pairs = torch.stack([top1, labels], 1)  # the predicted and the true class of each image
+        maps = normalise_maps(class_maps(model, features, pairs)).cpu().numpy()
         for sample, array, pair, predicted, score in zip(chunk, arrays, maps, top1.tolist(), probs.max(1).values.tolist()):
             top1_map, gt_map = (upsample_map(m, array.shape[:2]) for m in pair)
             scores.add(sample.file, sample.label, sample.boxes, predicted, score, top1_map, gt_map)

@@ -9,13 +9,15 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from . import render
 from .data import private_temp_folder, remove_orphaned_temp_folders
-from .localize import Result, localize
+from .localize import Result, localize, upsample_map
 from .models import DEFAULT_SPEC, CamModel, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,8 +88,6 @@ def views(result: Result, opacity: float, folder: Path):
 
 
 def _jpeg(rgb: np.ndarray, path: Path) -> str:
-    import cv2
-
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise ValueError("could not encode the picture")
@@ -98,26 +98,17 @@ def _jpeg(rgb: np.ndarray, path: Path) -> str:
 def compact(result: Result) -> Result:
     """The Result without its full-size maps (kept per browser session: a 1 MP photo's five maps
     are 20 MB, their feature-resolution versions a few hundred bytes)."""
-    from dataclasses import replace
-
     return replace(result, predictions=[replace(p, cam=None) for p in result.predictions])
 
 
 def restore(kept: Result) -> Result:
     """Upsample a compact Result's maps back to the image's size (bit-identical to the originals)."""
-    from dataclasses import replace
-
-    from .localize import upsample_map
-
     size = kept.image.shape[:2]
     return replace(kept, predictions=[replace(p, cam=upsample_map(p.small_cam, size)) for p in kept.predictions])
 
 
 def _thumbnail_result(result: Result) -> Result:
     """A copy of `result` whose image and maps are at most GALLERY_SIDE pixels on their longer side."""
-    import cv2
-    from dataclasses import replace
-
     scale = GALLERY_SIDE / max(result.width, result.height)
     if scale >= 1:
         return result

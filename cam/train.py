@@ -124,7 +124,7 @@ def _pooled_features(model: CamModel, arrays, indices, batch_size) -> torch.Tens
     chunks = []
     for start in range(0, len(indices), batch_size):
         batch = preprocess(model, [arrays[i] for i in indices[start:start + batch_size]], model.input_size)
-        chunks.append(model.features_to_maps(forward_features(model, batch)[1]).mean((2, 3)))
+        chunks.append(forward_features(model, batch)[1].mean((2, 3)))  # the pooled features the classifier sees
     return torch.cat(chunks).clone()  # a normal tensor: inference-mode tensors cannot enter autograd
 
 
