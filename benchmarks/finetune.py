@@ -1,12 +1,14 @@
 """Fine-tuning benchmark: zip to saved checkpoint, then test accuracy and localization; prints JSON.
 
     python benchmarks/finetune.py DATA.zip [--test DIR] [--mode head|full|both]
-    python benchmarks/finetune.py --from-dev ../shared/data/imagenet-val-dev [--mode both]
+    python benchmarks/finetune.py --from-dev ../shared/data/imagenet-val-dev [--mode both] [--repeats N]
 
 With --from-dev, a 3-class photo set is built (in a temporary folder) from an ImageNet folder with
 boxes.csv, from ImageNet's superclasses 'bird' (7-24, 80-100, 127-146), 'dog' (151-268) and
-'reptile' (25-68, amphibians included), every third photo of each class held out as the test set
-(labels are class indices in sorted folder order, boxes kept). The rest is zipped as one folder
+'reptile' (25-68, amphibians included), a third of each class held out as the test set (a seeded
+shuffle; labels are class indices in sorted folder order, boxes kept). With --repeats N the whole
+run is repeated over N different held-out thirds and a last line gives the means, since 21 test
+photos make one run's accuracy move in steps of 0.05. The rest is zipped as one folder
 per class. The 314-photo dev set holds 65 such photos (20 birds, 33 dogs, 12 reptiles), not ~170;
 a broader split (animal / artifact / food) reached only 0.72-0.78 held-out accuracy, as its test
 photos come from ImageNet classes never seen in training.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import shutil
 import sys
 import tempfile
@@ -34,7 +37,7 @@ BIRDS = set(range(7, 25)) | set(range(80, 101)) | set(range(127, 147))
 GROUPS = {"bird": lambda c: c in BIRDS, "dog": lambda c: 151 <= c <= 268, "reptile": lambda c: 25 <= c <= 68}
 
 
-def build_from_dev(dev: Path, work: Path, per_class: int = 70) -> tuple[Path, Path, int]:
+def build_from_dev(dev: Path, work: Path, seed: int = 0, per_class: int = 70) -> tuple[Path, Path, int]:
     """Write work/data.zip (training photos) and work/test/ (images/ + boxes.csv); return their paths."""
     rows = list(csv.DictReader((dev / "boxes.csv").open()))
     labels = {r["file"]: int(r["label"]) for r in rows}
@@ -45,6 +48,7 @@ def build_from_dev(dev: Path, work: Path, per_class: int = 70) -> tuple[Path, Pa
     with zipfile.ZipFile(zip_path, "w") as archive:
         for index, name in enumerate(names):
             files = sorted(f for f, c in labels.items() if GROUPS[name](c))[:per_class]
+            random.Random(seed).shuffle(files)
             total += len(files)
             for i, file in enumerate(files):
                 if i % 3 == 2:
@@ -62,10 +66,10 @@ def build_from_dev(dev: Path, work: Path, per_class: int = 70) -> tuple[Path, Pa
     return zip_path, test, total
 
 
-def run(zip_path: Path, test: Path | None, mode: str, out: Path) -> dict:
+def run(zip_path: Path, test: Path | None, mode: str, out: Path, input_size: int) -> dict:
     start = time.perf_counter()
-    summary = train(zip_path, mode=mode, out=out)
-    row = {"mode": mode, "zip_to_checkpoint_s": round(time.perf_counter() - start, 2),
+    summary = train(zip_path, mode=mode, out=out, input_size=input_size)
+    row = {"mode": mode, "train_input_size": input_size, "zip_to_checkpoint_s": round(time.perf_counter() - start, 2),
            "val_accuracy": round(summary["val_accuracy"], 3), "train_images": summary["metrics"]["train_images"],
            "val_images": summary["metrics"]["val_images"]}
     if test:
@@ -84,18 +88,31 @@ def main() -> None:
     parser.add_argument("--test", help="a test folder with images/ and boxes.csv (labels: sorted class order)")
     parser.add_argument("--from-dev", help="build the 3-class set from this ImageNet folder instead")
     parser.add_argument("--mode", choices=["head", "full", "both"], default="head")
+    parser.add_argument("--input-size", type=int, default=None, help="training input side (default: the model's)")
+    parser.add_argument("--repeats", type=int, default=1, help="with --from-dev: runs over different held-out thirds")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cam-bench-") as scratch:
-        work = Path(scratch)
-        if args.from_dev:
-            zip_path, test, total = build_from_dev(Path(args.from_dev), work)
-            print(json.dumps({"photo_set": "3 classes from imagenet-val-dev", "photos": total}), flush=True)
-        elif args.zip:
-            zip_path, test = Path(args.zip), Path(args.test) if args.test else None
-        else:
-            parser.error("give DATA.zip or --from-dev DIR")
-        for mode in (["head", "full"] if args.mode == "both" else [args.mode]):
-            print(json.dumps(run(zip_path, test, mode, work / "checkpoints")), flush=True)
+    if not (args.zip or args.from_dev):
+        parser.error("give DATA.zip or --from-dev DIR")
+    modes = ["head", "full"] if args.mode == "both" else [args.mode]
+    rows = []
+    for seed in range(args.repeats if args.from_dev else 1):
+        with tempfile.TemporaryDirectory(prefix="cam-bench-") as scratch:
+            work = Path(scratch)
+            if args.from_dev:
+                zip_path, test, total = build_from_dev(Path(args.from_dev), work, seed)
+                print(json.dumps({"photo_set": "3 classes from imagenet-val-dev", "photos": total, "split_seed": seed}),
+                      flush=True)
+            else:
+                zip_path, test = Path(args.zip), Path(args.test) if args.test else None
+            for mode in modes:
+                rows.append(run(zip_path, test, mode, work / "checkpoints", args.input_size))
+                print(json.dumps(rows[-1]), flush=True)
+    if len(rows) > len(modes):
+        for mode in modes:
+            mine = [r for r in rows if r["mode"] == mode]
+            keys = [k for k, v in mine[0].items() if isinstance(v, float)]
+            print(json.dumps({"mode": mode, "runs": len(mine),
+                              **{f"mean_{k}": round(sum(r[k] for r in mine) / len(mine), 3) for k in keys}}), flush=True)
 
 
 if __name__ == "__main__":

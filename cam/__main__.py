@@ -14,7 +14,8 @@ def _add_cam_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="model spec (default: the bundled EfficientNet-Lite0)")
     parser.add_argument("--threshold", type=float, default=None,
                         help=f"box threshold, fraction of the map's max (default {RECOMMENDED['threshold']})")
-    parser.add_argument("--input-size", type=int, default=None, help="square input side (default: the model's)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help=f"square input side (default {RECOMMENDED['input_size']}; --plain: the model's own)")
     parser.add_argument("--flip", action="store_true", default=None, help="average the maps of the image and its mirror")
     parser.add_argument("--plain", action="store_true",
                         help="the paper's CAM exactly: model input size, no flip, threshold 0.2, largest region")
@@ -104,7 +105,7 @@ def cmd_train(args) -> int:
 
     summary = train(args.data, model_spec=args.model, mode=args.mode, epochs=args.epochs, lr=args.lr,
                     val_split=args.val_split, out=args.out, seed=args.seed, pretrained=not args.no_pretrained,
-                    progress=progress)
+                    input_size=args.input_size, progress=progress)
     _emit(summary)
     return 0
 
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, default=None, help="learning rate, default 1e-2 (head) or 1e-3 (full)")
     tr.add_argument("--val-split", type=float, default=0.2, help="fraction of each class held out for validation")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--input-size", type=int, default=None,
+                    help="square side the images are trained at (default: the model's own)")
     tr.add_argument("--no-pretrained", action="store_true", help="timm/torchvision names: start from random weights")
     tr.add_argument("--out", default="checkpoints", help="folder that receives experiment_YYYY-MM-DD_HH_MM/")
     tr.set_defaults(run=cmd_train)

@@ -23,7 +23,7 @@ import torch
 
 from .boxes import boxes_from_map, check_threshold, iou
 from .data import load_image
-from .localize import (RECOMMENDED, _check_input_size, class_maps, forward_features, normalise_maps, preprocess,
+from .localize import (RECOMMENDED, check_input_size, class_maps, forward_features, normalise_maps, preprocess,
                        upsample_map)
 from .models import CamModel
 
@@ -119,7 +119,7 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
     `curve` entry holds GT-known box accuracy for every threshold and IoU level (for plotting).
     """
     scores = WsolScores(threshold)
-    size = _check_input_size(input_size, model)
+    size = check_input_size(input_size, model)
     samples = read_dataset(folder)
     for sample in samples:
         if not 0 <= sample.label < len(model.class_names):

@@ -91,7 +91,7 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
         raise TypeError(f"model must be a CamModel from cam.load_model, got {type(model).__name__}")
     topk = _check_topk(topk, len(model.class_names))
     threshold = check_threshold(threshold)
-    size = _check_input_size(input_size, model)
+    size = check_input_size(input_size, model)
     results = []
     for start in range(0, len(images), batch_size):
         arrays = [load_image(im) for im in images[start:start + batch_size]]
@@ -178,7 +178,7 @@ def _check_topk(topk, num_classes: int) -> int:
     return int(topk)
 
 
-def _check_input_size(input_size, model: CamModel) -> tuple[int, int]:
+def check_input_size(input_size, model: CamModel) -> tuple[int, int]:
     if input_size is None:
         return tuple(model.input_size)
     if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or not 32 <= input_size <= 1024:

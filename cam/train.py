@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .data import load_image, private_temp_folder, remove_orphaned_temp_folders, scan_dataset, unpack_zip
-from .localize import forward_features, preprocess
+from .localize import check_input_size, forward_features, preprocess
 from .models import CamModel, load_model
 
 DEFAULT_EPOCHS = {"head": 30, "full": 5}
@@ -49,13 +49,16 @@ def stratified_split(labels: list[int], val_split: float, seed: int) -> tuple[li
 def train(data, model_spec: str = "default", mode: str = "head", epochs: int | None = None,
           lr: float | None = None, val_split: float = 0.2, out="checkpoints", seed: int = 0,
           batch_size: int = 32, pretrained: bool = True, device: str | None = None,
-          progress=None, cancel: threading.Event | None = None) -> dict:
+          input_size: int | None = None, progress=None,
+          cancel: threading.Event | None = None) -> dict:
     """Fine-tune `model_spec` on `data` (a .zip or a folder of class folders); return the summary.
 
     mode 'head': the backbone is frozen, its pooled features computed once and a new linear
     classifier trained on them (seconds on a CPU). mode 'full': the whole network is trained with
     augmentation, the backbone at a tenth of the learning rate. The best validation epoch is kept
-    and written atomically to `out/experiment_YYYY-MM-DD_HH_MM[_N]`. `progress(dict)` receives
+    and written atomically to `out/experiment_YYYY-MM-DD_HH_MM[_N]`. Images are seen at
+    `input_size` (default: the model's own); on the dev photos 288 px did not beat it after
+    training and made mode 'full' 3x slower (README, "Fine-tuning"). `progress(dict)` receives
     stage, epoch, step, loss and accuracy; setting `cancel` stops the run without a checkpoint.
     """
     if mode not in DEFAULT_EPOCHS:
@@ -80,6 +83,7 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
         class_names, items, skipped_scan = scan_dataset(folder)
         skipped += skipped_scan
         model = load_model(model_spec, pretrained=pretrained, device=device)
+        size = check_input_size(input_size, model)
         if model.classifier_layer is None:
             raise ValueError(f"{model_spec!r} has no linear classifier to retrain; pick e.g. 'default' or 'timm:resnet18'")
         report({"stage": "loading images", "images": len(items)})
@@ -88,7 +92,7 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
         train_idx, val_idx = stratified_split(labels, val_split, seed)
         _replace_classifier(model, len(class_names))
         fit = _train_head if mode == "head" else _train_full
-        best = fit(model, arrays, labels, train_idx, val_idx, epochs, lr, batch_size, report, cancel)
+        best = fit(model, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     model.net.load_state_dict(best["state"])
@@ -96,7 +100,8 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
     metrics = _metrics(best["predictions"], [labels[i] for i in val_idx], class_names)
     metrics.update(best_epoch=best["epoch"], train_images=len(train_idx), val_images=len(val_idx),
                    skipped_files=skipped, seconds=round(time.perf_counter() - started, 2))
-    checkpoint = save_checkpoint(model, out, metrics, {"base_spec": model_spec, "mode": mode, "epochs": epochs, "lr": lr})
+    checkpoint = save_checkpoint(model, out, metrics, {"base_spec": model_spec, "mode": mode, "epochs": epochs, "lr": lr,
+                                                       "train_input_size": list(size)})
     return {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
 
 
@@ -120,10 +125,10 @@ def _check_cancel(cancel) -> None:
         raise TrainingCancelled("training was cancelled")
 
 
-def _pooled_features(model: CamModel, arrays, indices, batch_size) -> torch.Tensor:
+def _pooled_features(model: CamModel, arrays, indices, size, batch_size) -> torch.Tensor:
     chunks = []
     for start in range(0, len(indices), batch_size):
-        batch = preprocess(model, [arrays[i] for i in indices[start:start + batch_size]], model.input_size)
+        batch = preprocess(model, [arrays[i] for i in indices[start:start + batch_size]], size)
         chunks.append(forward_features(model, batch)[1].mean((2, 3)))  # the pooled features the classifier sees
     return torch.cat(chunks).clone()  # a normal tensor: inference-mode tensors cannot enter autograd
 
@@ -141,12 +146,12 @@ def _prototype_init(head: nn.Linear, features: torch.Tensor, labels: torch.Tenso
         head.bias.copy_(-(weight @ centre))
 
 
-def _train_head(model, arrays, labels, train_idx, val_idx, epochs, lr, batch_size, report, cancel) -> dict:
+def _train_head(model, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel) -> dict:
     """Backbone frozen: pooled features once, then only the linear classifier learns, from the
     class prototypes (epoch 0, kept if no epoch beats it on validation)."""
     report({"stage": "features", "images": len(arrays)})
-    x_train = _pooled_features(model, arrays, train_idx, batch_size)
-    x_val = _pooled_features(model, arrays, val_idx, batch_size)
+    x_train = _pooled_features(model, arrays, train_idx, size, batch_size)
+    x_val = _pooled_features(model, arrays, val_idx, size, batch_size)
     y_train = torch.tensor([labels[i] for i in train_idx], device=x_train.device)
     head = _classifier(model)
     _prototype_init(head, x_train, y_train)
@@ -194,11 +199,11 @@ def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
-def _train_full(model, arrays, labels, train_idx, val_idx, epochs, lr, batch_size, report, cancel) -> dict:
+def _train_full(model, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel) -> dict:
     """The whole network learns, the classifier from the class prototypes at `lr`, the backbone at lr / 10."""
     head = _classifier(model)
     report({"stage": "features", "images": len(arrays)})
-    _prototype_init(head, _pooled_features(model, arrays, train_idx, batch_size),
+    _prototype_init(head, _pooled_features(model, arrays, train_idx, size, batch_size),
                     torch.tensor([labels[i] for i in train_idx]))
     head_ids = {id(p) for p in head.parameters()}
     backbone = [p for p in model.net.parameters() if id(p) not in head_ids]
@@ -215,7 +220,7 @@ def _train_full(model, arrays, labels, train_idx, val_idx, epochs, lr, batch_siz
         for step, start in enumerate(range(0, len(order), batch_size), start=1):
             _check_cancel(cancel)
             pick = order[start:start + batch_size]
-            x = _augment(preprocess(model, [arrays[i] for i in pick], model.input_size), generator)
+            x = _augment(preprocess(model, [arrays[i] for i in pick], size), generator)
             y = y_all[pick].to(x.device)
             logits = model.net(x)
             loss = nn.functional.cross_entropy(logits, y)
@@ -231,7 +236,7 @@ def _train_full(model, arrays, labels, train_idx, val_idx, epochs, lr, batch_siz
         val_logits = []
         with torch.no_grad():
             for start in range(0, len(val_idx), batch_size):
-                batch = preprocess(model, [arrays[i] for i in val_idx[start:start + batch_size]], model.input_size)
+                batch = preprocess(model, [arrays[i] for i in val_idx[start:start + batch_size]], size)
                 val_logits.append(model.net(batch))
             best = _keep_best(model, best, epoch, torch.cat(val_logits), [labels[i] for i in val_idx])
         report({"stage": "validate", "epoch": epoch, "epochs": epochs, "loss": loss_sum / total,

@@ -6,11 +6,13 @@ import sys
 import tempfile
 import threading
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import cam
+import cam.train
 from cam import data as cam_data
 from cam.train import TrainingCancelled, stratified_split, train
 
@@ -45,10 +47,18 @@ def test_head_training_writes_a_checkpoint_that_reloads_and_localizes(tmp_path):
     assert {p.label for p in result.predictions} == set(COLOURS)
 
 
-def test_full_training_and_unique_names(tmp_path):
+def test_full_training_and_unique_names(tmp_path, monkeypatch):
+    sizes = []
+    real_preprocess = cam.train.preprocess
+    monkeypatch.setattr(cam.train, "preprocess", lambda model, arrays, size: sizes.append(size) or real_preprocess(model, arrays, size))
     zip_path = dataset_zip(tmp_path / "shapes.zip", per_class=3)
     first = train(zip_path, model_spec=TINY, pretrained=False, mode="full", epochs=1, out=tmp_path / "c", batch_size=4)
-    second = train(tmp_path / "shapes.zip", model_spec=TINY, pretrained=False, mode="head", epochs=1, out=tmp_path / "c")
+    assert set(sizes) == {tuple(cam.load_model(TINY, pretrained=False).input_size)}  # the model's own by default
+    sizes.clear()
+    second = train(tmp_path / "shapes.zip", model_spec=TINY, pretrained=False, mode="head", epochs=1,
+                   out=tmp_path / "c", input_size=96)
+    assert set(sizes) == {(96, 96)}
+    assert json.loads((Path(second["checkpoint"]) / "config.json").read_text())["train_input_size"] == [96, 96]
     assert first["checkpoint"] != second["checkpoint"]
     assert cam.load_model(first["checkpoint"], device="cpu").class_names == sorted(COLOURS)
 
