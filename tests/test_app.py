@@ -190,3 +190,14 @@ def test_api_hostile_inputs_get_errors_and_the_server_keeps_serving(server, tmp_
     assert not any(p.name.startswith("experiment_") and p.stat().st_mtime > time.time() - 5
                    for p in server["checkpoints"].iterdir())
     assert _localize(client, EXAMPLES / "chelsea.png", topk=1)[4]["predictions"][0]["label"] in CATS
+
+
+def test_readme_front_matter_configures_the_space():
+    """Hugging Face Spaces reads the README's front matter: the app file, and a Gradio and Python
+    version inside what requirements.txt allows."""
+    text = (ROOT / "README.md").read_text()
+    assert text.startswith("---\n")
+    fields = dict(line.split(": ", 1) for line in text.split("---\n")[1].splitlines())
+    assert fields["sdk"] == "gradio" and fields["app_file"] == "app.py" and (ROOT / "app.py").is_file()
+    assert fields["sdk_version"].split(".")[0] == "6"  # requirements.txt: gradio>=6.0,<7
+    assert fields["python_version"].strip('"') == "3.11"
