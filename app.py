@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
 from pathlib import Path
 
 import gradio as gr
@@ -196,6 +198,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     args = parser.parse_args()
     limit_malloc_arenas()
+    # A stop request (SIGTERM: Ctrl-C's twin, what Spaces and process managers send) exits
+    # normally, so the app's temporary folders are removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     build_app().queue(default_concurrency_limit=4).launch(
         server_name=args.host, server_port=args.port, show_error=True, css=CSS, max_file_size="50mb")
 

@@ -3,6 +3,7 @@ Result, and download files. Kept here so that app.py holds UI only."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -126,6 +127,7 @@ class OutputFolders:
     def __init__(self, max_age: float = 600):
         remove_orphaned_temp_folders("cam-outputs-")  # left by servers that were stopped or killed
         self.root = private_temp_folder("cam-outputs-")
+        atexit.register(shutil.rmtree, self.root, ignore_errors=True)  # a clean stop leaves nothing behind
         self.max_age = max_age
         threading.Thread(target=self._sweep_forever, name="cam-outputs-sweep", daemon=True).start()
 

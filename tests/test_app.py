@@ -44,8 +44,11 @@ def server(tmp_path_factory):
     system_temp, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("client-temp"))
     yield {"url": url, "checkpoints": checkpoints, "downloads": tmp_path_factory.mktemp("downloads")}
     tempfile.tempdir = system_temp
-    proc.terminate()
-    proc.wait(timeout=30)
+    proc.terminate()  # SIGTERM: the app exits normally and removes its temporary folders
+    assert proc.wait(timeout=30) == 0
+    left = [p for p in Path(tempfile.gettempdir()).glob("cam-outputs-*")
+            if (p / "owner.pid").is_file() and (p / "owner.pid").read_text() == str(proc.pid)]
+    assert left == [], f"the stopped app left {left}"
 
 
 def _client(server):

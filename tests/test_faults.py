@@ -82,3 +82,34 @@ def test_training_killed_while_saving(tmp_path):
     os.utime(stale, (time.time() - 2 * cam_train.STALE_PARTIAL_SECONDS,) * 2)
     train(zip_path, model_spec=TINY, pretrained=False, epochs=1, out=tmp_path / "c")
     assert not stale.exists()
+
+
+def test_an_app_process_that_exits_stops_its_training_job(tmp_path):
+    # The job reports through a pipe to the app: once the app is gone, its next report fails and
+    # it stops before writing a checkpoint.
+    zip_path, out = dataset_zip(tmp_path / "data.zip"), tmp_path / "c"
+    script = textwrap.dedent(f"""
+        import sys, psutil
+        from cam import service
+        updates = service.training_updates({str(zip_path)!r}, "full", 100, 0.001, 0.2, out={str(out)!r})
+        next(updates)  # the job is running
+        print(psutil.Process().children()[0].pid, flush=True)
+        sys.exit(0)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    job = int(done.stdout.split()[-1])
+    deadline = time.time() + 30
+    while _alive(job) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(job), "the training job outlived the app"
+    assert not out.exists() or [p for p in os.listdir(out) if not p.startswith(".")] == []
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
