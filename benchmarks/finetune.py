@@ -6,10 +6,10 @@
 With --from-dev, a 3-class photo set is built (in a temporary folder) from an ImageNet folder with
 boxes.csv, from ImageNet's superclasses 'bird' (7-24, 80-100, 127-146), 'dog' (151-268) and
 'reptile' (25-68, amphibians included), a third of each class held out as the test set (a seeded
-shuffle; labels are class indices in sorted folder order, boxes kept). With --repeats N the whole
-run is repeated over N different held-out thirds and a last line gives the means, since 21 test
-photos make one run's accuracy move in steps of 0.05. The rest is zipped as one folder
-per class. The 314-photo dev set holds 65 such photos (20 birds, 33 dogs, 12 reptiles), not ~170;
+shuffle; labels are class indices in sorted folder order, boxes kept); the rest is zipped as one
+folder per class. With --repeats N the whole run is repeated over N different held-out thirds and
+a last line gives the means, since 21 test photos make one run's accuracy move in steps of 0.05.
+The 314-photo dev set holds 65 such photos (20 birds, 33 dogs, 12 reptiles), not ~170;
 a broader split (animal / artifact / food) reached only 0.72-0.78 held-out accuracy, as its test
 photos come from ImageNet classes never seen in training.
 """
