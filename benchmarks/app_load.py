@@ -102,7 +102,8 @@ def main() -> None:
                         "3-class set benchmarks/finetune.py builds from this ImageNet folder")
     args = parser.parse_args()
 
-    photo_path = Path(tempfile.mkdtemp()) / "photo_1mp.jpg"
+    inputs = Path(tempfile.mkdtemp(prefix="bench-inputs-"))  # the photo and the training zip; removed at the end
+    photo_path = inputs / "photo_1mp.jpg"
     source = Image.open(ROOT / "examples" / "coffee.png").convert("RGB")
     source.resize((1225, 816), Image.BICUBIC).save(photo_path, quality=92)
     arguments = (handle_file(str(photo_path)), "default", 5, 0.2, False, 0.5, 288, False)
@@ -192,7 +193,7 @@ def main() -> None:
             if args.train_from_dev:
                 from finetune import build_from_dev
 
-                zip_path, _, _ = build_from_dev(Path(args.train_from_dev), Path(tempfile.mkdtemp()))
+                zip_path, _, _ = build_from_dev(Path(args.train_from_dev), Path(tempfile.mkdtemp(dir=inputs)))
 
                 def train_job():
                     t0 = time.perf_counter()
@@ -219,7 +220,7 @@ def main() -> None:
     finally:
         app.terminate()
         app.wait(timeout=30)
-        for folder in (downloads, checkpoints, app_temp):
+        for folder in (inputs, downloads, checkpoints, app_temp):
             shutil.rmtree(folder, ignore_errors=True)
 
 
