@@ -16,6 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from cam.localize import RECOMMENDED
+from cam.train import DEFAULT_EPOCHS, DEFAULT_LR
 from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact,
                          limit_malloc_arenas, restore,
                          training_updates, views, write_downloads)
@@ -161,8 +162,8 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                     dataset = gr.File(label="Dataset (.zip)", file_types=[".zip"], type="filepath")
                     mode = gr.Radio([("head: classifier only, seconds", "head"), ("full: whole network, minutes", "full")],
                                     value="head", label="Mode")
-                    epochs = gr.Number(30, label="Epochs", precision=0, minimum=1, maximum=1000)
-                    lr = gr.Number(0.01, label="Learning rate", minimum=1e-6, maximum=0.9)
+                    epochs = gr.Number(DEFAULT_EPOCHS["head"], label="Epochs", precision=0, minimum=1, maximum=1000)
+                    lr = gr.Number(DEFAULT_LR["head"], label="Learning rate", minimum=1e-6, maximum=0.9)
                     val_split = gr.Slider(0.05, 0.5, value=0.2, step=0.05, label="Validation split (per class)")
                     start = gr.Button("Start training", variant="primary")
                 with gr.Column(scale=2, min_width=320):
@@ -171,7 +172,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                     train_metrics = gr.JSON(label="Metrics")
                     confusion = gr.Dataframe(label="Confusion matrix (rows: true class)", interactive=False)
                     checkpoint_file = gr.File(label="Checkpoint (.zip)", interactive=False)
-            mode.change(lambda m: (30, 0.01) if m == "head" else (5, 0.001), mode, [epochs, lr], api_visibility="private")
+            mode.change(lambda m: (DEFAULT_EPOCHS[m], DEFAULT_LR[m]), mode, [epochs, lr], api_visibility="private")
 
         outputs = [overlay, boxed, gallery, table, result_json, last]
         inputs = [image, model, topk, threshold, all_regions, opacity, input_size, flip]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .boxes import boxes_from_map, check_threshold, iou
+from .boxes import boxes_from_map, check_threshold, iou, region_boxes
 from .data import load_image
 from .localize import (RECOMMENDED, check_input_size, class_maps, forward_features, normalise_maps, preprocess,
                        upsample_map)
@@ -78,9 +78,11 @@ class WsolScores:
             top1_map: np.ndarray, gt_map: np.ndarray) -> dict:
         """Score one image: the map of its predicted class and the map of its true class."""
         best_iou = _best_iou(boxes_from_map(top1_map, self.threshold), truths)
-        gt_iou = _best_iou(boxes_from_map(gt_map, self.threshold), truths)
+        gt_iou = _best_iou(boxes_from_map(gt_map, self.threshold), truths)  # also checks the map
+        gt_map = np.asarray(gt_map, dtype=np.float32)
+        peak = float(gt_map.max())
         for t, tau in enumerate(THRESHOLDS):
-            regions = boxes_from_map(gt_map, tau, all_regions=True)
+            regions = region_boxes(gt_map, tau * peak, all_regions=True) if peak > 0 else []
             self.hits_v1[t] += _best_iou(regions[:1], truths) >= 0.5
             overlap = _best_iou(regions, truths)
             self.hits_v2[:, t] += [overlap >= level for level in IOU_LEVELS]

@@ -56,9 +56,8 @@ class ModeGuard:
         self._flags: list[tuple[nn.Module, bool]] = []
 
     def __enter__(self) -> nn.Module:
-        modules = list(self.net.modules())
-        if any(m.training for m in modules):
-            self._flags = [(m, m.training) for m in modules]
+        if any(m.training for m in self.net.modules()):
+            self._flags = [(m, m.training) for m in self.net.modules()]
             self.net.eval()
         return self.net
 

@@ -179,6 +179,7 @@ def _check_topk(topk, num_classes: int) -> int:
 
 
 def check_input_size(input_size, model: CamModel) -> tuple[int, int]:
+    """The (h, w) the model sees: `input_size` squared, or the model's own size for None."""
     if input_size is None:
         return tuple(model.input_size)
     if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or not 32 <= input_size <= 1024:

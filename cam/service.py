@@ -4,9 +4,12 @@ Result, and download files. Kept here so that app.py holds UI only."""
 from __future__ import annotations
 
 import atexit
+import collections
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -109,13 +112,14 @@ def restore(kept: Result) -> Result:
 
 
 def _thumbnail_result(result: Result) -> Result:
-    """A copy of `result` whose image and maps are at most GALLERY_SIDE pixels on their longer side."""
+    """A copy of `result` whose image and maps are at most GALLERY_SIDE pixels on their longer side;
+    the maps are upsampled from their feature-resolution versions straight to that size."""
     scale = GALLERY_SIDE / max(result.width, result.height)
     if scale >= 1:
         return result
-    size = (max(1, round(result.width * scale)), max(1, round(result.height * scale)))
-    image = cv2.resize(result.image, size, interpolation=cv2.INTER_AREA)
-    predictions = [replace(p, cam=cv2.resize(p.cam, size, interpolation=cv2.INTER_AREA)) for p in result.predictions]
+    width, height = max(1, round(result.width * scale)), max(1, round(result.height * scale))
+    image = cv2.resize(result.image, (width, height), interpolation=cv2.INTER_AREA)
+    predictions = [replace(p, cam=upsample_map(p.small_cam, (height, width))) for p in result.predictions]
     return replace(result, image=image, predictions=predictions)
 
 
@@ -164,10 +168,6 @@ def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPO
     untouched when it ends, and inference never waits on it. A failed job raises a ValueError with
     its one-line message; closing the generator (the user left) stops the job, and a stopped job
     writes no checkpoint."""
-    import collections
-    import subprocess
-    import sys
-
     try:
         settings = ["--mode", str(mode), "--epochs", str(int(epochs)), "--lr", str(float(lr)),
                     "--val-split", str(float(val_split))]
