@@ -56,7 +56,7 @@ class ModeGuard:
         self._flags: list[tuple[nn.Module, bool]] = []
 
     def __enter__(self) -> nn.Module:
-        if any(m.training for m in self.net.modules()):
+        if _any_training(self.net):
             self._flags = [(m, m.training) for m in self.net.modules()]
             self.net.eval()
         return self.net
@@ -65,3 +65,15 @@ class ModeGuard:
         for module, flag in self._flags:
             module.training = flag
         self._flags = []
+
+
+def _any_training(root: nn.Module) -> bool:
+    """Whether `root` or any submodule is in training mode; a plain walk of the children, several
+    times faster than `nn.Module.modules()` (no names, no de-duplication set)."""
+    stack = [root]
+    while stack:
+        module = stack.pop()
+        if module.training:
+            return True
+        stack.extend(child for child in module._modules.values() if child is not None)
+    return False

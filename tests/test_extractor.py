@@ -63,6 +63,19 @@ def test_callers_train_flags_are_restored(tiny_model, photo):
         net.eval()
 
 
+def test_a_deep_submodule_in_training_mode_is_run_in_eval_and_restored(tiny_model, photo):
+    net = tiny_model.net
+    norm = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norm.train()  # only this one, deep inside an otherwise evaluating network
+    stats = norm.running_mean.clone()
+    try:
+        cam.localize(tiny_model, photo)
+        assert norm.training and not net.training
+        assert torch.equal(norm.running_mean, stats), "batch statistics were updated: it ran in training mode"
+    finally:
+        net.eval()
+
+
 def test_extractor_rejects_non_modules():
     with pytest.raises(TypeError):
         FeatureExtractor("layer4")
