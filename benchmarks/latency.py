@@ -1,6 +1,6 @@
-"""CPU latency of CAM on a ~1 MP photo, side by side with the bare model and the peers; prints JSON.
+"""CPU latency of CAM on a ~1 MP (or any size) photo, side by side with the bare model and the peers; prints JSON.
 
-    python benchmarks/latency.py [--repeats 30] [--image examples/coffee.png]
+    python benchmarks/latency.py [--repeats 30] [--image examples/coffee.png] [--megapixels 1]
 
 Each round times every method once, in turn, so machine noise hits all alike; medians are
 reported. Also checks that our top-1 map equals torchcam's CAM after the same upsampling.
@@ -26,9 +26,9 @@ from cam.data import load_image  # noqa: E402
 from cam.localize import class_maps, forward_features, normalise_maps, preprocess, upsample_map  # noqa: E402
 
 
-def one_megapixel(path: Path) -> np.ndarray:
+def photo_of(path: Path, megapixels: float) -> np.ndarray:
     image = Image.open(path).convert("RGB")
-    scale = (1_000_000 / (image.width * image.height)) ** 0.5
+    scale = (megapixels * 1_000_000 / (image.width * image.height)) ** 0.5
     return np.asarray(image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC))
 
 
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--image", default=str(Path(__file__).resolve().parents[1] / "examples" / "coffee.png"))
     parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--megapixels", type=float, default=1.0, help="the photo is resized to this many pixels")
     args = parser.parse_args()
 
     from pytorch_grad_cam import GradCAM
@@ -45,7 +46,7 @@ def main() -> None:
 
     model = cam.load_model("default", device="cpu")
     net = model.net
-    photo = one_megapixel(Path(args.image))
+    photo = photo_of(Path(args.image), args.megapixels)
     height, width = photo.shape[:2]
     classes = [p.class_index for p in cam.localize(model, photo, topk=args.topk, input_size=None).predictions]
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +79,21 @@ def test_default_model_knows_imagenet(default_model):
     assert default_model.input_size == (224, 224)
     assert default_model.mean == (0.5, 0.5, 0.5) and default_model.interpolation == "bicubic"
     assert (default_model.feature_layer, default_model.classifier_layer) == ("bn2", "classifier")
+
+
+def test_preprocessing_a_large_photo_stays_close_to_the_one_step_resize(default_model):
+    from PIL import Image
+
+    model, side = default_model, default_model.input_size
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[model.interpolation]
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (model.mean, model.std))
+
+    def grey_levels(batch):  # back from the normalised tensor to 0-255 pixels
+        return (batch[0] * std + mean).mul(255).round().permute(1, 2, 0).numpy().astype(int)
+
+    photo = Image.open(Path(__file__).resolve().parents[1] / "examples" / "coffee.png").convert("RGB")
+    for width, height, max_levels in [(1600, 1200, 8), (3 * side[1] - 10, 3 * side[0] - 10, 0)]:
+        big = np.asarray(photo.resize((width, height)))
+        one_step = np.asarray(Image.fromarray(big).resize((side[1], side[0]), resample)).astype(int)
+        difference = np.abs(grey_levels(preprocess(model, [big], side)) - one_step)
+        assert difference.max() <= max_levels and difference.mean() <= 0.5, (width, height)
