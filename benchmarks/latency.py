@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cam  # noqa: E402
 from cam import render  # noqa: E402
 from cam.data import load_image  # noqa: E402
-from cam.localize import class_maps, forward_features, normalise_maps, preprocess, upsample_map  # noqa: E402
+from cam.localize import (class_maps, forward_features, normalise_for_size, preprocess,  # noqa: E402
+                          upsample_map)
 
 
 def photo_of(path: Path, megapixels: float) -> np.ndarray:
@@ -63,8 +64,8 @@ def main() -> None:
         batch = preprocess(model, [load_image(photo)], model.input_size)
         logits, features = forward_features(model, batch)
         indices = logits.softmax(1).topk(args.topk, dim=1).indices
-        small = normalise_maps(class_maps(model, features, indices)).numpy()[0]
-        return [upsample_map(m, (height, width)) for m in small]
+        small = class_maps(model, features, indices).numpy()[0]
+        return [upsample_map(m, (height, width)) for m in normalise_for_size(small, (height, width))]
 
     def ours_recommended():
         cam.localize(model, photo, topk=args.topk)
@@ -79,13 +80,13 @@ def main() -> None:
             with torch.inference_mode():
                 scores = net(preprocess(model, [photo], model.input_size))
             maps = torch.cat([extractor(c, scores)[0] for c in classes])
-        return [upsample_map(m, (height, width)) for m in normalise_maps(maps).numpy()]
+        return [upsample_map(m, (height, width)) for m in normalise_for_size(maps.numpy(), (height, width))]
 
     def gradcam():
         x = preprocess(model, [photo], model.input_size).repeat(len(classes), 1, 1, 1)
         with GradCAM(model=net, target_layers=[model.feature_module]) as explainer:
             maps = explainer(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
-        return [upsample_map(m, (height, width)) for m in normalise_maps(torch.from_numpy(maps)).numpy()]
+        return [upsample_map(m, (height, width)) for m in normalise_for_size(maps, (height, width))]
 
     methods = {"bare_model": bare, "localize_top5": ours, "maps_only_top5": ours_maps_only, "localize_top5_rendered": ours_rendered,
                "localize_top5_recommended_288px": ours_recommended,

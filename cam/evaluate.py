@@ -23,8 +23,8 @@ import torch
 
 from .boxes import boxes_from_map, check_threshold, iou, region_boxes
 from .data import load_image
-from .localize import (RECOMMENDED, check_input_size, class_maps, forward_features, normalise_maps, preprocess,
-                       upsample_map)
+from .localize import (RECOMMENDED, check_input_size, class_maps, forward_features, normalise_for_size,
+                       preprocess, upsample_map)
 from .models import CamModel
 
 THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # the cam_curve_interval of wsolevaluation
@@ -136,9 +136,9 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
         top1 = probs.argmax(1)
         labels = torch.tensor([s.label for s in chunk], device=top1.device)
         pairs = torch.stack([top1, labels], 1)  # the predicted and the true class of each image
-        maps = normalise_maps(class_maps(model, features, pairs)).cpu().numpy()
+        maps = class_maps(model, features, pairs).cpu().numpy()
         for sample, array, pair, predicted, score in zip(chunk, arrays, maps, top1.tolist(), probs.max(1).values.tolist()):
-            top1_map, gt_map = (upsample_map(m, array.shape[:2]) for m in pair)
+            top1_map, gt_map = (upsample_map(m, array.shape[:2]) for m in normalise_for_size(pair, array.shape[:2]))
             scores.add(sample.file, sample.label, sample.boxes, predicted, score, top1_map, gt_map)
         if progress:
             progress(len(scores.rows), len(samples))

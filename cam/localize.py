@@ -32,7 +32,7 @@ class Prediction:
     score: float
     boxes: list[Box]
     cam: np.ndarray = field(repr=False)
-    small_cam: np.ndarray | None = field(default=None, repr=False)  # the normalised map at feature resolution
+    small_cam: np.ndarray | None = field(default=None, repr=False)  # the map at feature resolution; upsampled, it is `cam`
 
     def to_dict(self) -> dict:
         return {"class_index": self.class_index, "label": self.label, "score": self.score,
@@ -99,14 +99,13 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
         logits, features = forward_features(model, batch, flip)
         probs = logits.softmax(1)
         scores, indices = probs.topk(topk, dim=1)
-        raw = class_maps(model, features, indices)
-        small = normalise_maps(raw).cpu().numpy()
+        small = class_maps(model, features, indices).cpu().numpy()
         for i, array in enumerate(arrays):
-            maps_and_boxes = [_upsample_and_box(m, array.shape[:2], threshold, all_regions) for m in small[i]]
-            predictions = [
-                Prediction(int(c), model.class_names[int(c)], float(s), boxes, m, low)
-                for c, s, (m, boxes), low in zip(indices[i].tolist(), scores[i].tolist(), maps_and_boxes, small[i])
-            ]
+            maps = normalise_for_size(small[i], array.shape[:2])
+            predictions = []
+            for c, s, m in zip(indices[i].tolist(), scores[i].tolist(), maps):
+                full, boxes = _upsample_and_box(m, array.shape[:2], threshold, all_regions)
+                predictions.append(Prediction(int(c), model.class_names[int(c)], float(s), boxes, full, m))
             results.append(Result(predictions, array, model.spec, threshold, bool(all_regions)))
     return results
 
@@ -155,25 +154,58 @@ def class_maps(model: CamModel, features: torch.Tensor, indices: torch.Tensor) -
         return torch.einsum("bkc,bchw->bkhw", weight.float()[indices], features)
 
 
-def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max normalise (..., h, w) maps to [0, 1] each; a flat map becomes all zeros."""
-    with torch.inference_mode():
-        low = maps.amin((-2, -1), keepdim=True)
-        span = maps.amax((-2, -1), keepdim=True) - low
-        return torch.where(span > 1e-12, (maps - low) / span.clamp_min(1e-12), torch.zeros_like(maps)).float()
-
-
 def upsample_map(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinearly upsample an (h, w) float32 map to `size` (H, W), pixel centres aligned (as torch's
-    align_corners=False). Bilinear weights are convex, so a [0, 1] map stays in [0, 1] with the same
-    extremes: normalising before upsampling equals normalising after."""
+    align_corners=False)."""
     return cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def normalise_for_size(small: np.ndarray, size: tuple[int, int], margin: float = 1e-6) -> np.ndarray:
+    """Rescale (..., h, w) maps so that each one's upsampling to `size` spans [0, 1]: min-max
+    normalisation after upsampling, as the paper and wsolevaluation do, without a pass over the big map.
+
+    The pixel grid rarely hits a small map's own extremes (at 227 px from 9x9 the upsampled peak
+    can be 2% lower), but a bilinear map is linear along each row and column between samples, so
+    its extremes lie on the pixels next to the samples; they are evaluated there. `margin` keeps
+    float rounding inside [0, 1]. A flat map becomes all zeros.
+    """
+    small = np.asarray(small, dtype=np.float64)
+    rows, cols = (_interpolation_matrix(n_out, n_in, _pixels_next_to_samples(n_out, n_in))
+                  for n_out, n_in in zip(size, small.shape[-2:]))
+    values = rows @ small @ cols.T
+    low, high = values.min((-2, -1), keepdims=True), values.max((-2, -1), keepdims=True)
+    span = high - low
+    flat = ~(span > 1e-9 * np.maximum(1.0, np.abs(high)))
+    scaled = (small - low) * ((1 - 2 * margin) / np.where(flat, 1.0, span)) + margin
+    return np.where(flat, 0.0, scaled).astype(np.float32)
+
+
+def _pixels_next_to_samples(n_out: int, n_in: int) -> np.ndarray:
+    """Output indices on either side of every input sample (and both ends), one pixel of slack."""
+    source = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5).clip(-1, n_in - 1)
+    edges = np.flatnonzero(np.diff(source))
+    return np.unique(np.concatenate([[0, n_out - 1], edges - 1, edges, edges + 1, edges + 2]).clip(0, n_out - 1))
+
+
+def _interpolation_matrix(n_out: int, n_in: int, at: np.ndarray) -> np.ndarray:
+    """Rows of the 1-D linear interpolation (cv2's INTER_LINEAR geometry) for output indices `at`."""
+    position = ((at + 0.5) * (n_in / n_out) - 0.5).clip(0, n_in - 1)
+    left = np.minimum(np.floor(position).astype(int), max(n_in - 2, 0))
+    weight = position - left
+    matrix = np.zeros((len(at), n_in))
+    matrix[np.arange(len(at)), left] = 1 - weight
+    if n_in > 1:
+        matrix[np.arange(len(at)), left + 1] += weight
+    return matrix
 
 
 def _upsample_and_box(small: np.ndarray, size: tuple[int, int], threshold: float, all_regions: bool):
     cam = upsample_map(small, size)
-    # A normalised map peaks at 1, so the paper's rule is a fixed cutoff; a flat map has no box.
-    return cam, (region_boxes(cam, threshold, all_regions) if small.max() > 0 else [])
+    if not small.any():  # a flat map: no location, no box
+        return cam, []
+    # The paper's rule on the upsampled map, exactly as boxes_from_map applies it: `threshold` of
+    # its maximum (1 up to float rounding, which this read settles bit for bit).
+    return cam, region_boxes(cam, threshold * float(cam.max()), all_regions)
 
 
 def _check_topk(topk, num_classes: int) -> int:

@@ -100,14 +100,37 @@ def test_compact_state_restores_identical_maps(tiny_model, photo):
         assert np.array_equal(original.cam, again.cam) and original.boxes == again.boxes
 
 
-def test_normalise_maps():
-    import torch
+def test_maps_are_normalised_after_upsampling_without_a_pass_over_the_big_map():
+    from cam.localize import normalise_for_size, upsample_map
 
-    from cam.localize import normalise_maps
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = rng.integers(1, 12, 2)
+        size = tuple(int(v) for v in rng.integers(2, 700, 2))
+        raw = rng.normal(size=(2, h, w)).astype(np.float32) * 10
+        raw[1] = 3.0  # a flat map carries no location
+        small = normalise_for_size(raw, size)
+        full = upsample_map(small[0], size)
+        # What wsolevaluation does (upsample the raw map, then min-max normalise it), to 1e-5.
+        reference = upsample_map(raw[0], size).astype(np.float64)
+        span = reference.max() - reference.min()
+        if span > 1e-4:
+            np.testing.assert_allclose(full, (reference - reference.min()) / span, atol=1e-5)
+            assert 0 <= full.min() <= 2e-6 and 1 - 2e-6 <= full.max() <= 1
+        assert not small[1].any()
+    # The peak between samples: a 3x3 map whose maximum the 8x8 pixel grid does not hit.
+    peaked = np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], np.float32)
+    assert upsample_map(peaked, (8, 8)).max() < 0.9
+    assert upsample_map(normalise_for_size(peaked, (8, 8)), (8, 8)).max() > 1 - 2e-6
 
-    out = normalise_maps(torch.tensor([[[2.0, 4.0], [6.0, 2.0]], [[7.0, 7.0], [7.0, 7.0]]]))
-    np.testing.assert_allclose(out[0].numpy(), [[0, 0.5], [1, 0]])
-    assert not out[1].any()  # a flat map carries no location
+
+def test_localize_boxes_are_the_paper_rule_on_the_returned_maps(default_model):
+    for path in sorted(EXAMPLES.glob("*.png"))[:3]:
+        for input_size in (None, 288):
+            result = cam.localize(default_model, path, input_size=input_size, threshold=0.3)
+            for p in result.predictions:
+                assert p.boxes == cam.boxes_from_map(p.cam, 0.3)
+                assert abs(float(p.cam.max()) - 1) < 2e-6 and float(p.cam.min()) < 2e-6
 
 
 def test_output_folders_expire(tmp_path):
