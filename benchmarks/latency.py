@@ -86,7 +86,7 @@ def main() -> None:
         x = preprocess(model, [photo], model.input_size).repeat(len(classes), 1, 1, 1)
         with GradCAM(model=net, target_layers=[model.feature_module]) as explainer:
             maps = explainer(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
-        return [upsample_map(m, (height, width)) for m in normalise_for_size(maps, (height, width))]
+        return [upsample_map(m, (height, width)) for m in maps]  # already min-max normalised at the input size
 
     methods = {"bare_model": bare, "localize_top5": ours, "maps_only_top5": ours_maps_only, "localize_top5_rendered": ours_rendered,
                "localize_top5_recommended_288px": ours_recommended,
