@@ -37,24 +37,45 @@ def _font(height: int) -> ImageFont.ImageFont:
 
 
 def draw_boxes(image: np.ndarray, result: Result) -> np.ndarray:
-    """The image with every prediction's boxes and a caption 'label 0.93' on a filled tab."""
+    """The image with every prediction's boxes and a caption 'label 0.93' on a filled tab.
+
+    All boxes are drawn first, the best-ranked on top; then the captions, best rank first, each at
+    the first spot by its box's top-left corner (above the box, inside it, stacked downwards,
+    below it) where it covers no earlier caption, so boxes that share an edge keep readable labels.
+    """
     canvas = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     font = _font(min(canvas.size))
     line = max(2, min(canvas.size) // 150)
     for rank, prediction in reversed(list(enumerate(result.predictions))):
+        for x0, y0, x1, y1 in prediction.boxes:
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=PALETTE[rank % len(PALETTE)], width=line)
+    placed: list[tuple[int, int, int, int]] = []
+    for rank, prediction in enumerate(result.predictions):
         color = PALETTE[rank % len(PALETTE)]
         text_color = (0, 0, 0) if sum(color) > 450 else (255, 255, 255)
-        for x0, y0, x1, y1 in prediction.boxes:
-            draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=color, width=line)
-            caption = f"{prediction.label} {prediction.score:.2f}"
-            left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
-            w, h = right - left + 2 * line, bottom - top + 2 * line
-            ty = y0 - h if y0 - h >= 0 else y0  # above the box, or inside it at the top edge
-            tx = min(max(x0, 0), max(canvas.width - w, 0))
-            draw.rectangle((tx, ty, tx + w, ty + h), fill=color)
+        caption = f"{prediction.label} {prediction.score:.2f}"
+        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+        w, h = right - left + 2 * line, bottom - top + 2 * line
+        for box in prediction.boxes:
+            tx, ty = _caption_spot(box, w, h, placed, canvas.width, canvas.height)
+            placed.append((tx, ty, tx + w, ty + h))
+            draw.rectangle((tx, ty, tx + w - 1, ty + h - 1), fill=color)
             draw.text((tx + line - left, ty + line - top), caption, fill=text_color, font=font)
     return np.asarray(canvas)
+
+
+def _caption_spot(box, w: int, h: int, placed, width: int, height: int) -> tuple[int, int]:
+    """Top-left corner for a w x h caption of `box`: the first free spot among above the box, inside
+    it from the top down, and below it; the first spot that fits the image when none is free."""
+    x0, y0, x1, y1 = box
+    tx = min(max(x0, 0), max(width - w, 0))
+    rows = [y0 - h] + list(range(y0, max(y1 - h, y0) + 1, h)) + [y1]
+    fitting = [y for y in rows if 0 <= y <= height - h] or [max(min(y0, height - h), 0)]
+    for ty in fitting:
+        if not any(tx < px1 and px0 < tx + w and ty < py1 and py0 < ty + h for px0, py0, px1, py1 in placed):
+            return tx, ty
+    return tx, fitting[0]
 
 
 def gallery(result: Result, opacity: float = 0.5, colormap: str = "turbo") -> list[tuple[np.ndarray, str]]:

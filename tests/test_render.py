@@ -46,6 +46,22 @@ def test_boxes_are_drawn_where_they_are():
     assert (drawn[10, 45] == colour).any() or (drawn[10, 45] != 100).any()  # caption tab above the box
 
 
+def test_captions_of_boxes_that_share_a_corner_do_not_cover_each_other():
+    image = np.full((200, 300, 3), 100, np.uint8)
+    cam = np.zeros((200, 300), np.float32)
+    same_box = [(0, 0, 300, 200)]  # both at the image's corner: no room above, both captions inside
+    predictions = [Prediction(i, name, score, same_box, cam) for i, (name, score) in enumerate([("first", 0.6), ("second", 0.3)])]
+    drawn = render.draw_boxes(image, Result(predictions, image, "test", 0.2, False))
+
+    def tab_rows(rank):  # rows where the caption tab of this rank shows a run of its colour
+        hits = (drawn == np.array(render.PALETTE[rank])).all(2)
+        return {y for y in range(2, 198) if hits[y, 2:30].sum() >= 10}  # inside the outline
+
+    first, second = tab_rows(0), tab_rows(1)
+    assert len(first) >= 5 and len(second) >= 5, "a caption tab is hidden"
+    assert max(first) < min(second), "the second caption should sit below the first"
+
+
 def test_gallery_has_one_tile_per_class():
     tiles = render.gallery(_result())
     assert len(tiles) == 1 and tiles[0][0].shape == (120, 160, 3) and tiles[0][1] == "widget (75.0%)"
