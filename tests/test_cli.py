@@ -34,6 +34,16 @@ def test_folder_is_walked_and_bad_model_is_one_line(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "timm:resnet50" in proc.stderr
 
 
+def test_a_reader_that_stops_early_ends_the_run_quietly():
+    proc = subprocess.Popen([sys.executable, "-m", "cam", "localize", str(EXAMPLES), "--topk", "1"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # like `| head -1`: read one line, then close the pipe
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert json.loads(first)["predictions"] and proc.wait(timeout=300) == 141
+    assert stderr == "", stderr
+
+
 def test_bad_parameter_is_one_line():
     proc = run_cli("localize", str(EXAMPLES / "chelsea.png"), "--threshold", "2")
     assert proc.returncode == 2 and "threshold" in proc.stderr and "Traceback" not in proc.stderr
