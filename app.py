@@ -147,7 +147,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                     with gr.Accordion("Result as JSON (boxes in image pixels)", open=False):
                         result_json = gr.JSON(label="Result")
                     with gr.Row():
-                        download_button = gr.Button("Prepare downloads (overlay PNG, boxes JSON, maps .npy)")
+                        download_button = gr.Button("Prepare downloads at full size (overlay PNG, boxes PNG and JSON, maps .npy)")
                     files = gr.File(label="Downloads", file_count="multiple", interactive=False)
             gr.Examples([[str(p)] for p in sorted(EXAMPLES.iterdir()) if p.suffix in (".png", ".jpg")],
                         inputs=[image], label="Examples (click one)")

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = Path(os.environ.get("CAM_CHECKPOINTS", ROOT / "checkpoints"))
 EXAMPLES = ROOT / "examples"
 GALLERY_SIDE = 320  # gallery tiles are thumbnails: less to encode and send
+DISPLAY_SIDE = 1600  # the on-screen overlay and boxes pictures; downloads keep the photo's own size
 
 
 def is_checkpoint(folder: Path) -> bool:
@@ -80,12 +81,11 @@ def views(result: Result, opacity: float, folder: Path):
     every request, so identical answers to concurrent requests could be read half-written; a
     file path is copied into its cache atomically.
     """
-    top = result.predictions[0]
-    overlay = _jpeg(render.overlay(result.image, top.cam, opacity), folder / "overlay.jpg")
-    boxes = _jpeg(render.draw_boxes(result.image, result), folder / "boxes.jpg")
-    small = _thumbnail_result(result)
+    shown = _scaled_result(result, DISPLAY_SIDE)
+    overlay = _jpeg(render.overlay(shown.image, shown.predictions[0].cam, opacity), folder / "overlay.jpg")
+    boxes = _jpeg(render.draw_boxes(shown.image, shown), folder / "boxes.jpg")
     tiles = [(_jpeg(tile, folder / f"map_{rank + 1}.jpg"), caption)
-             for rank, (tile, caption) in enumerate(render.gallery(small, opacity))]
+             for rank, (tile, caption) in enumerate(render.gallery(_scaled_result(shown, GALLERY_SIDE), opacity))]
     table = [[rank + 1, p.label, round(p.score, 4), json.dumps([list(b) for b in p.boxes])]
              for rank, p in enumerate(result.predictions)]
     return overlay, boxes, tiles, table, result.to_dict()
@@ -111,15 +111,23 @@ def restore(kept: Result) -> Result:
     return replace(kept, predictions=[replace(p, cam=upsample_map(p.small_cam, size)) for p in kept.predictions])
 
 
-def _thumbnail_result(result: Result) -> Result:
-    """A copy of `result` whose image and maps are at most GALLERY_SIDE pixels on their longer side;
-    the maps are upsampled from their feature-resolution versions straight to that size."""
-    scale = GALLERY_SIDE / max(result.width, result.height)
+def _scaled_result(result: Result, side: int) -> Result:
+    """A copy of `result` at most `side` pixels on its longer side, for pictures on screen: the
+    image shrunk, the maps upsampled from their feature-resolution versions straight to that size,
+    the boxes scaled. A 12 MP photo's pictures then encode and travel in a fraction of the time."""
+    scale = side / max(result.width, result.height)
     if scale >= 1:
         return result
     width, height = max(1, round(result.width * scale)), max(1, round(result.height * scale))
     image = cv2.resize(result.image, (width, height), interpolation=cv2.INTER_AREA)
-    predictions = [replace(p, cam=upsample_map(p.small_cam, (height, width))) for p in result.predictions]
+    sx, sy = width / result.width, height / result.height
+
+    def shrink(box):
+        x0, y0, x1, y1 = round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)
+        return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+    predictions = [replace(p, cam=upsample_map(p.small_cam, (height, width)), boxes=[shrink(b) for b in p.boxes])
+                   for p in result.predictions]
     return replace(result, image=image, predictions=predictions)
 
 
@@ -154,12 +162,14 @@ class OutputFolders:
 
 
 def write_downloads(result: Result, folder: Path, opacity: float) -> list[str]:
-    """Overlay PNG, boxes JSON and the raw maps (.npy, k x H x W float32) of a Result."""
-    overlay_path, json_path, maps_path = folder / "overlay.png", folder / "boxes.json", folder / "maps.npy"
-    render.save_png(render.overlay(result.image, result.predictions[0].cam, opacity), overlay_path)
-    json_path.write_text(json.dumps(result.to_dict(), indent=2))
-    np.save(maps_path, np.stack([p.cam for p in result.predictions]))
-    return [str(overlay_path), str(json_path), str(maps_path)]
+    """At the photo's own size: overlay PNG, boxes PNG, boxes JSON and the raw maps (.npy, k x H x W
+    float32) of a Result."""
+    paths = [folder / name for name in ("overlay.png", "boxes.png", "boxes.json", "maps.npy")]
+    render.save_png(render.overlay(result.image, result.predictions[0].cam, opacity), paths[0])
+    render.save_png(render.draw_boxes(result.image, result), paths[1])
+    paths[2].write_text(json.dumps(result.to_dict(), indent=2))
+    np.save(paths[3], np.stack([p.cam for p in result.predictions]))
+    return [str(p) for p in paths]
 
 
 def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPOINTS, model_spec: str = DEFAULT_SPEC):

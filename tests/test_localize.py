@@ -89,6 +89,33 @@ def test_default_model_box_finds_a_cat_placed_in_a_larger_scene(default_model):
     assert top.cam[50, 50] < 0.2 and top.cam[:100, :200].mean() < 0.1  # the empty corner stays cold
 
 
+def test_large_photos_are_shown_scaled_and_downloaded_at_full_size(tiny_model, tmp_path):
+    from cam.service import DISPLAY_SIDE, views, write_downloads
+
+    photo = np.random.default_rng(1).integers(0, 256, (1800, 2400, 3), dtype=np.uint8)
+    result = cam.localize(tiny_model, photo, topk=2)
+    overlay, boxes, tiles, table, data = views(result, 0.5, tmp_path)
+    for picture in (overlay, boxes):
+        assert Image.open(picture).size == (DISPLAY_SIDE, 1200)
+    assert all(max(Image.open(tile).size) <= 320 for tile, _ in tiles)
+    assert [json.loads(row[3]) for row in table] == [[list(b) for b in p.boxes] for p in result.predictions]
+    assert data["width"] == 2400  # numbers stay in the photo's own pixels
+    files = write_downloads(result, tmp_path, 0.5)
+    assert [Image.open(f).size for f in files[:2]] == [(2400, 1800)] * 2
+    assert np.load(files[3]).shape == (2, 1800, 2400)
+
+
+def test_scaled_pictures_scale_the_boxes(tiny_model, photo):
+    from cam.service import _scaled_result
+
+    result = cam.localize(tiny_model, photo, topk=1)
+    result.predictions[0].boxes = [(0, 0, 120, 90), (30, 45, 31, 46)]
+    half = _scaled_result(result, 60)
+    assert half.image.shape == (45, 60, 3) and half.predictions[0].cam.shape == (45, 60)
+    assert half.predictions[0].boxes == [(0, 0, 60, 45), (15, 22, 16, 23)]  # a 1-pixel box stays a box
+    assert _scaled_result(result, 500) is result  # never enlarged
+
+
 def test_compact_state_restores_identical_maps(tiny_model, photo):
     from cam.service import compact, restore
 
