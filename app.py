@@ -35,6 +35,7 @@ the map's maximum). Zhou et al., [Learning Deep Features for Discriminative Loca
 Moving the threshold or opacity sliders re-draws from the kept maps, without running the network.
 """
 INPUT_SIZES = [("288 px (recommended)", 288), ("the model's own (the paper's CAM)", 0), ("320 px", 320), ("384 px", 384)]
+CURVES = {"loss": "training loss", "train_accuracy": "training accuracy", "val_accuracy": "validation accuracy"}
 CSS = ".gradio-container {max-width: 1400px !important} @media (max-width: 700px) {.gradio-container {padding: 4px !important}}"
 
 
@@ -51,6 +52,12 @@ class PhotoInput(gr.Image):
         except Exception as exc:
             raise gr.Error(f"This file is not an image this app can read ({type(exc).__name__}). "
                            "Upload a JPEG, PNG, BMP, GIF, WebP or TIFF photo.") from None
+
+
+def _curve_plot(curve: list[dict]):
+    """The training curve so far, or no update while it is empty: the plot takes its axes and
+    colours from the first data it gets, and an empty first frame left them broken."""
+    return pd.DataFrame(curve) if curve else gr.skip()
 
 
 def build_app(cache: ModelCache | None = None) -> gr.Blocks:
@@ -94,13 +101,13 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                     done = event["epoch"] - 1 + event.get("step", event.get("steps", 1)) / event.get("steps", 1)
                     progress(done / event["epochs"], desc=f"epoch {event['epoch']}/{event['epochs']}")
                     if "val_accuracy" in event:
-                        curve += [{"epoch": event["epoch"], "value": event[k], "series": k}
-                                  for k in ("loss", "train_accuracy", "val_accuracy")]
+                        curve += [{"epoch": event["epoch"], "value": event[key], "series": name}
+                                  for key, name in CURVES.items()]
                         status = f"Epoch {event['epoch']}/{event['epochs']}: validation accuracy {event['val_accuracy']:.1%}"
                 else:
                     progress(0, desc=event["stage"])
                     status = f"{event['stage'].capitalize()}..."
-                yield status, pd.DataFrame(curve), gr.skip(), gr.skip(), gr.skip()
+                yield status, _curve_plot(curve), gr.skip(), gr.skip(), gr.skip()
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         metrics = event["metrics"]
@@ -109,7 +116,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         confusion.insert(0, "true \\ predicted", names)
         name = Path(event["checkpoint"]).name
         yield (f"Done: **{name}**, validation accuracy {metrics['val_accuracy']:.1%} in {metrics['seconds']:.0f} s. "
-               "It is now selected in the Localize tab.", pd.DataFrame(curve), metrics, confusion,
+               "It is now selected in the Localize tab.", _curve_plot(curve), metrics, confusion,
                gr.Dropdown(choices=cache.choices(), value=name))
 
     def download_checkpoint(choice):
@@ -126,7 +133,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                 with gr.Column(scale=1, min_width=280):
                     image = PhotoInput(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], height=320)
                     with gr.Row():
-                        model = gr.Dropdown(cache.choices(), value="default", label="Model", scale=4)
+                        model = gr.Dropdown(cache.choices(), value="default", label="Model", scale=4, elem_id="model")
                         refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
                     topk = gr.Slider(1, 10, value=5, step=1, label="Top-k classes")
                     threshold = gr.Slider(0, 1, value=RECOMMENDED["threshold"], step=0.01,
@@ -159,7 +166,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                         "then localizes your objects from its class activation maps: no box is ever annotated.")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=280):
-                    dataset = gr.File(label="Dataset (.zip)", file_types=[".zip"], type="filepath")
+                    dataset = gr.File(label="Dataset (.zip)", file_types=[".zip"], type="filepath", elem_id="dataset")
                     mode = gr.Radio([("head: classifier only, seconds", "head"), ("full: whole network, minutes", "full")],
                                     value="head", label="Mode")
                     epochs = gr.Number(DEFAULT_EPOCHS["head"], label="Epochs", precision=0, minimum=1, maximum=1000)
@@ -167,11 +174,12 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                     val_split = gr.Slider(0.05, 0.5, value=0.2, step=0.05, label="Validation split (per class)")
                     start = gr.Button("Start training", variant="primary")
                 with gr.Column(scale=2, min_width=320):
-                    train_status = gr.Markdown("One training runs at a time; others wait in the queue.")
-                    train_plot = gr.LinePlot(x="epoch", y="value", color="series", label="Loss and accuracy", height=260)
+                    train_status = gr.Markdown("One training runs at a time; others wait in the queue.", elem_id="train_status")
+                    train_plot = gr.LinePlot(x="epoch", y="value", color="series", label="Loss and accuracy",
+                                             y_title="loss / accuracy", color_title="", elem_id="train_plot")
                     train_metrics = gr.JSON(label="Metrics")
-                    confusion = gr.Dataframe(label="Confusion matrix (rows: true class)", interactive=False)
-                    checkpoint_file = gr.File(label="Checkpoint (.zip)", interactive=False)
+                    confusion = gr.Dataframe(label="Confusion matrix (rows: true class)", interactive=False, elem_id="confusion")
+                    checkpoint_file = gr.File(label="Checkpoint (.zip)", interactive=False, elem_id="checkpoint_file")
             mode.change(lambda m: (DEFAULT_EPOCHS[m], DEFAULT_LR[m]), mode, [epochs, lr], api_visibility="private")
 
         outputs = [overlay, boxed, gallery, table, result_json, last]

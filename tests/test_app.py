@@ -1,6 +1,7 @@
 """The real app on a free local port: its API through gradio_client, its page through Chromium."""
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from .conftest import EXAMPLES, ROOT
 from .datasets import COLOURS, dataset_zip
 
 ARTIFACTS = ROOT / "test-artifacts"
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
 
@@ -113,17 +116,12 @@ def _chromium():
 
 
 def test_browser_example_upload_and_slider(server):
-    if not _chromium():
-        if os.environ.get("CAM_REQUIRE_BROWSER"):
-            pytest.fail("Chromium is required (CAM_REQUIRE_BROWSER is set) but not installed")
-        pytest.skip("Chromium is not installed (apt-get install chromium); browser test skipped")
+    _browser_or_skip()
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=flags, headless=True)
+        browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.set_default_timeout(90_000)
         page.goto(server["url"])
@@ -152,6 +150,48 @@ def test_browser_example_upload_and_slider(server):
         page.set_viewport_size({"width": 390, "height": 844})
         expect(page.locator("#boxes img")).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "localize_phone.png"), full_page=True)
+        browser.close()
+
+
+def _browser_or_skip():
+    if not _chromium():
+        if os.environ.get("CAM_REQUIRE_BROWSER"):
+            pytest.fail("Chromium is required (CAM_REQUIRE_BROWSER is set) but not installed")
+        pytest.skip("Chromium is not installed (apt-get install chromium); browser test skipped")
+
+
+def test_browser_fine_tune_tab_trains_and_selects_the_new_model(server, tmp_path):
+    _browser_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    zip_path = dataset_zip(tmp_path / "colours.zip")
+    before = {p.name for p in server["checkpoints"].iterdir()}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.goto(server["url"])
+        page.get_by_role("tab", name="Fine-tune").click()
+        page.locator("#dataset input[type=file]").set_input_files(str(zip_path))
+        expect(page.locator("#dataset")).to_contain_text("colours.zip")
+        page.get_by_role("button", name="Start training").click()
+        expect(page.locator("#train_status")).to_contain_text("Done", timeout=120_000)  # expect() waits 5 s by default
+        new = {p.name for p in server["checkpoints"].iterdir()} - before
+        assert len(new) == 1, new
+        name = new.pop()
+        expect(page.locator("#train_status")).to_contain_text(name)
+        expect(page.locator("#confusion")).to_contain_text("green")
+        plot = page.locator("#train_plot")
+        for series in ("training loss", "training accuracy", "validation accuracy"):
+            expect(plot).to_contain_text(series)  # the legend
+        expect(plot.locator("g.mark-line path")).to_have_count(3)  # one drawn line per series
+        expect(plot.locator("[aria-label^='Y-axis']")).to_have_attribute("aria-label", re.compile("linear scale"))
+        expect(page.locator("#checkpoint_file a[download]").first).to_have_attribute(
+            "download", f"{name}.zip", timeout=60_000)  # the checkpoint's download link
+        page.screenshot(path=str(ARTIFACTS / "fine_tune_done.png"), full_page=True)
+        page.get_by_role("tab", name="Localize").click()
+        expect(page.locator("#model input")).to_have_value(name)
         browser.close()
 
 
