@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -170,8 +171,7 @@ def normalise_for_size(small: np.ndarray, size: tuple[int, int], margin: float =
     float rounding inside [0, 1]. A flat map becomes all zeros.
     """
     small = np.asarray(small, dtype=np.float64)
-    rows, cols = (_interpolation_matrix(n_out, n_in, _pixels_next_to_samples(n_out, n_in))
-                  for n_out, n_in in zip(size, small.shape[-2:]))
+    (_, rows), (_, cols) = (_sample_grid(n_out, n_in) for n_out, n_in in zip(size, small.shape[-2:]))
     values = rows @ small @ cols.T
     low, high = values.min((-2, -1), keepdims=True), values.max((-2, -1), keepdims=True)
     span = high - low
@@ -180,15 +180,30 @@ def normalise_for_size(small: np.ndarray, size: tuple[int, int], margin: float =
     return np.where(flat, 0.0, scaled).astype(np.float32)
 
 
-def _pixels_next_to_samples(n_out: int, n_in: int) -> np.ndarray:
-    """Output indices on either side of every input sample (and both ends), one pixel of slack."""
+def upsampled_peak(cam: np.ndarray, small_shape: tuple[int, int]) -> float:
+    """`cam.max()` of a map upsampled from `small_shape`, bit for bit, reading a few percent of it.
+
+    Between the pixels next to the samples the map is bilinear, so a block's pixels exceed its
+    corners only by float rounding (well under 1e-6): only blocks whose corners come that close to
+    the corners' maximum are read in full.
+    """
+    (y, _), (x, _) = (_sample_grid(n_out, n_in) for n_out, n_in in zip(cam.shape, small_shape))
+    if len(y) < 2 or len(x) < 2:
+        return float(cam.max())
+    corners = cam[np.ix_(y, x)]
+    block_corners = np.maximum.reduce([corners[:-1, :-1], corners[1:, :-1], corners[:-1, 1:], corners[1:, 1:]])
+    near = np.argwhere(block_corners >= corners.max() - 1e-6)
+    return max(float(cam[y[a]:y[a + 1] + 1, x[b]:x[b + 1] + 1].max()) for a, b in near)
+
+
+@functools.lru_cache(maxsize=64)
+def _sample_grid(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Along one axis of an upsampling from n_in samples to n_out pixels (cv2's INTER_LINEAR
+    geometry): the output indices on either side of every sample and at both ends (one pixel of
+    slack), and the interpolation weights of those pixels, a (len(indices), n_in) matrix."""
     source = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5).clip(-1, n_in - 1)
     edges = np.flatnonzero(np.diff(source))
-    return np.unique(np.concatenate([[0, n_out - 1], edges - 1, edges, edges + 1, edges + 2]).clip(0, n_out - 1))
-
-
-def _interpolation_matrix(n_out: int, n_in: int, at: np.ndarray) -> np.ndarray:
-    """Rows of the 1-D linear interpolation (cv2's INTER_LINEAR geometry) for output indices `at`."""
+    at = np.unique(np.concatenate([[0, n_out - 1], edges - 1, edges, edges + 1, edges + 2]).clip(0, n_out - 1))
     position = ((at + 0.5) * (n_in / n_out) - 0.5).clip(0, n_in - 1)
     left = np.minimum(np.floor(position).astype(int), max(n_in - 2, 0))
     weight = position - left
@@ -196,7 +211,8 @@ def _interpolation_matrix(n_out: int, n_in: int, at: np.ndarray) -> np.ndarray:
     matrix[np.arange(len(at)), left] = 1 - weight
     if n_in > 1:
         matrix[np.arange(len(at)), left + 1] += weight
-    return matrix
+    at.flags.writeable = matrix.flags.writeable = False  # shared by every call through the cache
+    return at, matrix
 
 
 def _upsample_and_box(small: np.ndarray, size: tuple[int, int], threshold: float, all_regions: bool):
@@ -205,7 +221,7 @@ def _upsample_and_box(small: np.ndarray, size: tuple[int, int], threshold: float
         return cam, []
     # The paper's rule on the upsampled map, exactly as boxes_from_map applies it: `threshold` of
     # its maximum (1 up to float rounding, which this read settles bit for bit).
-    return cam, region_boxes(cam, threshold * float(cam.max()), all_regions)
+    return cam, region_boxes(cam, threshold * upsampled_peak(cam, small.shape), all_regions)
 
 
 def _check_topk(topk, num_classes: int) -> int:

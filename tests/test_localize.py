@@ -151,6 +151,20 @@ def test_maps_are_normalised_after_upsampling_without_a_pass_over_the_big_map():
     assert upsample_map(normalise_for_size(peaked, (8, 8)), (8, 8)).max() > 1 - 2e-6
 
 
+def test_the_peak_of_an_upsampled_map_is_read_exactly_from_a_few_blocks():
+    from cam.localize import upsample_map, upsampled_peak
+
+    rng = np.random.default_rng(2)
+    for _ in range(500):
+        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        size = tuple(int(v) for v in rng.integers(1, 800, 2))
+        small = rng.random((h, w)).astype(np.float32)
+        if rng.random() < 0.5:
+            small = np.round(small * 2) / 2  # ties: flat tops where rounding decides the maximum
+        full = upsample_map(small, size)
+        assert upsampled_peak(full, (h, w)) == float(full.max()), (h, w, size)
+
+
 def test_localize_boxes_are_the_paper_rule_on_the_returned_maps(default_model):
     for path in sorted(EXAMPLES.glob("*.png"))[:3]:
         for input_size in (None, 288):
