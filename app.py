@@ -18,7 +18,7 @@ import pandas as pd
 from cam.localize import RECOMMENDED
 from cam.train import DEFAULT_EPOCHS, DEFAULT_LR
 from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact,
-                         limit_malloc_arenas, restore,
+                         limit_malloc_arenas, private_gradio_cache, restore,
                          training_updates, views, write_downloads)
 
 INTRO = """# Where does the classifier look?
@@ -207,9 +207,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     args = parser.parse_args()
     limit_malloc_arenas()
-    # A stop request (SIGTERM: Ctrl-C's twin, what Spaces and process managers send) exits
-    # normally, so the app's temporary folders are removed on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    private_gradio_cache()
+    # A stop request (SIGTERM: what Spaces and process managers send) is handled as Ctrl-C: Gradio
+    # closes its server, deleting the files it cached, and the app's own folders go at exit.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     build_app().queue(default_concurrency_limit=4).launch(
         server_name=args.host, server_port=args.port, show_error=True, css=CSS, max_file_size="50mb")
 

@@ -214,6 +214,19 @@ def checkpoint_archive(checkpoint: str, folder: Path) -> str:
     return shutil.make_archive(str(base), "zip", root_dir=checkpoint)
 
 
+def private_gradio_cache() -> None:
+    """Point Gradio's file cache (uploads, answers) at a private temp folder removed at exit, unless
+    GRADIO_TEMP_DIR is set. Gradio deletes its cached files on shutdown only once every connection
+    has closed, so an app stopped with a browser tab open left them in the shared /tmp/gradio for
+    good; folders of killed servers go when the next one starts. Call before building the UI."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return
+    remove_orphaned_temp_folders("cam-gradio-")
+    folder = private_temp_folder("cam-gradio-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+
+
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does): with many request threads the
     default of 8 per core lets a server's resident memory creep through fragmentation."""

@@ -31,7 +31,7 @@ def server(tmp_path_factory):
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "CAM_CHECKPOINTS": str(checkpoints)})
+                            stdout=log, stderr=subprocess.STDOUT, env={**{k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}, "CAM_CHECKPOINTS": str(checkpoints)})
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while True:
@@ -43,15 +43,21 @@ def server(tmp_path_factory):
                 proc.kill()
                 raise RuntimeError(f"the app did not start: {Path(log.name).read_text()[-2000:]}")
             time.sleep(0.5)
+    assert len(_owned_temp_folders(proc.pid)) == 2, "the app should keep its files in two private folders"
     # gradio_client leaves an empty folder in the system temp dir per downloaded file: keep them here.
     system_temp, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("client-temp"))
     yield {"url": url, "checkpoints": checkpoints, "downloads": tmp_path_factory.mktemp("downloads")}
     tempfile.tempdir = system_temp
     proc.terminate()  # SIGTERM: the app exits normally and removes its temporary folders
     assert proc.wait(timeout=30) == 0
-    left = [p for p in Path(tempfile.gettempdir()).glob("cam-outputs-*")
-            if (p / "owner.pid").is_file() and (p / "owner.pid").read_text() == str(proc.pid)]
-    assert left == [], f"the stopped app left {left}"
+    left = _owned_temp_folders(proc.pid)
+    assert left == [], f"the stopped app left {left}"  # its result folders and Gradio's cached files
+
+
+def _owned_temp_folders(pid: int) -> list[Path]:
+    """The app's private temp folders (result files, Gradio's cache) that name `pid` as owner."""
+    return [p for prefix in ("cam-outputs-*", "cam-gradio-*") for p in Path(tempfile.gettempdir()).glob(prefix)
+            if (p / "owner.pid").is_file() and (p / "owner.pid").read_text() == str(pid)]
 
 
 def _client(server):
