@@ -113,6 +113,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         names = metrics["class_names"]
         confusion = pd.DataFrame(metrics["confusion_matrix"], columns=names)
         confusion.insert(0, "true \\ predicted", names)
+        confusion["class accuracy"] = [None if a is None else f"{a:.0%}" for a in metrics["per_class_accuracy"].values()]
         name = Path(event["checkpoint"]).name
         yield (f"Done: **{name}**, validation accuracy {metrics['val_accuracy']:.1%} in {metrics['seconds']:.0f} s. "
                "It is now selected in the Localize tab.", _curve_plot(curve), metrics, confusion,
@@ -176,8 +177,10 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                     train_status = gr.Markdown("One training runs at a time; others wait in the queue.", elem_id="train_status")
                     train_plot = gr.LinePlot(x="epoch", y="value", color="series", label="Loss and accuracy",
                                              y_title="loss / accuracy", color_title="", elem_id="train_plot")
-                    train_metrics = gr.JSON(label="Metrics")
-                    confusion = gr.Dataframe(label="Confusion matrix (rows: true class)", interactive=False, elem_id="confusion")
+                    confusion = gr.Dataframe(label="Validation confusion matrix (rows: true class)", interactive=False,
+                                             elem_id="confusion")
+                    with gr.Accordion("All metrics as JSON", open=False):
+                        train_metrics = gr.JSON(label="Metrics")
                     checkpoint_file = gr.File(label="Checkpoint (.zip)", interactive=False, elem_id="checkpoint_file")
             mode.change(lambda m: (DEFAULT_EPOCHS[m], DEFAULT_LR[m]), mode, [epochs, lr], api_visibility="private")
 

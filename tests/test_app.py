@@ -188,6 +188,7 @@ def test_browser_fine_tune_tab_trains_and_selects_the_new_model(server, tmp_path
         name = new.pop()
         expect(page.locator("#train_status")).to_contain_text(name)
         expect(page.locator("#confusion")).to_contain_text("green")
+        expect(page.locator("#confusion")).to_contain_text("class accuracy")
         plot = page.locator("#train_plot")
         for series in ("training loss", "training accuracy", "validation accuracy"):
             expect(plot).to_contain_text(series)  # the legend
