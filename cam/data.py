@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import stat
+import tempfile
 import warnings
-from pathlib import Path
+import zipfile
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -101,9 +106,6 @@ def private_temp_folder(prefix: str) -> Path:
     """A new folder in the system temp dir that records its owner process, so that
     `remove_orphaned_temp_folders` can delete it once that process has died (killed runs cannot
     clean up after themselves)."""
-    import os
-    import tempfile
-
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     (folder / "owner.pid").write_text(str(os.getpid()))
     return folder
@@ -111,10 +113,6 @@ def private_temp_folder(prefix: str) -> Path:
 
 def remove_orphaned_temp_folders(prefix: str) -> None:
     """Delete the `prefix*` temp folders whose owner process is gone."""
-    import os
-    import shutil
-    import tempfile
-
     for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
         try:
             os.kill(int((folder / "owner.pid").read_text()), 0)
@@ -159,10 +157,6 @@ def unpack_zip(zip_path, dest) -> int:
     corrupt ones; while unpacking, actual bytes are counted too, so a lying header cannot
     exceed the caps.
     """
-    import stat
-    import zipfile
-    from pathlib import PurePosixPath
-
     dest = Path(dest)
     try:
         archive = zipfile.ZipFile(zip_path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import atexit
 import collections
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
@@ -216,9 +218,9 @@ def checkpoint_archive(checkpoint: str, folder: Path) -> str:
 
 def private_gradio_cache() -> None:
     """Point Gradio's file cache (uploads, answers) at a private temp folder removed at exit, unless
-    GRADIO_TEMP_DIR is set. Gradio deletes its cached files on shutdown only once every connection
-    has closed, so an app stopped with a browser tab open left them in the shared /tmp/gradio for
-    good; folders of killed servers go when the next one starts. Call before building the UI."""
+    GRADIO_TEMP_DIR is set. Gradio's own cleanup at shutdown left them in the shared /tmp/gradio
+    whenever clients were still connected; folders of killed servers go when the next one starts.
+    Call before building the UI."""
     if os.environ.get("GRADIO_TEMP_DIR"):
         return
     remove_orphaned_temp_folders("cam-gradio-")
@@ -230,9 +232,6 @@ def private_gradio_cache() -> None:
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does): with many request threads the
     default of 8 per core lets a server's resident memory creep through fragmentation."""
-    import ctypes
-    import ctypes.util
-
     name = ctypes.util.find_library("c")
     if name and os.environ.get("MALLOC_ARENA_MAX") is None:
         libc = ctypes.CDLL(name)
