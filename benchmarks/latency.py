@@ -55,17 +55,20 @@ def main() -> None:
         with torch.inference_mode():
             net(preprocess(model, [photo], model.input_size))
 
-    plain = {"input_size": None, "flip": False}  # the model's own input size, as the bare model and peers
+    plain = {"input_size": None, "flip": False, "refine": False}  # the paper's CAM at the model's own size, as the peers
 
     def ours():
         cam.localize(model, photo, topk=args.topk, **plain)
 
     def ours_maps_only():  # localize's own steps up to the upsampled maps, no boxing: torchcam's output
         batch = preprocess(model, [load_image(photo)], model.input_size)
-        logits, features = forward_features(model, batch)
+        logits, features, _ = forward_features(model, batch)
         indices = logits.softmax(1).topk(args.topk, dim=1).indices
         small = class_maps(model, features, indices).numpy()[0]
         return [upsample_map(m, (height, width)) for m in normalise_for_size(small, (height, width))]
+
+    def ours_refined():
+        cam.localize(model, photo, topk=args.topk, **{**plain, "refine": True})
 
     def ours_recommended():
         cam.localize(model, photo, topk=args.topk)
@@ -89,7 +92,7 @@ def main() -> None:
         return [upsample_map(m, (height, width)) for m in maps]  # already min-max normalised at the input size
 
     methods = {"bare_model": bare, "localize_top5": ours, "maps_only_top5": ours_maps_only, "localize_top5_rendered": ours_rendered,
-               "localize_top5_recommended_288px": ours_recommended,
+               "localize_top5_refined": ours_refined, "localize_top5_recommended_288px_refined": ours_recommended,
                "torchcam_cam_top5": torchcam_cam, "gradcam_top5": gradcam}
     for fn in methods.values():  # warm up
         fn()

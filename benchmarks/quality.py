@@ -24,11 +24,16 @@ SETTINGS = [
     ("threshold 0.3 (MaxBoxAcc's tau)", "default", {**PLAIN, "threshold": 0.3}),
     ("flip", "default", {**PLAIN, "flip": True}),
     ("input 256", "default", {**PLAIN, "input_size": 256}),
-    ("input 288 (recommended)", "default", RECOMMENDED),
+    ("input 288", "default", {**PLAIN, "input_size": 288}),
     ("input 320", "default", {**PLAIN, "input_size": 320}),
-    ("input 288 + flip", "default", {**RECOMMENDED, "flip": True}),
+    ("input 288 + flip", "default", {**PLAIN, "input_size": 288, "flip": True}),
+    ("refine", "default", {**PLAIN, "refine": True}),
+    ("input 288 + refine (recommended)", "default", RECOMMENDED),
+    ("input 288 + refine + flip", "default", {**RECOMMENDED, "flip": True}),
     ("EfficientNet-Lite1 backbone", "efficientnet-lite1", PLAIN),
     ("EfficientNet-Lite2 backbone", "efficientnet-lite2", PLAIN),
+    ("EfficientNet-Lite1, input 288 + refine", "efficientnet-lite1", RECOMMENDED),
+    ("EfficientNet-Lite2, input 288 + refine", "efficientnet-lite2", RECOMMENDED),
 ]
 
 
@@ -39,7 +44,9 @@ def main() -> None:
     models, base_ms = {}, None
     for name, spec, settings in SETTINGS:
         try:
-            model = models.setdefault(spec, cam.load_model(spec, device="cpu"))
+            if spec not in models:
+                models[spec] = cam.load_model(spec, device="cpu")
+            model = models[spec]
         except ValueError as exc:  # an optional backbone package is not installed
             print(json.dumps({"setting": name, "skipped": str(exc)}), flush=True)
             continue

@@ -18,8 +18,11 @@ def _add_cam_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=None,
                         help=f"square input side (default {RECOMMENDED['input_size']}; --plain: the model's own)")
     parser.add_argument("--flip", action="store_true", default=None, help="average the maps of the image and its mirror")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                        help="refine the maps by the similarity of the finer features (default: on; --plain: off)")
     parser.add_argument("--plain", action="store_true",
-                        help="the paper's CAM exactly: model input size, no flip, threshold 0.2, largest region")
+                        help="the paper's CAM exactly: model input size, no flip, no refinement, threshold 0.2, "
+                             "largest region")
 
 
 def _cam_settings(args) -> dict:
@@ -27,7 +30,7 @@ def _cam_settings(args) -> dict:
     from .localize import PLAIN, RECOMMENDED
 
     settings = dict(PLAIN if args.plain else RECOMMENDED)
-    for key in ("threshold", "input_size", "flip"):
+    for key in ("threshold", "input_size", "flip", "refine"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value

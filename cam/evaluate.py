@@ -114,14 +114,16 @@ class WsolScores:
 
 def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"],
              input_size: int | None = RECOMMENDED["input_size"], flip: bool = RECOMMENDED["flip"],
-             batch_size: int = 16, progress=None) -> tuple[dict, list[dict]]:
+             refine: bool = RECOMMENDED["refine"], batch_size: int = 16, progress=None) -> tuple[dict, list[dict]]:
     """Evaluate `model` on `folder`; returns (metrics, per-image rows).
 
     `progress(done, total)` is called after each batch. Metrics are fractions in [0, 1]; the
     `curve` entry holds GT-known box accuracy for every threshold and IoU level (for plotting).
+    Maps are made as `localize` makes them (`refine` applies when the model has a guide layer).
     """
     scores = WsolScores(threshold)
     size = check_input_size(input_size, model)
+    refine = bool(refine) and model.guide_layer is not None
     samples = read_dataset(folder)
     for sample in samples:
         if not 0 <= sample.label < len(model.class_names):
@@ -131,18 +133,19 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
     for first in range(0, len(samples), batch_size):
         chunk = samples[first:first + batch_size]
         arrays = [load_image(images_dir / s.file) for s in chunk]
-        logits, features = forward_features(model, preprocess(model, arrays, size), flip)
+        logits, features, guide = forward_features(model, preprocess(model, arrays, size), flip, refine)
         probs = logits.softmax(1)
         top1 = probs.argmax(1)
         labels = torch.tensor([s.label for s in chunk], device=top1.device)
         pairs = torch.stack([top1, labels], 1)  # the predicted and the true class of each image
-        maps = class_maps(model, features, pairs).cpu().numpy()
+        maps = class_maps(model, features, pairs, guide).cpu().numpy()
         for sample, array, pair, predicted, score in zip(chunk, arrays, maps, top1.tolist(), probs.max(1).values.tolist()):
             top1_map, gt_map = (upsample_map(m, array.shape[:2]) for m in normalise_for_size(pair, array.shape[:2]))
             scores.add(sample.file, sample.label, sample.boxes, predicted, score, top1_map, gt_map)
         if progress:
             progress(len(scores.rows), len(samples))
     metrics = scores.metrics()
+    metrics["refined"] = refine
     metrics["ms_per_image"] = (time.perf_counter() - start) * 1000 / len(samples)
     return metrics, scores.rows
 

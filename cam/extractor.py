@@ -9,7 +9,7 @@ from torch import nn
 
 
 class FeatureExtractor:
-    """Capture the output of one submodule during forward passes.
+    """Capture the output of one submodule (with `inputs=True`, its first input) during forward passes.
 
     Use as a context manager: the hook is registered on entry and removed on exit, also when the
     body raises. The captured tensor is detached, so no autograd graph is kept alive by it. Only
@@ -17,21 +17,23 @@ class FeatureExtractor:
     in other threads never swap feature maps.
     """
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, inputs: bool = False):
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         self.module = module
+        self.inputs = inputs
         self.features: torch.Tensor | None = None
         self._handle = None
         self._thread = threading.get_ident()
 
-    def _hook(self, _module, _inputs, output):
+    def _hook(self, _module, inputs, output=None):
         if threading.get_ident() == self._thread:
-            self.features = output.detach()
+            self.features = (inputs[0] if self.inputs else output).detach()
 
     def __enter__(self) -> "FeatureExtractor":
         self._thread = threading.get_ident()
-        self._handle = self.module.register_forward_hook(self._hook)
+        register = self.module.register_forward_pre_hook if self.inputs else self.module.register_forward_hook
+        self._handle = register(self._hook)
         return self
 
     def __exit__(self, *exc_info) -> None:

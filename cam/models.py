@@ -46,6 +46,7 @@ class CamModel:
     feature_layer: str  # name of the module whose output is the map entering global pooling
     classifier_layer: str | None  # name of the linear classifier; None: pooled features are logits
     feature_relu: bool = False  # a ReLU applied functionally between that module and the pooling
+    guide_layer: str | None = None  # module whose input is the last feature map one stride finer (for `refine`)
     input_size: tuple[int, int] = (224, 224)  # (height, width) the whole image is resized to
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -59,6 +60,10 @@ class CamModel:
     @property
     def feature_module(self) -> nn.Module:
         return self.net.get_submodule(self.feature_layer)
+
+    @property
+    def guide_module(self) -> nn.Module | None:
+        return self.net.get_submodule(self.guide_layer) if self.guide_layer else None
 
     def classifier_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The classifier as (W, b) with W of shape (classes, channels), read live from the net."""
@@ -284,28 +289,33 @@ def load_checkpoint(folder: Path) -> CamModel:
 
 
 def _wrap(net: nn.Module, spec: str, arch: str, class_names: list[str], preprocessing: dict, info: dict | None = None) -> CamModel:
-    feature_layer, classifier_layer, relu = find_cam_layers(net, preprocessing["input_size"], spec)
+    feature_layer, classifier_layer, relu, guide_layer = find_cam_layers(net, preprocessing["input_size"], spec)
     return CamModel(
         net=net, spec=spec, arch=arch, class_names=class_names, feature_layer=feature_layer,
-        classifier_layer=classifier_layer, feature_relu=relu, info=info or {}, **preprocessing,
+        classifier_layer=classifier_layer, feature_relu=relu, guide_layer=guide_layer, info=info or {},
+        **preprocessing,
     )
 
 
-def find_cam_layers(net: nn.Module, input_size: tuple[int, int], spec: str = "model") -> tuple[str, str | None, bool]:
-    """Find (feature layer, classifier layer, functional ReLU?) such that
+def find_cam_layers(net: nn.Module, input_size: tuple[int, int],
+                    spec: str = "model") -> tuple[str, str | None, bool, str | None]:
+    """Find (feature layer, classifier layer, functional ReLU?, guide layer) such that
     ``logits == W @ mean_xy(F) + b`` holds for a random input; refuse the model otherwise.
 
     Every module is hooked for one forward pass; the last 4-D output with more than one pixel is
     the map entering the pooling, and the last linear layer producing the logits is the classifier.
-    All hooks are removed before returning, also on error.
+    The guide layer is the outermost module that takes a map one stride finer than F and gives F's
+    size (ResNet's layer4, EfficientNet's last strided stage): its input is `refine`'s guide, None
+    if there is none. All hooks are removed before returning, also on error.
     """
-    records: list[tuple[str, nn.Module, torch.Tensor]] = []
+    records: list[tuple[str, nn.Module, torch.Tensor, tuple | None]] = []
     handles = []
 
     def recorder(name):
-        def hook(module, _inputs, output):
+        def hook(module, inputs, output):
             if isinstance(output, torch.Tensor):
-                records.append((name, module, output.detach().clone()))
+                first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+                records.append((name, module, output.detach().clone(), None if first is None else tuple(first.shape)))
         return hook
 
     from .extractor import ModeGuard
@@ -330,11 +340,11 @@ def find_cam_layers(net: nn.Module, input_size: tuple[int, int], spec: str = "mo
     )
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ValueError(refusal)
-    spatial = [(n, o) for n, _, o in records if o.ndim == 4 and o.shape[2] * o.shape[3] > 1]
+    spatial = [(n, o) for n, _, o, _ in records if o.ndim == 4 and o.shape[2] * o.shape[3] > 1]
     if not spatial:
         raise ValueError(refusal)
     feature_layer, features = spatial[-1]
-    linears = [(n, m) for n, m, o in records if isinstance(m, nn.Linear) and o.shape == logits.shape]
+    linears = [(n, m) for n, m, o, _ in records if isinstance(m, nn.Linear) and o.shape == logits.shape]
     candidates: list[tuple[str | None, torch.Tensor, torch.Tensor]] = []
     if linears:
         name, layer = linears[-1]
@@ -351,5 +361,15 @@ def find_cam_layers(net: nn.Module, input_size: tuple[int, int], spec: str = "mo
             pooled = (torch.relu(features) if relu else features).mean((2, 3))
             predicted = pooled @ weight.T + bias
             if torch.allclose(predicted, logits, rtol=1e-4, atol=1e-4 * scale):
-                return feature_layer, classifier_layer, relu
+                return feature_layer, classifier_layer, relu, _guide_layer(records, features.shape)
     raise ValueError(refusal)
+
+
+def _guide_layer(records, feature_shape) -> str | None:
+    """The outermost module (fewest dots in its name) whose input is one stride finer than the
+    feature map (more pixels, at most twice as many per side plus one) and whose output has its size."""
+    h, w = feature_shape[2:]
+    guides = [(name.count("."), order, name) for order, (name, _, output, shape) in enumerate(records)
+              if shape is not None and len(shape) == 4 and output.ndim == 4 and output.shape[2:] == (h, w)
+              and (h, w) != shape[2:] and h <= shape[2] <= 2 * h + 1 and w <= shape[3] <= 2 * w + 1]
+    return min(guides)[2] if guides else None

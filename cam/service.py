@@ -67,12 +67,12 @@ class ModelCache:
 
 
 def analyze(cache: ModelCache, choice: str, image, topk: int, threshold: float, all_regions: bool,
-            input_size: int | None, flip: bool) -> Result:
+            input_size: int | None, flip: bool, refine: bool) -> Result:
     """Run the model once on `image` (a path or array) and keep every map for later re-boxing."""
     model = cache.get(choice)
     topk = min(int(topk), len(model.class_names))
     return localize(model, image, topk=topk, threshold=threshold, all_regions=all_regions,
-                    input_size=input_size or None, flip=bool(flip))
+                    input_size=input_size or None, flip=bool(flip), refine=bool(refine))
 
 
 def views(result: Result, opacity: float, folder: Path):

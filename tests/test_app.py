@@ -69,7 +69,7 @@ def _client(server):
 def _localize(client, path, choice="default", topk=5):
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(path)), choice, topk, 0.2, False, 0.5, 288, False, api_name="/localize")
+    return client.predict(handle_file(str(path)), choice, topk, 0.2, False, 0.5, 288, False, True, api_name="/localize")
 
 
 def test_api_localize_bad_file_then_good(server, tmp_path):
@@ -221,7 +221,7 @@ def test_api_hostile_inputs_get_errors_and_the_server_keeps_serving(server, tmp_
         values = {"topk": 5, "threshold": 0.2}
         values.update(changes)
         return client.predict(handle_file(str(EXAMPLES / "coffee.png")), "default", values["topk"], values["threshold"],
-                              False, 0.5, 288, False, api_name="/localize")
+                              False, 0.5, 288, False, True, api_name="/localize")
 
     for bad in ({"topk": 0}, {"topk": 10000}, {"threshold": -1}, {"threshold": 2}):
         with pytest.raises(Exception):

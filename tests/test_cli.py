@@ -18,7 +18,7 @@ def test_localize_good_and_bad_images(tmp_path):
     assert proc.returncode == 1
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line["image"].split("/")[-1] for line in lines] == ["chelsea.png", "coffee.png"]
-    assert lines[1]["predictions"][0]["label"] == "espresso"
+    assert lines[1]["predictions"][0]["label"] == "espresso" and lines[1]["refined"] is True
     assert proc.stderr.strip().splitlines() == [f"error: {bad}: not a supported image (expected JPEG, PNG, BMP, GIF, WebP or TIFF)"]
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == [
@@ -42,6 +42,12 @@ def test_a_reader_that_stops_early_ends_the_run_quietly():
     stderr = proc.stderr.read()
     assert json.loads(first)["predictions"] and proc.wait(timeout=300) == 141
     assert stderr == "", stderr
+
+
+def test_no_refine_and_plain_give_the_exact_cams():
+    for flags in (["--no-refine"], ["--plain"]):
+        proc = run_cli("localize", str(EXAMPLES / "coffee.png"), "--topk", "1", *flags)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["refined"] is False, proc.stderr
 
 
 def test_bad_parameter_is_one_line():

@@ -25,6 +25,58 @@ def test_result_contract(tiny_model, photo):
     data = json.loads(json.dumps(result.to_dict()))
     assert data["width"] == 120 and data["height"] == 90 and len(data["predictions"]) == 3
     assert set(data["predictions"][0]) == {"class_index", "label", "score", "boxes"}
+    assert data["refined"] is True  # the recommended setting
+
+
+def test_refine_spreads_a_map_over_the_pixels_whose_features_look_alike():
+    import torch
+
+    from cam.localize import refine_maps
+
+    guide = torch.zeros(1, 2, 4, 4)
+    guide[0, 0, :, :2] = 1.0  # left half: one feature direction
+    guide[0, 1, :, 2:] = 3.0  # right half: an orthogonal one (the length does not matter)
+    maps = torch.tensor([[[[3.0, 0.0], [1.0, -1.0]], [[0.0, 2.0], [0.0, 2.0]], [[1.0, 1.0], [1.0, 1.0]]]])
+    refined = refine_maps(maps, guide)
+    left = torch.tensor([[1.0, 1, 0, 0]] * 4)
+    torch.testing.assert_close(refined[0, 0], left, atol=1e-6, rtol=0)  # each half takes its own mean
+    torch.testing.assert_close(refined[0, 1], 1 - left, atol=1e-6, rtol=0)
+    assert not refined[0, 2].any()  # a flat map stays without a location
+    assert cam.boxes_from_map(refined[0, 0].numpy(), 0.2) == [(0, 0, 2, 4)]
+
+    guide[0, :, 0, 0] = 0.0  # a pixel without features has no neighbours: raw value 0, not NaN
+    refined = refine_maps(maps, guide)
+    assert torch.isfinite(refined).all() and 0 < refined[0, 0, 0, 0] < 1
+    others = refined[0, 0].clone()
+    others[0, 0] = 1
+    torch.testing.assert_close(others, left, atol=1e-6, rtol=0)  # the other pixels are as before
+
+    # a ramp guide: the result is a smoothed, squared, min-max normalised map on the guide's grid
+    ramp = torch.stack([torch.ones(6, 6), torch.linspace(0, 1, 6).expand(6, 6)])[None]
+    smooth = refine_maps(torch.tensor([[[[0.0, 0.0, 1.0]] * 3]]), ramp)
+    assert smooth.shape == (1, 1, 6, 6) and smooth.min() == 0 and smooth.max() == 1
+    assert (smooth[0, 0].diff(dim=1) >= 0).all()  # still rising towards the peak
+
+
+def test_refine_off_or_without_a_guide_gives_the_exact_cams(tiny_model, photo):
+    import dataclasses
+
+    import torch
+
+    from cam.localize import class_maps, forward_features, normalise_for_size, preprocess
+
+    plain = cam.localize(tiny_model, photo, topk=3, refine=False)
+    no_guide = cam.localize(dataclasses.replace(tiny_model, guide_layer=None), photo, topk=3, refine=True)
+    refined = cam.localize(tiny_model, photo, topk=3)
+    assert not plain.refined and not no_guide.refined and refined.refined
+    logits, features, guide = forward_features(tiny_model, preprocess(tiny_model, [photo], (288, 288)))
+    assert guide is None
+    indices = torch.tensor([[p.class_index for p in plain.predictions]])
+    expected = normalise_for_size(class_maps(tiny_model, features, indices)[0].numpy(), photo.shape[:2])
+    for result in (plain, no_guide):
+        np.testing.assert_array_equal(np.stack([p.small_cam for p in result.predictions]), expected)
+    assert [p.class_index for p in refined.predictions] == indices[0].tolist()  # refining changes maps, not classes
+    assert refined.predictions[0].small_cam.shape == (18, 18) and plain.predictions[0].small_cam.shape == (9, 9)
 
 
 def test_batch_equals_single(tiny_model, photo):
@@ -121,7 +173,7 @@ def test_compact_state_restores_identical_maps(tiny_model, photo):
 
     result = cam.localize(tiny_model, photo, topk=3)
     kept = compact(result)
-    assert all(p.cam is None and p.small_cam.size < 100 for p in kept.predictions)
+    assert all(p.cam is None and p.small_cam.shape == (18, 18) for p in kept.predictions)  # 288 px, refined at stride 16
     back = restore(kept)
     for original, again in zip(result.predictions, back.predictions):
         assert np.array_equal(original.cam, again.cam) and original.boxes == again.boxes
@@ -167,8 +219,9 @@ def test_the_peak_of_an_upsampled_map_is_read_exactly_from_a_few_blocks():
 
 def test_localize_boxes_are_the_paper_rule_on_the_returned_maps(default_model):
     for path in sorted(EXAMPLES.glob("*.png"))[:3]:
-        for input_size in (None, 288):
-            result = cam.localize(default_model, path, input_size=input_size, threshold=0.3)
+        for input_size, refine in ((None, False), (None, True), (288, True)):
+            result = cam.localize(default_model, path, input_size=input_size, threshold=0.3, refine=refine)
+            assert result.refined == refine
             for p in result.predictions:
                 assert p.boxes == cam.boxes_from_map(p.cam, 0.3)
                 assert abs(float(p.cam.max()) - 1) < 2e-6 and float(p.cam.min()) < 2e-6

@@ -21,7 +21,7 @@ def test_cam_mean_plus_bias_equals_logit(spec, photo):
     torch.manual_seed(0)
     model = cam.load_model(spec, pretrained=False, device="cpu")
     batch = preprocess(model, [photo, photo[::-1].copy()], model.input_size)
-    logits, features = forward_features(model, batch)
+    logits, features, _ = forward_features(model, batch)
     all_classes = torch.arange(logits.shape[1]).expand(2, -1)
     maps = class_maps(model, features, all_classes)
     _, bias = model.classifier_params()
@@ -29,9 +29,35 @@ def test_cam_mean_plus_bias_equals_logit(spec, photo):
     torch.testing.assert_close(rebuilt, logits, rtol=1e-4, atol=1e-4 * float(logits.abs().max()))
 
 
+GUIDES = {"timm:test_resnet": "layer4", "timm:test_efficientnet": "blocks.4", "torchvision:resnet18": "layer4",
+          "torchvision:densenet121": "features.transition3", "torchvision:efficientnet_b0": "features.6",
+          "torchvision:mobilenet_v2": "features.14"}
+
+
+@pytest.mark.parametrize("spec", list(GUIDES))
+def test_the_guide_is_the_input_of_the_last_strided_stage(spec, photo):
+    model = cam.load_model(spec, pretrained=False, device="cpu")
+    assert model.guide_layer == GUIDES[spec]
+    batch = preprocess(model, [photo], (256, 256))
+    _, features, guide = forward_features(model, batch, guide=True)
+    assert guide.shape[0] == 1 and guide.shape[2:] == tuple(2 * n for n in features.shape[2:])
+
+
+def test_a_network_without_a_finer_stage_has_no_guide():
+    from torch import nn
+
+    from cam.models import find_cam_layers
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    assert find_cam_layers(net, (32, 32)) == ("1", "4", False, None)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    assert find_cam_layers(net, (32, 32)) == ("2", "5", False, "1")  # 32x32 into the strided conv, 16x16 out
+
+
 def test_flip_keeps_the_identity(tiny_model, photo):
     batch = preprocess(tiny_model, [photo], tiny_model.input_size)
-    logits, features = forward_features(tiny_model, batch, flip=True)
+    logits, features, _ = forward_features(tiny_model, batch, flip=True)
     maps = class_maps(tiny_model, features, torch.arange(logits.shape[1])[None])
     rebuilt = maps.mean((2, 3)) + tiny_model.classifier_params()[1]
     torch.testing.assert_close(rebuilt, logits, rtol=1e-4, atol=1e-5)
@@ -51,7 +77,7 @@ def test_discovery_leaves_no_hooks_and_keeps_train_flags():
     net.train()
     net.layer1.eval()
     find_cam_layers(net, (64, 64))
-    assert all(not m._forward_hooks for m in net.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
     assert net.training and not net.layer1.training and net.layer2.training
 
 
