@@ -79,7 +79,7 @@ def do_nothing_app():
 
     with gr.Blocks() as demo:
         inputs = [gr.Image(type="filepath"), gr.Dropdown(["default"], value="default"), gr.Slider(1, 10, 5), gr.Slider(0, 1, 0.2),
-                  gr.Checkbox(), gr.Slider(0, 1, 0.5), gr.Dropdown([288, 0]), gr.Checkbox()]
+                  gr.Checkbox(), gr.Slider(0, 1, 0.5), gr.Dropdown([288, 0]), gr.Checkbox(), gr.Checkbox()]
         outputs = [gr.Image(format="jpeg"), gr.Image(format="jpeg"), gr.Gallery(format="jpeg"), gr.Dataframe(), gr.JSON()]
         gr.Button().click(echo, inputs, outputs, api_name="localize")
     return demo
@@ -106,7 +106,7 @@ def main() -> None:
     photo_path = inputs / "photo_1mp.jpg"
     source = Image.open(ROOT / "examples" / "coffee.png").convert("RGB")
     source.resize((1225, 816), Image.BICUBIC).save(photo_path, quality=92)
-    arguments = (handle_file(str(photo_path)), "default", 5, 0.2, False, 0.5, 288, False)
+    arguments = (handle_file(str(photo_path)), "default", 5, 0.2, False, 0.5, 288, False, True)
 
     downloads = tempfile.mkdtemp(prefix="bench-downloads-")  # what the clients fetch; removed at the end
     tempfile.tempdir = downloads  # gradio_client also leaves an empty temp folder per file: here, not in /tmp
