@@ -4,19 +4,24 @@
 
 One line per setting: top-1 cls, top-1 loc, GT-known loc, MaxBoxAcc (and its threshold),
 MaxBoxAccV2, and the time per image (batched evaluation on this machine's CPU) with its ratio to
-plain CAM measured in the same run.
+plain CAM measured in the same run. With `--cv-splits N`, then a line per setting in CV_SETTINGS:
+top-1 loc on one random half of the photos when the box threshold is chosen on the other half
+(N splits, both ways), a check that a threshold tuned on the set holds on photos it did not see.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cam  # noqa: E402
-from cam.evaluate import evaluate  # noqa: E402
+from cam.evaluate import evaluate, read_dataset  # noqa: E402
 from cam.localize import PLAIN, RECOMMENDED  # noqa: E402
 
 SETTINGS = [
@@ -36,10 +41,41 @@ SETTINGS = [
     ("EfficientNet-Lite2, input 288 + refine", "efficientnet-lite2", RECOMMENDED),
 ]
 
+CV_SETTINGS = ["plain CAM (paper)", "input 288", "input 288 + refine (recommended)"]
+CV_THRESHOLDS = np.round(np.arange(0.05, 0.65, 0.05), 2)
+
+
+def threshold_cross_validation(model, folder, settings: dict, splits: int, seed: int = 0) -> dict:
+    """Held-out top-1 loc when the threshold is picked on the other half (mean over 2 x `splits`)."""
+    samples = read_dataset(folder)
+    hits = np.zeros((len(samples), len(CV_THRESHOLDS)), dtype=bool)  # top-1 right and IoU >= 0.5
+    options = {k: v for k, v in settings.items() if k != "threshold"}
+    for i, sample in enumerate(samples):
+        top = cam.localize(model, Path(folder) / "images" / sample.file, topk=1, **options).predictions[0]
+        if top.class_index == sample.label:
+            hits[i] = [max((cam.iou(b, t) for b in cam.boxes_from_map(top.cam, tau) for t in sample.boxes),
+                           default=0.0) >= 0.5 for tau in CV_THRESHOLDS]
+    rng = np.random.default_rng(seed)
+    held_out, chosen = [], collections.Counter()
+    for _ in range(splits):
+        order = rng.permutation(len(samples))
+        halves = (order[: len(order) // 2], order[len(order) // 2:])
+        for tune, test in (halves, halves[::-1]):
+            best = int(hits[tune].mean(0).argmax())
+            chosen[float(CV_THRESHOLDS[best])] += 1
+            held_out.append(float(hits[test, best].mean()))
+    whole = hits.mean(0)
+    return {"splits": splits, "held_out_top1_loc_mean": round(float(np.mean(held_out)), 3),
+            "held_out_top1_loc_range": [round(min(held_out), 3), round(max(held_out), 3)],
+            "thresholds_chosen": dict(chosen.most_common()),
+            "whole_set_top1_loc_by_threshold": dict(zip(CV_THRESHOLDS.tolist(), whole.round(3).tolist())),
+            "whole_set_at_default": round(float(whole[np.isclose(CV_THRESHOLDS, settings["threshold"])][0]), 3)}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
+    parser.add_argument("--cv-splits", type=int, default=0, help="threshold cross-validation splits (0: none)")
     args = parser.parse_args()
     models, base_ms = {}, None
     for name, spec, settings in SETTINGS:
@@ -57,6 +93,10 @@ def main() -> None:
                **{k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()},
                "latency_ratio_to_plain": round(metrics["ms_per_image"] / base_ms, 2)}
         print(json.dumps(row), flush=True)
+    for name, spec, settings in SETTINGS:
+        if args.cv_splits and name in CV_SETTINGS:
+            cv = threshold_cross_validation(models[spec], args.folder, settings, args.cv_splits)
+            print(json.dumps({"setting": name, "threshold_cross_validation": cv}), flush=True)
 
 
 if __name__ == "__main__":
