@@ -9,6 +9,7 @@ reported. Also checks that our top-1 map equals torchcam's CAM after the same up
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -55,6 +56,12 @@ def main() -> None:
         with torch.inference_mode():
             net(preprocess(model, [photo], model.input_size))
 
+    contiguous_net = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+
+    def bare_contiguous():  # the same network with its weights in the default layout, as before load_model's channels-last
+        with torch.inference_mode():
+            contiguous_net(preprocess(model, [photo], model.input_size).contiguous())
+
     plain = {"input_size": None, "flip": False, "refine": False}  # the paper's CAM at the model's own size, as the peers
 
     def ours():
@@ -91,7 +98,7 @@ def main() -> None:
             maps = explainer(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
         return [upsample_map(m, (height, width)) for m in maps]  # already min-max normalised at the input size
 
-    methods = {"bare_model": bare, "localize_top5": ours, "maps_only_top5": ours_maps_only, "localize_top5_rendered": ours_rendered,
+    methods = {"bare_model": bare, "bare_model_contiguous_weights": bare_contiguous, "localize_top5": ours, "maps_only_top5": ours_maps_only, "localize_top5_rendered": ours_rendered,
                "localize_top5_refined": ours_refined, "localize_top5_recommended_288px_refined": ours_recommended,
                "torchcam_cam_top5": torchcam_cam, "gradcam_top5": gradcam}
     for fn in methods.values():  # warm up

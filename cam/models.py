@@ -108,7 +108,9 @@ def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | 
         model = load_checkpoint(Path(text))
     else:
         raise ValueError(f"unknown model spec {text!r}; {SPEC_FORMS}{_suggest(text)}")
-    model.net.to(device)
+    # Channels-last weights: on 2 CPU cores 4-20% faster forward passes one photo at a time and
+    # 20-45% in batches for Lite0, ResNet-50, DenseNet-121, MobileNetV2 and RegNetY (README, "Speed").
+    model.net.to(device=device, memory_format=torch.channels_last)
     model.net.eval()
     return model
 
