@@ -23,8 +23,8 @@ import torch
 
 from .boxes import boxes_from_map, check_threshold, iou, region_boxes
 from .data import load_image
-from .localize import (RECOMMENDED, check_input_size, class_maps, forward_features, normalise_for_size,
-                       preprocess, upsample_map)
+from .localize import (RECOMMENDED, check_input_size, class_maps, forward_features, inference_batch_size,
+                       normalise_for_size, preprocess, upsample_map)
 from .models import CamModel
 
 THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # the cam_curve_interval of wsolevaluation
@@ -114,16 +114,19 @@ class WsolScores:
 
 def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"],
              input_size: int | None = RECOMMENDED["input_size"], flip: bool = RECOMMENDED["flip"],
-             refine: bool = RECOMMENDED["refine"], batch_size: int = 16, progress=None) -> tuple[dict, list[dict]]:
+             refine: bool = RECOMMENDED["refine"], batch_size: int | None = None,
+             progress=None) -> tuple[dict, list[dict]]:
     """Evaluate `model` on `folder`; returns (metrics, per-image rows).
 
-    `progress(done, total)` is called after each batch. Metrics are fractions in [0, 1]; the
+    `progress(done, total)` is called after each batch (`batch_size` images; default:
+    `inference_batch_size`). Metrics are fractions in [0, 1]; the
     `curve` entry holds GT-known box accuracy for every threshold and IoU level (for plotting).
     Maps are made as `localize` makes them (`refine` applies when the model has a guide layer).
     """
     scores = WsolScores(threshold)
     size = check_input_size(input_size, model)
     refine = bool(refine) and model.guide_layer is not None
+    batch_size = batch_size or inference_batch_size(model, size)
     samples = read_dataset(folder)
     for sample in samples:
         if not 0 <= sample.label < len(model.class_names):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .data import load_image, private_temp_folder, remove_orphaned_temp_folders, scan_dataset, unpack_zip
-from .localize import check_input_size, forward_features, preprocess
+from .localize import check_input_size, forward_features, inference_batch_size, preprocess
 from .models import CamModel, load_model
 
 DEFAULT_EPOCHS = {"head": 30, "full": 5}
@@ -125,8 +125,8 @@ def _check_cancel(cancel) -> None:
         raise TrainingCancelled("training was cancelled")
 
 
-def _pooled_features(model: CamModel, arrays, indices, size, batch_size) -> torch.Tensor:
-    chunks = []
+def _pooled_features(model: CamModel, arrays, indices, size) -> torch.Tensor:
+    chunks, batch_size = [], inference_batch_size(model, size)
     for start in range(0, len(indices), batch_size):
         batch = preprocess(model, [arrays[i] for i in indices[start:start + batch_size]], size)
         chunks.append(forward_features(model, batch)[1].mean((2, 3)))  # the pooled features the classifier sees
@@ -150,8 +150,8 @@ def _train_head(model, arrays, labels, train_idx, val_idx, size, epochs, lr, bat
     """Backbone frozen: pooled features once, then only the linear classifier learns, from the
     class prototypes (epoch 0, kept if no epoch beats it on validation)."""
     report({"stage": "features", "images": len(arrays)})
-    x_train = _pooled_features(model, arrays, train_idx, size, batch_size)
-    x_val = _pooled_features(model, arrays, val_idx, size, batch_size)
+    x_train = _pooled_features(model, arrays, train_idx, size)
+    x_val = _pooled_features(model, arrays, val_idx, size)
     y_train = torch.tensor([labels[i] for i in train_idx], device=x_train.device)
     head = _classifier(model)
     _prototype_init(head, x_train, y_train)
@@ -203,7 +203,7 @@ def _train_full(model, arrays, labels, train_idx, val_idx, size, epochs, lr, bat
     """The whole network learns, the classifier from the class prototypes at `lr`, the backbone at lr / 10."""
     head = _classifier(model)
     report({"stage": "features", "images": len(arrays)})
-    _prototype_init(head, _pooled_features(model, arrays, train_idx, size, batch_size),
+    _prototype_init(head, _pooled_features(model, arrays, train_idx, size),
                     torch.tensor([labels[i] for i in train_idx]))
     head_ids = {id(p) for p in head.parameters()}
     backbone = [p for p in model.net.parameters() if id(p) not in head_ids]
@@ -235,8 +235,9 @@ def _train_full(model, arrays, labels, train_idx, val_idx, size, epochs, lr, bat
         model.net.eval()
         val_logits = []
         with torch.no_grad():
-            for start in range(0, len(val_idx), batch_size):
-                batch = preprocess(model, [arrays[i] for i in val_idx[start:start + batch_size]], size)
+            step = inference_batch_size(model, size)
+            for start in range(0, len(val_idx), step):
+                batch = preprocess(model, [arrays[i] for i in val_idx[start:start + step]], size)
                 val_logits.append(model.net(batch))
             best = _keep_best(model, best, epoch, torch.cat(val_logits), [labels[i] for i in val_idx])
         report({"stage": "validate", "epoch": epoch, "epochs": epochs, "loss": loss_sum / total,

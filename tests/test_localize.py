@@ -239,3 +239,10 @@ def test_output_folders_expire(tmp_path):
     os.utime(old, (time.time() - 120,) * 2)
     folders.sweep()
     assert fresh.exists() and not old.exists()
+
+
+def test_inference_batches_hold_about_200k_pixels_on_a_cpu(tiny_model):
+    from cam.localize import inference_batch_size
+
+    sizes = [(224, 224), (288, 288), (384, 384), (1024, 1024), (96, 96)]
+    assert [inference_batch_size(tiny_model, s) for s in sizes] == [4, 2, 1, 1, 21]
