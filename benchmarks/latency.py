@@ -98,7 +98,8 @@ def main() -> None:
             maps = explainer(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
         return [upsample_map(m, (height, width)) for m in maps]  # already min-max normalised at the input size
 
-    methods = {"bare_model": bare, "bare_model_contiguous_weights": bare_contiguous, "localize_top5": ours, "maps_only_top5": ours_maps_only, "localize_top5_rendered": ours_rendered,
+    methods = {"bare_model": bare, "bare_model_contiguous_weights": bare_contiguous, "localize_top5": ours,
+               "maps_only_top5": ours_maps_only, "localize_top5_rendered": ours_rendered,
                "localize_top5_refined": ours_refined, "localize_top5_recommended_288px_refined": ours_recommended,
                "torchcam_cam_top5": torchcam_cam, "gradcam_top5": gradcam}
     for fn in methods.values():  # warm up

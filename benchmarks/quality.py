@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cam  # noqa: E402
-from cam.evaluate import evaluate, read_dataset  # noqa: E402
+from cam.evaluate import best_iou, evaluate, read_dataset  # noqa: E402
 from cam.localize import PLAIN, RECOMMENDED  # noqa: E402
 
 SETTINGS = [
@@ -53,8 +53,7 @@ def threshold_cross_validation(model, folder, settings: dict, splits: int, seed:
     for i, sample in enumerate(samples):
         top = cam.localize(model, Path(folder) / "images" / sample.file, topk=1, **options).predictions[0]
         if top.class_index == sample.label:
-            hits[i] = [max((cam.iou(b, t) for b in cam.boxes_from_map(top.cam, tau) for t in sample.boxes),
-                           default=0.0) >= 0.5 for tau in CV_THRESHOLDS]
+            hits[i] = [best_iou(cam.boxes_from_map(top.cam, tau), sample.boxes) >= 0.5 for tau in CV_THRESHOLDS]
     rng = np.random.default_rng(seed)
     held_out, chosen = [], collections.Counter()
     for _ in range(splits):

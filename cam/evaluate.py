@@ -77,18 +77,18 @@ class WsolScores:
     def add(self, file: str, label: int, truths, predicted: int, score: float,
             top1_map: np.ndarray, gt_map: np.ndarray) -> dict:
         """Score one image: the map of its predicted class and the map of its true class."""
-        best_iou = _best_iou(boxes_from_map(top1_map, self.threshold), truths)
-        gt_iou = _best_iou(boxes_from_map(gt_map, self.threshold), truths)  # also checks the map
+        top1_iou = best_iou(boxes_from_map(top1_map, self.threshold), truths)
+        gt_iou = best_iou(boxes_from_map(gt_map, self.threshold), truths)  # also checks the map
         gt_map = np.asarray(gt_map, dtype=np.float32)
         peak = float(gt_map.max())
         for t, tau in enumerate(THRESHOLDS):
             regions = region_boxes(gt_map, tau * peak, all_regions=True) if peak > 0 else []
-            self.hits_v1[t] += _best_iou(regions[:1], truths) >= 0.5
-            overlap = _best_iou(regions, truths)
+            self.hits_v1[t] += best_iou(regions[:1], truths) >= 0.5
+            overlap = best_iou(regions, truths)
             self.hits_v2[:, t] += [overlap >= level for level in IOU_LEVELS]
         correct = predicted == label
         row = {"file": file, "label": label, "predicted": predicted, "score": round(score, 4),
-               "top1_cls": int(correct), "iou_top1": round(best_iou, 4), "top1_loc": int(correct and best_iou >= 0.5),
+               "top1_cls": int(correct), "iou_top1": round(top1_iou, 4), "top1_loc": int(correct and top1_iou >= 0.5),
                "iou_gt_known": round(gt_iou, 4), "gt_known_loc": int(gt_iou >= 0.5)}
         self.rows.append(row)
         return row
@@ -125,7 +125,6 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
     """
     scores = WsolScores(threshold)
     size = check_input_size(input_size, model)
-    refine = bool(refine) and model.guide_layer is not None
     batch_size = batch_size or inference_batch_size(model, size)
     samples = read_dataset(folder)
     for sample in samples:
@@ -148,12 +147,13 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
         if progress:
             progress(len(scores.rows), len(samples))
     metrics = scores.metrics()
-    metrics["refined"] = refine
+    metrics["refined"] = guide is not None  # forward_features gives a guide only where the model has one
     metrics["ms_per_image"] = (time.perf_counter() - start) * 1000 / len(samples)
     return metrics, scores.rows
 
 
-def _best_iou(boxes, truths) -> float:
+def best_iou(boxes, truths) -> float:
+    """The highest IoU between any of `boxes` and any ground-truth box (0 when either is empty)."""
     return max((iou(b, t) for b in boxes for t in truths), default=0.0)
 
 

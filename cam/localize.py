@@ -101,7 +101,6 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
     topk = _check_topk(topk, len(model.class_names))
     threshold = check_threshold(threshold)
     size = check_input_size(input_size, model)
-    refine = bool(refine) and model.guide_layer is not None
     batch_size = batch_size or inference_batch_size(model, size)
     results = []
     for start in range(0, len(images), batch_size):
@@ -117,7 +116,7 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
             for c, s, m in zip(indices[i].tolist(), scores[i].tolist(), maps):
                 full, boxes = _upsample_and_box(m, array.shape[:2], threshold, all_regions)
                 predictions.append(Prediction(int(c), model.class_names[int(c)], float(s), boxes, full, m))
-            results.append(Result(predictions, array, model.spec, threshold, bool(all_regions), refine))
+            results.append(Result(predictions, array, model.spec, threshold, bool(all_regions), guide is not None))
     return results
 
 

@@ -125,11 +125,16 @@ def _check_cancel(cancel) -> None:
         raise TrainingCancelled("training was cancelled")
 
 
+def _inference_batches(model: CamModel, arrays, indices, size):
+    """The images `indices`, preprocessed, in batches of `inference_batch_size`."""
+    step = inference_batch_size(model, size)
+    for start in range(0, len(indices), step):
+        yield preprocess(model, [arrays[i] for i in indices[start:start + step]], size)
+
+
 def _pooled_features(model: CamModel, arrays, indices, size) -> torch.Tensor:
-    chunks, batch_size = [], inference_batch_size(model, size)
-    for start in range(0, len(indices), batch_size):
-        batch = preprocess(model, [arrays[i] for i in indices[start:start + batch_size]], size)
-        chunks.append(forward_features(model, batch)[1].mean((2, 3)))  # the pooled features the classifier sees
+    chunks = [forward_features(model, batch)[1].mean((2, 3))  # the pooled features the classifier sees
+              for batch in _inference_batches(model, arrays, indices, size)]
     return torch.cat(chunks).clone()  # a normal tensor: inference-mode tensors cannot enter autograd
 
 
@@ -233,13 +238,9 @@ def _train_full(model, arrays, labels, train_idx, val_idx, size, epochs, lr, bat
             report({"stage": "train", "epoch": epoch, "epochs": epochs, "step": step, "steps": steps,
                     "loss": loss_sum / total, "train_accuracy": correct / total})
         model.net.eval()
-        val_logits = []
         with torch.no_grad():
-            step = inference_batch_size(model, size)
-            for start in range(0, len(val_idx), step):
-                batch = preprocess(model, [arrays[i] for i in val_idx[start:start + step]], size)
-                val_logits.append(model.net(batch))
-            best = _keep_best(model, best, epoch, torch.cat(val_logits), [labels[i] for i in val_idx])
+            val_logits = torch.cat([model.net(batch) for batch in _inference_batches(model, arrays, val_idx, size)])
+            best = _keep_best(model, best, epoch, val_logits, [labels[i] for i in val_idx])
         report({"stage": "validate", "epoch": epoch, "epochs": epochs, "loss": loss_sum / total,
                 "train_accuracy": correct / total, "val_accuracy": best["last_accuracy"]})
     return best
