@@ -180,7 +180,8 @@ def test_browser_fine_tune_tab_trains_and_selects_the_new_model(server, tmp_path
         page.goto(server["url"])
         page.get_by_role("tab", name="Fine-tune").click()
         page.locator("#dataset input[type=file]").set_input_files(str(zip_path))
-        expect(page.locator("#dataset")).to_contain_text("colours.zip")
+        # the file table shows the name as two spans (stem, extension); its accessible name joins them
+        expect(page.locator("#dataset").get_by_role("cell", name="colours.zip")).to_be_visible()
         page.get_by_role("button", name="Start training").click()
         expect(page.locator("#train_status")).to_contain_text("Done", timeout=120_000)  # expect() waits 5 s by default
         new = {p.name for p in server["checkpoints"].iterdir()} - before
