@@ -160,7 +160,7 @@ def _timm_preprocessing(net: nn.Module) -> dict:
         "input_size": tuple(cfg["input_size"][1:]),
         "mean": tuple(cfg["mean"]),
         "std": tuple(cfg["std"]),
-        "interpolation": cfg["interpolation"] if cfg["interpolation"] in ("bilinear", "bicubic", "nearest") else "bilinear",
+        "interpolation": cfg["interpolation"] if cfg["interpolation"] in ("bilinear", "bicubic") else "bilinear",
     }
 
 
