@@ -6,7 +6,6 @@ import contextlib
 import functools
 from dataclasses import dataclass, field, replace
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -209,9 +208,19 @@ def refine_maps(maps: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
 
 
 def upsample_map(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinearly upsample an (h, w) float32 map to `size` (H, W), pixel centres aligned (as torch's
-    align_corners=False)."""
-    return cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    """Bilinearly upsample an (h, w) map to `size` (H, W), float32, pixel centres aligned (the
+    geometry of torch's align_corners=False and cv2's INTER_LINEAR).
+
+    Computed as rows @ map @ cols.T with the two interpolation matrices: a matrix product runs on
+    all cores, 1.6x faster than cv2.resize at 1 MP (README, "Speed"). The result goes into a numpy
+    array: for 12 MP maps numpy's allocator made it 3x faster than a fresh torch tensor.
+    """
+    rows, cols = (torch.tensor(_interpolation_weights(n_out, n_in), dtype=torch.float32)
+                  for n_out, n_in in zip(size, small.shape))
+    out = np.empty(size, np.float32)
+    with torch.inference_mode():
+        torch.mm(rows, torch.tensor(small, dtype=torch.float32) @ cols.T, out=torch.from_numpy(out))
+    return out
 
 
 def normalise_for_size(small: np.ndarray, size: tuple[int, int], margin: float = 1e-6) -> np.ndarray:
@@ -250,20 +259,29 @@ def upsampled_peak(cam: np.ndarray, small_shape: tuple[int, int]) -> float:
 
 
 @functools.lru_cache(maxsize=64)
+def _interpolation_weights(n_out: int, n_in: int) -> np.ndarray:
+    """The (n_out, n_in) weights of a bilinear upsampling from n_in samples to n_out pixels along one
+    axis: pixel centres aligned, the edges held constant (as `upsample_map`)."""
+    position = ((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5).clip(0, n_in - 1)
+    left = np.minimum(np.floor(position).astype(int), max(n_in - 2, 0))
+    weight = position - left
+    matrix = np.zeros((n_out, n_in))
+    matrix[np.arange(n_out), left] = 1 - weight
+    if n_in > 1:
+        matrix[np.arange(n_out), left + 1] += weight
+    matrix.flags.writeable = False  # shared by every call through the cache
+    return matrix
+
+
+@functools.lru_cache(maxsize=64)
 def _sample_grid(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """Along one axis of an upsampling from n_in samples to n_out pixels (cv2's INTER_LINEAR
-    geometry): the output indices on either side of every sample and at both ends (one pixel of
-    slack), and the interpolation weights of those pixels, a (len(indices), n_in) matrix."""
+    """Along one axis of an upsampling from n_in samples to n_out pixels: the output indices on either
+    side of every sample and at both ends (one pixel of slack), and their rows of the interpolation
+    weights, a (len(indices), n_in) matrix."""
     source = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5).clip(-1, n_in - 1)
     edges = np.flatnonzero(np.diff(source))
     at = np.unique(np.concatenate([[0, n_out - 1], edges - 1, edges, edges + 1, edges + 2]).clip(0, n_out - 1))
-    position = ((at + 0.5) * (n_in / n_out) - 0.5).clip(0, n_in - 1)
-    left = np.minimum(np.floor(position).astype(int), max(n_in - 2, 0))
-    weight = position - left
-    matrix = np.zeros((len(at), n_in))
-    matrix[np.arange(len(at)), left] = 1 - weight
-    if n_in > 1:
-        matrix[np.arange(len(at)), left + 1] += weight
+    matrix = _interpolation_weights(n_out, n_in)[at]
     at.flags.writeable = matrix.flags.writeable = False  # shared by every call through the cache
     return at, matrix
 

@@ -179,6 +179,23 @@ def test_compact_state_restores_identical_maps(tiny_model, photo):
         assert np.array_equal(original.cam, again.cam) and original.boxes == again.boxes
 
 
+def test_upsampling_is_torchs_bilinear_with_pixel_centres_aligned():
+    import torch
+    import torch.nn.functional as F
+
+    from cam.localize import upsample_map
+
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        h, w = (int(v) for v in rng.integers(1, 20, 2))
+        size = tuple(int(v) for v in rng.integers(1, 900, 2))  # mostly up, sometimes down
+        small = rng.normal(size=(h, w)).astype(np.float32)
+        full = upsample_map(small, size)
+        reference = F.interpolate(torch.from_numpy(small)[None, None], size=size, mode="bilinear", align_corners=False)
+        assert full.dtype == np.float32 and full.shape == size
+        np.testing.assert_allclose(full, reference[0, 0].numpy(), atol=1e-5)
+
+
 def test_maps_are_normalised_after_upsampling_without_a_pass_over_the_big_map():
     from cam.localize import normalise_for_size, upsample_map
 
