@@ -2,13 +2,15 @@
 
     python benchmarks/finetune.py DATA.zip [--test DIR] [--mode head|full|both]
     python benchmarks/finetune.py --from-dev ../shared/data/imagenet-val-dev [--mode both] [--repeats N]
+        [--held-out F]
 
 With --from-dev, a 3-class photo set is built (in a temporary folder) from an ImageNet folder with
 boxes.csv, from ImageNet's superclasses 'bird' (7-24, 80-100, 127-146), 'dog' (151-268) and
-'reptile' (25-68, amphibians included), a third of each class held out as the test set (a seeded
-shuffle; labels are class indices in sorted folder order, boxes kept); the rest is zipped as one
-folder per class. With --repeats N the whole run is repeated over N different held-out thirds and
-a last line gives the means, since 21 test photos make one run's accuracy move in steps of 0.05.
+'reptile' (25-68, amphibians included), a fraction of each class (--held-out, default a third)
+held out as the test set (a seeded shuffle; labels are class indices in sorted folder order, boxes
+kept); the rest is zipped as one folder per class. With --repeats N the whole run is repeated over
+N different held-out sets and a last line gives the means, since 21 test photos make one run's
+accuracy move in steps of 0.05. Smaller --held-out fractions train on more photos: a learning curve.
 The 314-photo dev set holds 65 such photos (20 birds, 33 dogs, 12 reptiles), not ~170;
 a broader split (animal / artifact / food) reached only 0.72-0.78 held-out accuracy, as its test
 photos come from ImageNet classes never seen in training.
@@ -37,30 +39,32 @@ BIRDS = set(range(7, 25)) | set(range(80, 101)) | set(range(127, 147))
 GROUPS = {"bird": lambda c: c in BIRDS, "dog": lambda c: 151 <= c <= 268, "reptile": lambda c: 25 <= c <= 68}
 
 
-def build_from_dev(dev: Path, work: Path, seed: int = 0, per_class: int = 70) -> tuple[Path, Path, int]:
-    """Write work/data.zip (training photos) and work/test/ (images/ + boxes.csv); return their paths."""
+def build_from_dev(dev: Path, work: Path, seed: int = 0, held_out: float = 1 / 3,
+                   per_class: int = 70) -> tuple[Path, Path, int]:
+    """Write work/data.zip (training photos) and work/test/ (images/ + boxes.csv, `held_out` of each
+    class); return their paths and the number of photos."""
     rows = list(csv.DictReader((dev / "boxes.csv").open()))
     labels = {r["file"]: int(r["label"]) for r in rows}
     names = sorted(GROUPS)
     test = work / "test"
     (test / "images").mkdir(parents=True)
-    zip_path, held_out, total = work / "data.zip", set(), 0
+    zip_path, test_files, total = work / "data.zip", set(), 0
     with zipfile.ZipFile(zip_path, "w") as archive:
         for index, name in enumerate(names):
             files = sorted(f for f, c in labels.items() if GROUPS[name](c))[:per_class]
             random.Random(seed).shuffle(files)
             total += len(files)
             for i, file in enumerate(files):
-                if i % 3 == 2:
+                if int(round((i + 1) * held_out, 9)) > int(round(i * held_out, 9)):  # every 1/held_out-th photo
                     shutil.copy(dev / "images" / file, test / "images" / file)
-                    held_out.add((file, index))
+                    test_files.add((file, index))
                 else:
                     archive.write(dev / "images" / file, f"photos/{name}/{file}")
     with (test / "boxes.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "label", "x0", "y0", "x1", "y1"])
         for r in rows:
-            for file, index in held_out:
+            for file, index in test_files:
                 if r["file"] == file:
                     writer.writerow([file, index, r["x0"], r["y0"], r["x1"], r["y1"]])
     return zip_path, test, total
@@ -89,19 +93,22 @@ def main() -> None:
     parser.add_argument("--from-dev", help="build the 3-class set from this ImageNet folder instead")
     parser.add_argument("--mode", choices=["head", "full", "both"], default="head")
     parser.add_argument("--input-size", type=int, default=None, help="training input side (default: the model's)")
-    parser.add_argument("--repeats", type=int, default=1, help="with --from-dev: runs over different held-out thirds")
+    parser.add_argument("--repeats", type=int, default=1, help="with --from-dev: runs over different held-out sets")
+    parser.add_argument("--held-out", type=float, default=1 / 3, help="with --from-dev: the test fraction of each class")
     args = parser.parse_args()
     if not (args.zip or args.from_dev):
         parser.error("give DATA.zip or --from-dev DIR")
+    if not 0 < args.held_out < 1:
+        parser.error("--held-out must be between 0 and 1")
     modes = ["head", "full"] if args.mode == "both" else [args.mode]
     rows = []
     for seed in range(args.repeats if args.from_dev else 1):
         with tempfile.TemporaryDirectory(prefix="cam-bench-") as scratch:
             work = Path(scratch)
             if args.from_dev:
-                zip_path, test, total = build_from_dev(Path(args.from_dev), work, seed)
-                print(json.dumps({"photo_set": "3 classes from imagenet-val-dev", "photos": total, "split_seed": seed}),
-                      flush=True)
+                zip_path, test, total = build_from_dev(Path(args.from_dev), work, seed, args.held_out)
+                print(json.dumps({"photo_set": "3 classes from imagenet-val-dev", "photos": total, "split_seed": seed,
+                                  "held_out": round(args.held_out, 3)}), flush=True)
             else:
                 zip_path, test = Path(args.zip), Path(args.test) if args.test else None
             for mode in modes:
