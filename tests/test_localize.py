@@ -88,6 +88,17 @@ def test_batch_equals_single(tiny_model, photo):
         np.testing.assert_allclose(single.predictions[0].cam, from_batch.predictions[0].cam, atol=1e-5)
 
 
+def test_array_views_and_read_only_arrays_give_the_same_result(tiny_model, photo):
+    mirrored = photo[:, ::-1]  # a view with a negative stride
+    read_only = photo.copy()
+    read_only.flags.writeable = False
+    for view, plain in ((mirrored, mirrored.copy()), (read_only, photo)):
+        a, b = cam.localize(tiny_model, view, topk=2), cam.localize(tiny_model, plain, topk=2)
+        assert [p.class_index for p in a.predictions] == [p.class_index for p in b.predictions]
+        assert np.array_equal(a.predictions[0].cam, b.predictions[0].cam)
+    assert not read_only.flags.writeable and np.array_equal(read_only, photo)  # the caller's array untouched
+
+
 def test_with_threshold_reboxes_without_the_network(tiny_model, photo):
     result = cam.localize(tiny_model, photo, topk=2, threshold=0.2)
     tight = result.with_threshold(0.9)
