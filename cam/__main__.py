@@ -48,7 +48,7 @@ def _error(message: str) -> None:
 def cmd_localize(args) -> int:
     from . import render
     from .data import find_images, load_image
-    from .localize import localize_batch
+    from .localize import check_input_size, inference_batch_size, localize_batch
     from .models import load_model
 
     settings = _cam_settings(args)
@@ -56,26 +56,38 @@ def cmd_localize(args) -> int:
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    failures, used_names = 0, set()
+    used_names: set[str] = set()
+
+    def finish(batch: list) -> None:
+        """Localize the loaded (path, array) pairs in one forward pass and report each."""
+        results = localize_batch(model, [array for _, array in batch], topk=args.topk, all_regions=args.all_boxes,
+                                 **settings)
+        for (path, _), result in zip(batch, results):
+            record = {"image": str(path), **result.to_dict()}
+            if out:
+                stem = path.stem
+                while stem in used_names:
+                    stem += "_"
+                used_names.add(stem)
+                top = result.predictions[0]
+                render.save_png(render.overlay(result.image, top.cam, args.opacity), out / f"{stem}_overlay.png")
+                render.save_png(render.draw_boxes(result.image, result), out / f"{stem}_boxes.png")
+                (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
+            _emit(record)
+
+    batch_size = inference_batch_size(model, check_input_size(settings["input_size"], model))
+    failures, batch = 0, []
     for path in find_images(args.images):
         try:
-            array = load_image(path)
+            batch.append((path, load_image(path)))
         except (ValueError, OSError) as exc:
             _error(str(exc))
             failures += 1
-            continue
-        result = localize_batch(model, [array], topk=args.topk, all_regions=args.all_boxes, **settings)[0]
-        record = {"image": str(path), **result.to_dict()}
-        if out:
-            stem = path.stem
-            while stem in used_names:
-                stem += "_"
-            used_names.add(stem)
-            top = result.predictions[0]
-            render.save_png(render.overlay(result.image, top.cam, args.opacity), out / f"{stem}_overlay.png")
-            render.save_png(render.draw_boxes(result.image, result), out / f"{stem}_boxes.png")
-            (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
-        _emit(record)
+        if len(batch) == batch_size:
+            finish(batch)
+            batch = []
+    if batch:
+        finish(batch)
     return 1 if failures else 0
 
 
