@@ -75,19 +75,25 @@ def cmd_localize(args) -> int:
                 (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
             _emit(record)
 
+    paths = find_images(args.images)
+    # A progress bar only for a person watching a terminal: piped or logged stderr keeps one line per error.
+    bar = _progress_bar("localize") if len(paths) > 1 and sys.stderr.isatty() else None
     batch_size = inference_batch_size(model, check_input_size(settings["input_size"], model))
     failures, batch = 0, []
-    for path in find_images(args.images):
+    for done, path in enumerate(paths, start=1):
         try:
             batch.append((path, load_image(path)))
         except (ValueError, OSError) as exc:
+            if bar:
+                print("\r\033[K", end="", file=sys.stderr)  # clear the bar's line for the error
             _error(str(exc))
             failures += 1
-        if len(batch) == batch_size:
-            finish(batch)
+        if len(batch) == batch_size or done == len(paths):
+            if batch:
+                finish(batch)
             batch = []
-    if batch:
-        finish(batch)
+            if bar:
+                bar(done, len(paths))
     return 1 if failures else 0
 
 

@@ -44,6 +44,34 @@ def test_a_reader_that_stops_early_ends_the_run_quietly():
     assert stderr == "", stderr
 
 
+def test_a_terminal_gets_a_progress_bar_and_error_lines_stay_whole(tmp_path):
+    import os
+    import pty
+
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image")
+    leader, follower = pty.openpty()  # stderr is a terminal, as for a person running the command
+    proc = subprocess.Popen([sys.executable, "-m", "cam", "localize", str(EXAMPLES / "chelsea.png"), str(bad),
+                             str(EXAMPLES / "coffee.png"), "--topk", "1"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=follower, text=True)
+    os.close(follower)
+    stdout, _ = proc.communicate(timeout=300)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    screen = seen.decode()
+    assert proc.returncode == 1 and len(stdout.splitlines()) == 2
+    assert "localize [" + "#" * 30 + "] 3/3" in screen
+    assert f"\r\x1b[Kerror: {bad}: not a supported image" in screen  # the bar's line cleared first
+
+
 def test_no_refine_and_plain_give_the_exact_cams():
     for flags in (["--no-refine"], ["--plain"]):
         proc = run_cli("localize", str(EXAMPLES / "coffee.png"), "--topk", "1", *flags)
