@@ -86,6 +86,9 @@ def test_no_refine_and_plain_give_the_exact_cams():
 def test_bad_parameter_is_one_line():
     proc = run_cli("localize", str(EXAMPLES / "chelsea.png"), "--threshold", "2")
     assert proc.returncode == 2 and "threshold" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("localize", str(EXAMPLES / "chelsea.png"), "--input-size", "5")  # checked before any batch
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.strip().splitlines() == [
+        "error: input_size must be an integer between 32 and 1024 (or None), got 5"]
 
 
 def test_hostile_images_each_get_one_line_and_the_rest_is_done(tmp_path):
