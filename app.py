@@ -17,8 +17,7 @@ import pandas as pd
 from cam.localize import RECOMMENDED
 from cam.train import DEFAULT_EPOCHS, DEFAULT_LR
 from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact,
-                         limit_malloc_arenas, private_gradio_cache, restore,
-                         training_updates, views, write_downloads)
+                         limit_malloc_arenas, private_gradio_cache, training_updates, views, write_downloads)
 
 INTRO = """# Where does the classifier look?
 Upload a photo (or drop, paste, or take one with the webcam), or click an example below. One forward
@@ -81,7 +80,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         if result is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), None
         try:
-            result = restore(result).with_threshold(threshold, all_regions)
+            result = result.with_threshold(threshold, all_regions)
             return (*views(result, opacity, outputs_root.new()), compact(result))
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
@@ -89,7 +88,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
     def prepare_downloads(result, opacity):
         if result is None:
             raise gr.Error("Localize a photo first.")
-        return write_downloads(restore(result), outputs_root.new(), opacity)
+        return write_downloads(result, outputs_root.new(), opacity)
 
     def run_training(zip_file, mode, epochs, lr, val_split, progress=gr.Progress()):
         if zip_file is None:

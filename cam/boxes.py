@@ -45,10 +45,15 @@ def boxes_from_map(cam: np.ndarray, threshold: float = 0.2, all_regions: bool = 
 
 def region_boxes(cam: np.ndarray, cutoff: float, all_regions: bool = False) -> list[Box]:
     """Boxes of the 8-connected regions where a float32 map is >= `cutoff`, largest first (unchecked)."""
-    mask = cv2.compare(cam, float(cutoff), cv2.CMP_GE)
+    return mask_boxes(cam >= np.float32(cutoff), all_regions)
+
+
+def mask_boxes(mask: np.ndarray, all_regions: bool = False) -> list[Box]:
+    """Boxes of the 8-connected regions of a boolean mask: the largest, or with `all_regions` all of
+    them, largest first."""
     # Outer contours are the regions' borders: their bounding rectangles are the regions' exact
     # boxes, found far faster than by labelling every pixel.
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(mask.view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     # Pixel count of a region, from its border polygon: area + half the perimeter + 1 (Pick).
     sizes = [cv2.contourArea(c) + cv2.arcLength(c, True) / 2 + 1 for c in contours]
     order = sorted(range(len(contours)), key=lambda i: -sizes[i])

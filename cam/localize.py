@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .boxes import Box, boxes_from_map, check_threshold, region_boxes
+from .boxes import Box, check_threshold, mask_boxes
 from .data import load_image
 from .extractor import FeatureExtractor, ModeGuard
 from .models import CamModel
@@ -21,18 +21,26 @@ PLAIN = {"input_size": None, "flip": False, "refine": False, "threshold": 0.2}
 # "Localization quality"): a 288-pixel input (9x9 maps instead of 7x7), refined by feature affinity.
 RECOMMENDED = {"input_size": 288, "flip": False, "refine": True, "threshold": 0.2}
 MAX_TOPK = 1000
+BAND_PIXELS = 1 << 21  # upsampled maps are made in bands of 8 MB of float32, which stay in the last-level cache
 
 
 @dataclass
 class Prediction:
-    """One of the top-k classes: its probability, its map at the image's size and its boxes."""
+    """One of the top-k classes: its probability, its boxes and its map, kept at feature resolution
+    (`small_cam`) and upsampled to the image's `size` on first read of `cam`: the boxes are cut
+    without it, and the CLI's JSON and the app's screen-sized pictures never read it."""
 
     class_index: int
     label: str
     score: float
     boxes: list[Box]
-    cam: np.ndarray = field(repr=False)
-    small_cam: np.ndarray | None = field(default=None, repr=False)  # the map at feature resolution; upsampled, it is `cam`
+    small_cam: np.ndarray = field(repr=False)
+    size: tuple[int, int]  # (height, width) of the image, and of `cam`
+
+    @functools.cached_property
+    def cam(self) -> np.ndarray:
+        """The map at the image's own size, float32 in [0, 1]: exactly the map the boxes were cut from."""
+        return upsample_map(self.small_cam, self.size)
 
     def to_dict(self) -> dict:
         return {"class_index": self.class_index, "label": self.label, "score": self.score,
@@ -68,7 +76,8 @@ class Result:
         """The same maps boxed at another threshold; no network is run."""
         threshold = check_threshold(threshold)
         all_regions = self.all_regions if all_regions is None else bool(all_regions)
-        predictions = [replace(p, boxes=boxes_from_map(p.cam, threshold, all_regions)) for p in self.predictions]
+        boxes = boxes_of_maps([p.small_cam for p in self.predictions], self.image.shape[:2], threshold, all_regions)
+        predictions = [replace(p, boxes=b) for p, b in zip(self.predictions, boxes)]
         return replace(self, predictions=predictions, threshold=threshold, all_regions=all_regions)
 
 
@@ -109,10 +118,9 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
         small = class_maps(model, features, indices, guide).cpu().numpy()
         for i, array in enumerate(arrays):
             maps = normalise_for_size(small[i], array.shape[:2])
-            predictions = []
-            for c, s, m in zip(indices[i].tolist(), scores[i].tolist(), maps):
-                full, boxes = _upsample_and_box(m, array.shape[:2], threshold, all_regions)
-                predictions.append(Prediction(int(c), model.class_names[int(c)], float(s), boxes, full, m))
+            boxes = boxes_of_maps(maps, array.shape[:2], threshold, all_regions)
+            predictions = [Prediction(int(c), model.class_names[int(c)], float(s), b, m, array.shape[:2])
+                           for c, s, b, m in zip(indices[i].tolist(), scores[i].tolist(), boxes, maps)]
             results.append(Result(predictions, array, model.spec, threshold, bool(all_regions), guide is not None))
     return results
 
@@ -211,16 +219,51 @@ def upsample_map(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinearly upsample an (h, w) map to `size` (H, W), float32, pixel centres aligned (the
     geometry of torch's align_corners=False and cv2's INTER_LINEAR).
 
-    Computed as rows @ map @ cols.T with the two interpolation matrices: a matrix product runs on
-    all cores, 1.5x faster than cv2.resize at 1 MP (README, "Speed"). The result goes into a numpy
-    array: for 12 MP maps numpy's allocator made it 3x faster than a fresh torch tensor.
+    Computed as rows @ (map @ cols.T) with the two interpolation matrices, in bands of rows
+    (`_bands`): matrix products run on all cores, 1.5x faster than cv2.resize at 1 MP (README,
+    "Speed"). The result goes into a numpy array: for 12 MP maps numpy's allocator made it 3x
+    faster than a fresh torch tensor.
     """
-    rows, cols = (torch.tensor(_interpolation_weights(n_out, n_in), dtype=torch.float32)
-                  for n_out, n_in in zip(size, small.shape))
+    rows, across = _interpolators(small, size)
     out = np.empty(size, np.float32)
+    target = torch.from_numpy(out)
     with torch.inference_mode():
-        torch.mm(rows, torch.tensor(small, dtype=torch.float32) @ cols.T, out=torch.from_numpy(out))
+        for start, stop in _bands(*size):
+            torch.mm(rows[start:stop], across, out=target[start:stop])
     return out
+
+
+def boxes_of_maps(smalls, size: tuple[int, int], threshold: float, all_regions: bool = False) -> list[list[Box]]:
+    """For each (h, w) map, `boxes_from_map(upsample_map(small, size), threshold, all_regions)`, bit
+    for bit, without keeping the upsampled maps (most callers never read them): each is made a band
+    at a time in buffers that all the maps share, and each band is thresholded while it is still in
+    cache, so only a 1-byte mask reaches memory (README, "Speed").
+
+    The cut needs a map's exact maximum first: the bands that can hold it (`_peak_rows`) are made
+    first and kept for the thresholding pass.
+    """
+    bands = _bands(*size)
+    mask = np.empty(size, bool)
+    buffers: list[torch.Tensor] = []  # band-sized, shared by the maps
+    boxes = []
+    with torch.inference_mode():
+        for small in smalls:
+            rows, across = _interpolators(small, size)
+            top_start, top_stop = _peak_rows(small, size)
+            kept = {}
+            for start, stop in bands:
+                if start < top_stop and top_start < stop:
+                    kept[start] = _band(rows, across, start, stop, buffers, len(kept))
+            peak = max(float(values.max()) for values in kept.values())
+            if peak <= 0:  # as boxes_from_map: no location (a normalised flat map is all zeros)
+                boxes.append([])
+                continue
+            cutoff = np.float32(threshold * peak)
+            for start, stop in bands:
+                values = kept[start] if start in kept else _band(rows, across, start, stop, buffers, len(kept))
+                np.greater_equal(values, cutoff, out=mask[start:stop])
+            boxes.append(mask_boxes(mask, all_regions))
+    return boxes
 
 
 def normalise_for_size(small: np.ndarray, size: tuple[int, int], margin: float = 1e-6) -> np.ndarray:
@@ -240,22 +283,6 @@ def normalise_for_size(small: np.ndarray, size: tuple[int, int], margin: float =
     flat = ~(span > 1e-9 * np.maximum(1.0, np.abs(high)))
     scaled = (small - low) * ((1 - 2 * margin) / np.where(flat, 1.0, span)) + margin
     return np.where(flat, 0.0, scaled).astype(np.float32)
-
-
-def upsampled_peak(cam: np.ndarray, small_shape: tuple[int, int]) -> float:
-    """`cam.max()` of a map upsampled from `small_shape`, bit for bit, reading a few percent of it.
-
-    Between the pixels next to the samples the map is bilinear, so a block's pixels exceed its
-    corners only by float rounding (well under 1e-6): only blocks whose corners come that close to
-    the corners' maximum are read in full.
-    """
-    (y, _), (x, _) = (_sample_grid(n_out, n_in) for n_out, n_in in zip(cam.shape, small_shape))
-    if len(y) < 2 or len(x) < 2:
-        return float(cam.max())
-    corners = cam[np.ix_(y, x)]
-    block_corners = np.maximum.reduce([corners[:-1, :-1], corners[1:, :-1], corners[:-1, 1:], corners[1:, 1:]])
-    near = np.argwhere(block_corners >= corners.max() - 1e-6)
-    return max(float(cam[y[a]:y[a + 1] + 1, x[b]:x[b + 1] + 1].max()) for a, b in near)
 
 
 @functools.lru_cache(maxsize=16)  # the last few photo sizes: a photo's maps share them
@@ -286,13 +313,46 @@ def _sample_grid(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
     return at, matrix
 
 
-def _upsample_and_box(small: np.ndarray, size: tuple[int, int], threshold: float, all_regions: bool):
-    cam = upsample_map(small, size)
-    if not small.any():  # a flat map: no location, no box
-        return cam, []
-    # The paper's rule on the upsampled map, exactly as boxes_from_map applies it: `threshold` of
-    # its maximum (1 up to float rounding, which this read settles bit for bit).
-    return cam, region_boxes(cam, threshold * upsampled_peak(cam, small.shape), all_regions)
+def _bands(height: int, width: int) -> list[tuple[int, int]]:
+    """The row ranges [start, stop) an upsampling to (height, width) is made in (one below 2 MP),
+    the same for every caller: a matrix product's bits depend on its operands' shapes, and `cam`
+    must be exactly the map its boxes were cut from."""
+    step = _band_rows(height, width)
+    return [(start, min(start + step, height)) for start in range(0, height, step)]
+
+
+def _band_rows(height: int, width: int) -> int:
+    return max(1, min(BAND_PIXELS // width, height))
+
+
+def _interpolators(small: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row weights (H, h) and the map upsampled along its rows (h, W): the upsampled map is their product."""
+    rows, cols = (torch.tensor(_interpolation_weights(n_out, n_in), dtype=torch.float32)
+                  for n_out, n_in in zip(size, small.shape))
+    with torch.inference_mode():
+        return rows, torch.tensor(small, dtype=torch.float32) @ cols.T
+
+
+def _band(rows, across, start: int, stop: int, buffers: list, slot: int) -> np.ndarray:
+    """Rows [start, stop) of the upsampled map, made in band buffer `slot` (added to `buffers` when new)."""
+    if slot == len(buffers):
+        buffers.append(torch.empty((_band_rows(rows.shape[0], across.shape[1]), across.shape[1])))
+    return torch.mm(rows[start:stop], across, out=buffers[slot][:stop - start]).numpy()
+
+
+def _peak_rows(small: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
+    """A row range [start, stop) of `small` upsampled to `size` that holds its maximum, from its
+    values next to the samples alone: between those pixels the map is bilinear, so a block's pixels
+    exceed its corners only by float rounding, and only blocks whose corners come within 1e-6 (of
+    the map's scale) of the top can hold the maximum."""
+    (y, rows), (x, cols) = (_sample_grid(n_out, n_in) for n_out, n_in in zip(size, small.shape))
+    if len(y) < 2 or len(x) < 2:
+        return 0, size[0]
+    small = np.asarray(small, np.float64)
+    corners = rows @ small @ cols.T
+    block_max = np.maximum.reduce([corners[:-1, :-1], corners[1:, :-1], corners[:-1, 1:], corners[1:, 1:]])
+    near = np.flatnonzero((block_max >= corners.max() - 1e-6 * max(1.0, float(np.abs(small).max()))).any(1))
+    return int(y[near[0]]), int(y[near[-1] + 1]) + 1
 
 
 def _check_topk(topk, num_classes: int) -> int:

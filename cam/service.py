@@ -23,7 +23,7 @@ import numpy as np
 
 from . import render
 from .data import private_temp_folder, remove_orphaned_temp_folders
-from .localize import Result, localize, upsample_map
+from .localize import Result, localize
 from .models import DEFAULT_SPEC, CamModel, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,15 +102,9 @@ def _jpeg(rgb: np.ndarray, path: Path) -> str:
 
 
 def compact(result: Result) -> Result:
-    """The Result without its full-size maps (kept per browser session: a 1 MP photo's five maps
-    are 20 MB, their feature-resolution versions a few hundred bytes)."""
-    return replace(result, predictions=[replace(p, cam=None) for p in result.predictions])
-
-
-def restore(kept: Result) -> Result:
-    """Upsample a compact Result's maps back to the image's size (bit-identical to the originals)."""
-    size = kept.image.shape[:2]
-    return replace(kept, predictions=[replace(p, cam=upsample_map(p.small_cam, size)) for p in kept.predictions])
+    """The Result without the full-size maps its predictions have upsampled so far (it is kept per
+    browser session: a 1 MP photo's five maps are 20 MB; read again, they come back bit-identical)."""
+    return replace(result, predictions=[replace(p) for p in result.predictions])
 
 
 def _scaled_result(result: Result, side: int) -> Result:
@@ -128,7 +122,7 @@ def _scaled_result(result: Result, side: int) -> Result:
         x0, y0, x1, y1 = round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)
         return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
-    predictions = [replace(p, cam=upsample_map(p.small_cam, (height, width)), boxes=[shrink(b) for b in p.boxes])
+    predictions = [replace(p, size=(height, width), boxes=[shrink(b) for b in p.boxes])
                    for p in result.predictions]
     return replace(result, image=image, predictions=predictions)
 

@@ -9,7 +9,7 @@ def _result():
     image = np.full((120, 160, 3), 100, np.uint8)
     cam = np.zeros((120, 160), np.float32)
     cam[20:60, 40:100] = 1.0
-    prediction = Prediction(3, "widget", 0.75, [(40, 20, 100, 60)], cam)
+    prediction = Prediction(3, "widget", 0.75, [(40, 20, 100, 60)], cam, cam.shape)  # upsampled to its own size: itself
     return Result([prediction], image, "test", 0.2, False)
 
 
@@ -50,7 +50,7 @@ def test_captions_of_boxes_that_share_a_corner_do_not_cover_each_other():
     image = np.full((200, 300, 3), 100, np.uint8)
     cam = np.zeros((200, 300), np.float32)
     same_box = [(0, 0, 300, 200)]  # both at the image's corner: no room above, both captions inside
-    predictions = [Prediction(i, name, score, same_box, cam) for i, (name, score) in enumerate([("first", 0.6), ("second", 0.3)])]
+    predictions = [Prediction(i, name, score, same_box, cam, cam.shape) for i, (name, score) in enumerate([("first", 0.6), ("second", 0.3)])]
     drawn = render.draw_boxes(image, Result(predictions, image, "test", 0.2, False))
 
     def tab_rows(rank):  # rows where the caption tab of this rank shows a run of its colour
