@@ -239,8 +239,8 @@ def boxes_of_maps(smalls, size: tuple[int, int], threshold: float, all_regions: 
     at a time in buffers that all the maps share, and each band is thresholded while it is still in
     cache, so only a 1-byte mask reaches memory (README, "Speed").
 
-    The cut needs a map's exact maximum first: the bands that can hold it (`_peak_rows`) are made
-    first and kept for the thresholding pass.
+    The cut needs a map's exact maximum first: it is read from the few blocks that can hold it
+    (`_peak_block`), in bands that are made first and kept for the thresholding pass.
     """
     bands = _bands(*size)
     mask = np.empty(size, bool)
@@ -249,12 +249,13 @@ def boxes_of_maps(smalls, size: tuple[int, int], threshold: float, all_regions: 
     with torch.inference_mode():
         for small in smalls:
             rows, across = _interpolators(small, size)
-            top_start, top_stop = _peak_rows(small, size)
-            kept = {}
+            top_rows, top_cols = _peak_block(small, size)
+            kept, peak = {}, -np.inf
             for start, stop in bands:
-                if start < top_stop and top_start < stop:
+                if start < top_rows.stop and top_rows.start < stop:
                     kept[start] = _band(rows, across, start, stop, buffers, len(kept))
-            peak = max(float(values.max()) for values in kept.values())
+                    near = slice(max(top_rows.start - start, 0), top_rows.stop - start)
+                    peak = max(peak, float(kept[start][near, top_cols].max()))
             if peak <= 0:  # as boxes_from_map: no location (a normalised flat map is all zeros)
                 boxes.append([])
                 continue
@@ -327,10 +328,15 @@ def _band_rows(height: int, width: int) -> int:
 
 def _interpolators(small: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """The row weights (H, h) and the map upsampled along its rows (h, W): the upsampled map is their product."""
-    rows, cols = (torch.tensor(_interpolation_weights(n_out, n_in), dtype=torch.float32)
-                  for n_out, n_in in zip(size, small.shape))
+    rows, cols = (_float32_weights(n_out, n_in) for n_out, n_in in zip(size, small.shape))
     with torch.inference_mode():
         return rows, torch.tensor(small, dtype=torch.float32) @ cols.T
+
+
+@functools.lru_cache(maxsize=16)
+def _float32_weights(n_out: int, n_in: int) -> torch.Tensor:
+    """`_interpolation_weights` as a float32 tensor, converted once per photo size (only ever read)."""
+    return torch.tensor(_interpolation_weights(n_out, n_in), dtype=torch.float32)
 
 
 def _band(rows, across, start: int, stop: int, buffers: list, slot: int) -> np.ndarray:
@@ -340,19 +346,21 @@ def _band(rows, across, start: int, stop: int, buffers: list, slot: int) -> np.n
     return torch.mm(rows[start:stop], across, out=buffers[slot][:stop - start]).numpy()
 
 
-def _peak_rows(small: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
-    """A row range [start, stop) of `small` upsampled to `size` that holds its maximum, from its
-    values next to the samples alone: between those pixels the map is bilinear, so a block's pixels
-    exceed its corners only by float rounding, and only blocks whose corners come within 1e-6 (of
-    the map's scale) of the top can hold the maximum."""
+def _peak_block(small: np.ndarray, size: tuple[int, int]) -> tuple[slice, slice]:
+    """Rows and columns of `small` upsampled to `size` that hold its maximum, from its values next
+    to the samples alone: between those pixels the map is bilinear, so a block's pixels exceed its
+    corners only by float rounding, and only blocks whose corners come within 1e-6 (of the map's
+    scale) of the top can hold the maximum."""
     (y, rows), (x, cols) = (_sample_grid(n_out, n_in) for n_out, n_in in zip(size, small.shape))
     if len(y) < 2 or len(x) < 2:
-        return 0, size[0]
+        return slice(0, size[0]), slice(0, size[1])
     small = np.asarray(small, np.float64)
     corners = rows @ small @ cols.T
     block_max = np.maximum.reduce([corners[:-1, :-1], corners[1:, :-1], corners[:-1, 1:], corners[1:, 1:]])
-    near = np.flatnonzero((block_max >= corners.max() - 1e-6 * max(1.0, float(np.abs(small).max()))).any(1))
-    return int(y[near[0]]), int(y[near[-1] + 1]) + 1
+    near = block_max >= corners.max() - 1e-6 * max(1.0, float(np.abs(small).max()))
+    near_rows, near_cols = np.flatnonzero(near.any(1)), np.flatnonzero(near.any(0))
+    return (slice(int(y[near_rows[0]]), int(y[near_rows[-1] + 1]) + 1),
+            slice(int(x[near_cols[0]]), int(x[near_cols[-1] + 1]) + 1))
 
 
 def _check_topk(topk, num_classes: int) -> int:
