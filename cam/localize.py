@@ -227,9 +227,8 @@ def upsample_map(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     rows, across = _interpolators(small, size)
     out = np.empty(size, np.float32)
     target = torch.from_numpy(out)
-    with torch.inference_mode():
-        for start, stop in _bands(*size):
-            torch.mm(rows[start:stop], across, out=target[start:stop])
+    for start, stop in _bands(*size):
+        _band(rows, across, start, stop, target[start:stop])
     return out
 
 
@@ -245,25 +244,30 @@ def boxes_of_maps(smalls, size: tuple[int, int], threshold: float, all_regions: 
     bands = _bands(*size)
     mask = np.empty(size, bool)
     buffers: list[torch.Tensor] = []  # band-sized, shared by the maps
+
+    def buffer(slot: int) -> torch.Tensor:
+        if slot == len(buffers):
+            buffers.append(torch.empty((bands[0][1], size[1])))
+        return buffers[slot]
+
     boxes = []
-    with torch.inference_mode():
-        for small in smalls:
-            rows, across = _interpolators(small, size)
-            top_rows, top_cols = _peak_block(small, size)
-            kept, peak = {}, -np.inf
-            for start, stop in bands:
-                if start < top_rows.stop and top_rows.start < stop:
-                    kept[start] = _band(rows, across, start, stop, buffers, len(kept))
-                    near = slice(max(top_rows.start - start, 0), top_rows.stop - start)
-                    peak = max(peak, float(kept[start][near, top_cols].max()))
-            if peak <= 0:  # as boxes_from_map: no location (a normalised flat map is all zeros)
-                boxes.append([])
-                continue
-            cutoff = np.float32(threshold * peak)
-            for start, stop in bands:
-                values = kept[start] if start in kept else _band(rows, across, start, stop, buffers, len(kept))
-                np.greater_equal(values, cutoff, out=mask[start:stop])
-            boxes.append(mask_boxes(mask, all_regions))
+    for small in smalls:
+        rows, across = _interpolators(small, size)
+        top_rows, top_cols = _peak_block(small, size)
+        kept, peak = {}, -np.inf
+        for start, stop in bands:
+            if start < top_rows.stop and top_rows.start < stop:
+                kept[start] = _band(rows, across, start, stop, buffer(len(kept)))
+                near = slice(max(top_rows.start - start, 0), top_rows.stop - start)
+                peak = max(peak, float(kept[start][near, top_cols].max()))
+        if peak <= 0:  # as boxes_from_map: no location (a normalised flat map is all zeros)
+            boxes.append([])
+            continue
+        cutoff = np.float32(threshold * peak)
+        for start, stop in bands:
+            values = kept[start] if start in kept else _band(rows, across, start, stop, buffer(len(kept)))
+            np.greater_equal(values, cutoff, out=mask[start:stop])
+        boxes.append(mask_boxes(mask, all_regions))
     return boxes
 
 
@@ -318,12 +322,8 @@ def _bands(height: int, width: int) -> list[tuple[int, int]]:
     """The row ranges [start, stop) an upsampling to (height, width) is made in (one below 2 MP),
     the same for every caller: a matrix product's bits depend on its operands' shapes, and `cam`
     must be exactly the map its boxes were cut from."""
-    step = _band_rows(height, width)
+    step = max(1, min(BAND_PIXELS // width, height))
     return [(start, min(start + step, height)) for start in range(0, height, step)]
-
-
-def _band_rows(height: int, width: int) -> int:
-    return max(1, min(BAND_PIXELS // width, height))
 
 
 def _interpolators(small: np.ndarray, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,11 +339,11 @@ def _float32_weights(n_out: int, n_in: int) -> torch.Tensor:
     return torch.tensor(_interpolation_weights(n_out, n_in), dtype=torch.float32)
 
 
-def _band(rows, across, start: int, stop: int, buffers: list, slot: int) -> np.ndarray:
-    """Rows [start, stop) of the upsampled map, made in band buffer `slot` (added to `buffers` when new)."""
-    if slot == len(buffers):
-        buffers.append(torch.empty((_band_rows(rows.shape[0], across.shape[1]), across.shape[1])))
-    return torch.mm(rows[start:stop], across, out=buffers[slot][:stop - start]).numpy()
+def _band(rows, across, start: int, stop: int, out: torch.Tensor) -> np.ndarray:
+    """Rows [start, stop) of the upsampled map, written into the first rows of `out`: the one
+    place a band is made, so `upsample_map` and `boxes_of_maps` get the same bits."""
+    with torch.inference_mode():
+        return torch.mm(rows[start:stop], across, out=out[:stop - start]).numpy()
 
 
 def _peak_block(small: np.ndarray, size: tuple[int, int]) -> tuple[slice, slice]:
