@@ -1,9 +1,10 @@
 import math
 
+import cv2
 import numpy as np
 import pytest
 
-from cam.boxes import boxes_from_map, iou
+from cam.boxes import boxes_from_map, iou, mask_boxes
 
 
 def test_one_blob_exact_box():
@@ -33,6 +34,36 @@ def test_two_blobs_largest_and_all():
 def test_diagonal_pixels_are_one_region():
     cam = np.eye(4, dtype=np.float32)
     assert boxes_from_map(cam, 0.5) == [(0, 0, 4, 4)]
+
+
+def test_a_region_inside_another_ones_hole_counts_and_can_be_the_largest():
+    cam = np.zeros((13, 13), np.float32)
+    cam[0, :] = cam[-1, :] = cam[:, 0] = cam[:, -1] = 1.0  # a thin ring: 48 pixels
+    cam[2:11, 2:11] = 0.8  # a 9x9 square inside its hole: 81 pixels
+    assert boxes_from_map(cam, 0.5) == [(2, 2, 11, 11)]
+    assert boxes_from_map(cam, 0.5, all_regions=True) == [(2, 2, 11, 11), (0, 0, 13, 13)]
+
+
+def test_a_region_is_sized_by_its_pixels_not_the_area_its_border_encloses():
+    cam = np.zeros((10, 22), np.float32)
+    cam[0:10, 0:10] = 1.0
+    cam[1:9, 1:9] = 0.0  # a 10x10 frame: 36 pixels around a hole of 64
+    cam[0:7, 12:19] = 0.9  # a solid 7x7 square: 49 pixels
+    assert boxes_from_map(cam, 0.5) == [(12, 0, 19, 7)]
+
+
+def test_regions_match_connected_component_labelling_on_random_masks():
+    rng = np.random.default_rng(0)
+    for trial in range(600):
+        mask = rng.random(rng.integers(1, 40, 2)) < rng.uniform(0.05, 0.8)
+        if trial % 2:
+            mask = cv2.dilate(mask.view(np.uint8), np.ones((2, 2), np.uint8)).view(bool)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+        expected = {(x, y, x + w, y + h): n for x, y, w, h, n in stats[1:].tolist()}
+        boxes = mask_boxes(mask, all_regions=True)
+        assert sorted(boxes) == sorted(expected)
+        assert [expected[b] for b in boxes] == sorted(expected.values(), reverse=True)
+        assert mask_boxes(mask) == boxes[:1]
 
 
 def test_flat_map_has_no_box_and_full_map_covers_all():
