@@ -239,7 +239,7 @@ def boxes_of_maps(smalls, size: tuple[int, int], threshold: float, all_regions: 
     cache, so only a 1-byte mask reaches memory (README, "Speed").
 
     The cut needs a map's exact maximum first: it is read from the few blocks that can hold it
-    (`_peak_block`), in bands that are made first and kept for the thresholding pass.
+    (`_peak_blocks`), in bands that are made first and kept for the thresholding pass.
     """
     bands = _bands(*size)
     mask = np.empty(size, bool)
@@ -251,9 +251,8 @@ def boxes_of_maps(smalls, size: tuple[int, int], threshold: float, all_regions: 
         return buffers[slot]
 
     boxes = []
-    for small in smalls:
+    for small, (top_rows, top_cols) in zip(smalls, _peak_blocks(smalls, size)):
         rows, across = _interpolators(small, size)
-        top_rows, top_cols = _peak_block(small, size)
         kept, peak = {}, -np.inf
         for start, stop in bands:
             if start < top_rows.stop and top_rows.start < stop:
@@ -346,21 +345,25 @@ def _band(rows, across, start: int, stop: int, out: torch.Tensor) -> np.ndarray:
         return torch.mm(rows[start:stop], across, out=out[:stop - start]).numpy()
 
 
-def _peak_block(small: np.ndarray, size: tuple[int, int]) -> tuple[slice, slice]:
-    """Rows and columns of `small` upsampled to `size` that hold its maximum, from its values next
-    to the samples alone: between those pixels the map is bilinear, so a block's pixels exceed its
-    corners only by float rounding, and only blocks whose corners come within 1e-6 (of the map's
-    scale) of the top can hold the maximum."""
-    (y, rows), (x, cols) = (_sample_grid(n_out, n_in) for n_out, n_in in zip(size, small.shape))
+def _peak_blocks(smalls, size: tuple[int, int]) -> list[tuple[slice, slice]]:
+    """For each (h, w) map, the rows and columns of its upsampling to `size` that hold its maximum,
+    from its values next to the samples alone: between those pixels the map is bilinear, so a
+    block's pixels exceed its corners only by float rounding, and only blocks whose corners come
+    within 1e-6 (of the map's scale) of the top can hold the maximum."""
+    smalls = np.asarray(smalls, np.float64)
+    (y, rows), (x, cols) = (_sample_grid(n_out, n_in) for n_out, n_in in zip(size, smalls.shape[-2:]))
     if len(y) < 2 or len(x) < 2:
-        return slice(0, size[0]), slice(0, size[1])
-    small = np.asarray(small, np.float64)
-    corners = rows @ small @ cols.T
-    block_max = np.maximum.reduce([corners[:-1, :-1], corners[1:, :-1], corners[:-1, 1:], corners[1:, 1:]])
-    near = block_max >= corners.max() - 1e-6 * max(1.0, float(np.abs(small).max()))
-    near_rows, near_cols = np.flatnonzero(near.any(1)), np.flatnonzero(near.any(0))
-    return (slice(int(y[near_rows[0]]), int(y[near_rows[-1] + 1]) + 1),
-            slice(int(x[near_cols[0]]), int(x[near_cols[-1] + 1]) + 1))
+        return [(slice(0, size[0]), slice(0, size[1]))] * len(smalls)
+    corners = rows @ smalls @ cols.T
+    block_max = np.maximum(np.maximum(corners[:, :-1, :-1], corners[:, 1:, :-1]),
+                           np.maximum(corners[:, :-1, 1:], corners[:, 1:, 1:]))
+    top = corners.max((1, 2)) - 1e-6 * np.maximum(1.0, np.abs(smalls).max((1, 2)))
+    blocks = []
+    for near in block_max >= top[:, None, None]:
+        near_rows, near_cols = np.flatnonzero(near.any(1)), np.flatnonzero(near.any(0))
+        blocks.append((slice(int(y[near_rows[0]]), int(y[near_rows[-1] + 1]) + 1),
+                       slice(int(x[near_cols[0]]), int(x[near_cols[-1] + 1]) + 1)))
+    return blocks
 
 
 def _check_topk(topk, num_classes: int) -> int:
