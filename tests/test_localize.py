@@ -250,7 +250,7 @@ def test_boxes_cut_band_by_band_equal_the_boxes_of_each_upsampled_map(monkeypatc
         elif trial % 10:
             small = small * 1000
         full = localize_module.upsample_map(small, size)
-        threshold, every = float(rng.choice([0.2, 0.5, 0.9])), bool(trial % 3 == 0)
+        threshold, every = float(rng.choice([0.0, 0.2, 0.5, 0.9, 1.0])), bool(trial % 3 == 0)
         if trial % 4 == 0 and full.max() > 0:  # a pixel exactly at the cut: only the exact maximum gets it right
             at_or_above_zero = full[full >= 0]
             threshold = float(at_or_above_zero[rng.integers(at_or_above_zero.size)]) / float(full.max())
