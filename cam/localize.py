@@ -280,8 +280,7 @@ def normalise_for_size(small: np.ndarray, size: tuple[int, int], margin: float =
     float rounding inside [0, 1]. A flat map becomes all zeros.
     """
     small = np.asarray(small, dtype=np.float64)
-    (_, rows), (_, cols) = (_sample_grid(n_out, n_in) for n_out, n_in in zip(size, small.shape[-2:]))
-    values = rows @ small @ cols.T
+    _, _, values = _values_next_to_samples(small, size)
     low, high = values.min((-2, -1), keepdims=True), values.max((-2, -1), keepdims=True)
     span = high - low
     flat = ~(span > 1e-9 * np.maximum(1.0, np.abs(high)))
@@ -315,6 +314,13 @@ def _sample_grid(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
     matrix = _interpolation_weights(n_out, n_in)[at]
     at.flags.writeable = matrix.flags.writeable = False  # shared by every call through the cache
     return at, matrix
+
+
+def _values_next_to_samples(smalls: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(..., h, w) float64 maps upsampled to `size`, evaluated only on the pixels next to their
+    samples (`_sample_grid`): the row indices, the column indices and the values there."""
+    (y, rows), (x, cols) = (_sample_grid(n_out, n_in) for n_out, n_in in zip(size, smalls.shape[-2:]))
+    return y, x, rows @ smalls @ cols.T
 
 
 def _bands(height: int, width: int) -> list[tuple[int, int]]:
@@ -351,10 +357,9 @@ def _peak_blocks(smalls, size: tuple[int, int]) -> list[tuple[slice, slice]]:
     block's pixels exceed its corners only by float rounding, and only blocks whose corners come
     within 1e-6 (of the map's scale) of the top can hold the maximum."""
     smalls = np.asarray(smalls, np.float64)
-    (y, rows), (x, cols) = (_sample_grid(n_out, n_in) for n_out, n_in in zip(size, smalls.shape[-2:]))
+    y, x, corners = _values_next_to_samples(smalls, size)
     if len(y) < 2 or len(x) < 2:
         return [(slice(0, size[0]), slice(0, size[1]))] * len(smalls)
-    corners = rows @ smalls @ cols.T
     block_max = np.maximum(np.maximum(corners[:, :-1, :-1], corners[:, 1:, :-1]),
                            np.maximum(corners[:, :-1, 1:], corners[:, 1:, 1:]))
     top = corners.max((1, 2)) - 1e-6 * np.maximum(1.0, np.abs(smalls).max((1, 2)))
