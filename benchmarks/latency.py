@@ -6,8 +6,8 @@ Each round times every method once, in turn, so machine noise hits all alike; me
 reported. The peers share our preprocessing and channels-last network. torchcam's row resizes its
 maps to the photo the way torchcam resizes its own (F.interpolate, bilinear, align_corners=False);
 a second row hands torchcam our upsampling and normalisation instead, which leaves only the CAM
-step and our boxing between the two. Also checks that our top-1 map equals torchcam's CAM after
-the same upsampling.
+step and our boxing between the two. GradCAM's maps (at the input size) are upsampled with ours.
+Also checks that our top-1 map equals torchcam's CAM after the same upsampling.
 """
 
 from __future__ import annotations
