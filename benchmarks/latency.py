@@ -115,10 +115,10 @@ def main() -> None:
         return [upsample_map(m, (height, width)) for m in maps]  # already min-max normalised at the input size
 
     methods = {"bare_model": bare, "bare_model_contiguous_weights": bare_contiguous, "localize_top5": ours,
-               "localize_top5_all_maps_read": ours_all_maps_read, "maps_only_top5": ours_maps_only, "localize_top5_rendered": ours_rendered,
-               "localize_top5_refined": ours_refined, "localize_top5_recommended_288px_refined": ours_recommended,
-               "torchcam_cam_top5": torchcam_cam, "torchcam_cam_top5_our_upsampling": torchcam_cam_our_upsampling,
-               "gradcam_top5": gradcam}
+               "localize_top5_all_maps_read": ours_all_maps_read, "maps_only_top5": ours_maps_only,
+               "localize_top5_rendered": ours_rendered, "localize_top5_refined": ours_refined,
+               "localize_top5_recommended_288px_refined": ours_recommended, "torchcam_cam_top5": torchcam_cam,
+               "torchcam_cam_top5_our_upsampling": torchcam_cam_our_upsampling, "gradcam_top5": gradcam}
     for fn in methods.values():  # warm up
         fn()
     times = {name: [] for name in methods}
@@ -131,27 +131,31 @@ def main() -> None:
 
     ours_top1 = cam.localize(model, photo, topk=1, **plain).predictions[0].cam
     theirs_top1 = torchcam_cam_our_upsampling()[0]
+
+    def ratio(numerator: str, denominator: str) -> float:
+        return median[numerator] / median[denominator]
+
     report = {
         "image": f"{Path(args.image).name} resized to {width}x{height}",
         "device": "cpu", "threads": torch.get_num_threads(), "repeats": args.repeats,
         "median_ms": {k: round(v, 2) for k, v in median.items()},
-        "ratio_localize_to_bare": round(median["localize_top5"] / median["bare_model"], 3),
-        "ratio_rendered_to_bare": round(median["localize_top5_rendered"] / median["bare_model"], 3),
-        "speedup_vs_gradcam": round(median["gradcam_top5"] / median["localize_top5"], 2),
-        "speedup_vs_torchcam": round(median["torchcam_cam_top5"] / median["localize_top5"], 2),
-        "speedup_vs_torchcam_all_maps_read": round(median["torchcam_cam_top5"] / median["localize_top5_all_maps_read"], 2),
-        "speedup_vs_torchcam_our_upsampling": round(median["torchcam_cam_top5_our_upsampling"] / median["localize_top5"], 2),
+        "ratio_localize_to_bare": round(ratio("localize_top5", "bare_model"), 3),
+        "ratio_rendered_to_bare": round(ratio("localize_top5_rendered", "bare_model"), 3),
+        "speedup_vs_gradcam": round(ratio("gradcam_top5", "localize_top5"), 2),
+        "speedup_vs_torchcam": round(ratio("torchcam_cam_top5", "localize_top5"), 2),
+        "speedup_vs_torchcam_all_maps_read": round(ratio("torchcam_cam_top5", "localize_top5_all_maps_read"), 2),
+        "speedup_vs_torchcam_our_upsampling": round(ratio("torchcam_cam_top5_our_upsampling", "localize_top5"), 2),
         "speedup_vs_torchcam_our_upsampling_same_output": round(
-            median["torchcam_cam_top5_our_upsampling"] / median["maps_only_top5"], 2),
+            ratio("torchcam_cam_top5_our_upsampling", "maps_only_top5"), 2),
         "max_abs_diff_top1_vs_torchcam": float(np.abs(ours_top1 - theirs_top1).max()),
         "max_abs_diff_maps_only_vs_localize": float(max(np.abs(a - p.cam).max() for a, p in zip(
             ours_maps_only(), cam.localize(model, photo, topk=args.topk, **plain).predictions))),
-        "targets": {"localize_to_bare<=1.3": median["localize_top5"] / median["bare_model"] <= 1.3,
-                    "rendered_to_bare<=2": median["localize_top5_rendered"] / median["bare_model"] <= 2,
-                    "speedup_vs_gradcam>=3": median["gradcam_top5"] / median["localize_top5"] >= 3,
-                    "not_slower_than_torchcam": median["localize_top5"] <= median["torchcam_cam_top5"],
+        "targets": {"localize_to_bare<=1.3": ratio("localize_top5", "bare_model") <= 1.3,
+                    "rendered_to_bare<=2": ratio("localize_top5_rendered", "bare_model") <= 2,
+                    "speedup_vs_gradcam>=3": ratio("gradcam_top5", "localize_top5") >= 3,
+                    "not_slower_than_torchcam": ratio("localize_top5", "torchcam_cam_top5") <= 1,
                     "maps_not_slower_than_torchcam_our_upsampling":
-                        median["maps_only_top5"] <= median["torchcam_cam_top5_our_upsampling"]},
+                        ratio("maps_only_top5", "torchcam_cam_top5_our_upsampling") <= 1},
     }
     print(json.dumps(report, indent=2))
 
