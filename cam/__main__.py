@@ -1,4 +1,4 @@
-"""Command line: python -m cam {localize,train,evaluate}; JSON lines on stdout, errors on stderr."""
+"""Command line: python -m cam {localize,label,train,evaluate}; JSON lines on stdout, errors on stderr."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -97,6 +98,24 @@ def cmd_localize(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_label(args) -> int:
+    from .label import Settings, label
+
+    cam = _cam_settings(args)
+    settings = Settings(topk=args.topk, min_score=args.min_score, threshold=cam["threshold"],
+                        all_regions=args.all_boxes, input_size=cam["input_size"], flip=cam["flip"],
+                        refine=cam["refine"], batch_size=args.batch_size)
+    bar = _progress_bar("label", unit="photos") if sys.stderr.isatty() else None
+    summary = label(args.inputs, args.out, model=args.model, settings=settings, formats=args.format,
+                    engine=args.engine, ray_address=args.ray_address, ray_cpus_per_worker=args.ray_cpus_per_worker,
+                    progress=bar, on_record=_emit)
+    _emit(summary)
+    if summary["errors"]:
+        _error(f"{summary['errors']} file(s) could not be read: see {Path(args.out) / 'errors.jsonl'}")
+        return 1
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate, plot_curve, write_rows
     from .models import load_model
@@ -132,12 +151,22 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _progress_bar(title: str):
-    """A callback(done, total) drawing a one-line progress bar on stderr."""
+def _progress_bar(title: str, unit: str | None = None):
+    """A callback(done, total) drawing a one-line progress bar on stderr; with `unit`, also the
+    rate since the first call, in `unit`/s."""
+    first: list[tuple[float, float]] = []
+
     def update(done: int, total: int) -> None:
         filled = int(30 * done / max(total, 1))
         end = "\n" if done >= total else ""
-        print(f"\r{title} [{'#' * filled}{'.' * (30 - filled)}] {done:g}/{total}", end=end, file=sys.stderr, flush=True)
+        rate = ""
+        if unit:
+            if not first:
+                first.append((time.perf_counter(), done))
+            seconds = time.perf_counter() - first[0][0]
+            rate = f" {(done - first[0][1]) / seconds:.1f} {unit}/s" if seconds > 0 else ""
+        print(f"\r{title} [{'#' * filled}{'.' * (30 - filled)}] {done:g}/{total}{rate}", end=end, file=sys.stderr,
+              flush=True)
     return update
 
 
@@ -168,6 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-pretrained", action="store_true", help="timm/torchvision names: start from random weights")
     tr.add_argument("--out", default="checkpoints", help="folder that receives experiment_YYYY-MM-DD_HH_MM/")
     tr.set_defaults(run=cmd_train)
+
+    lab = sub.add_parser("label", help="boxes for a photo collection as COCO, YOLO and Pascal VOC files (resumable)")
+    lab.add_argument("inputs", nargs="+", help="image files, folders (walked recursively) and zips")
+    lab.add_argument("--out", required=True, help="output folder; rerunning the same command there resumes the run")
+    lab.add_argument("--topk", type=int, default=1, help="classes per photo (default 1)")
+    lab.add_argument("--min-score", type=float, default=0.0, help="drop predictions whose probability is below this")
+    lab.add_argument("--all-boxes", action="store_true", help="a box for every region, not only the largest")
+    lab.add_argument("--format", default="coco,yolo,voc", help="comma-separated among coco, yolo, voc (default: all)")
+    lab.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local: this process; ray: a Ray Data actor pool (pip install -r requirements-scale.txt)")
+    lab.add_argument("--ray-address", default=None,
+                     help="Ray cluster to use: auto, HOST:PORT or ray://HOST:10001 (default: start a local Ray)")
+    lab.add_argument("--ray-cpus-per-worker", type=int, default=None,
+                     help="CPUs (and torch threads) per Ray actor (default: this machine's torch threads)")
+    lab.add_argument("--batch-size", type=int, default=None,
+                     help="photos per forward pass (default: about 200,000 input pixels on a CPU, 16 on a GPU)")
+    _add_cam_options(lab)
+    lab.set_defaults(run=cmd_label)
 
     ev = sub.add_parser("evaluate", help="WSOL metrics on a folder holding images/ and boxes.csv")
     ev.add_argument("folder")

@@ -9,6 +9,7 @@ numerically, so a head with layers after the pooling is refused instead of givin
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,15 @@ class CamModel:
             "std": list(self.std),
             "interpolation": self.interpolation,
         }
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the network's parameters and buffers (names, shapes, bytes): what tells two
+        models with the same spec apart, e.g. a checkpoint folder trained again."""
+        digest = hashlib.sha256()
+        for name, tensor in self.net.state_dict().items():
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
 
 def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | torch.device | None = None) -> CamModel:
