@@ -16,7 +16,7 @@ import pandas as pd
 
 from cam.localize import RECOMMENDED
 from cam.train import DEFAULT_EPOCHS, DEFAULT_LR
-from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact,
+from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact, label_collection,
                          limit_malloc_arenas, private_gradio_cache, training_updates, views, write_downloads)
 
 INTRO = """# Where does the classifier look?
@@ -121,6 +121,23 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                "It is now selected in the Localize tab.", _curve_plot(curve), metrics, confusion,
                gr.Dropdown(choices=cache.choices(), value=name))
 
+    def run_labelling(files, choice, topk, min_score, threshold, progress=gr.Progress()):
+        def report(done, total):
+            progress(done / max(total, 1), desc=f"{done}/{total} photos")
+
+        try:
+            sheet, summary, archive = label_collection(cache, choice, files, outputs_root.new(), topk, min_score,
+                                                       threshold, progress=report)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        status = (f"Labelled **{summary['labelled']}** photos in {summary['seconds']:.1f} s "
+                  f"({summary['photos_per_second'] or 0:.1f} photos/s)")
+        if summary["errors"]:
+            status += f"; **{summary['errors']}** could not be read: " + "; ".join(summary["first_errors"])
+        if summary["labelled"] > len(sheet):
+            status += f". The sheet shows the first {len(sheet)}; the download holds them all."
+        return status, sheet, archive
+
     def download_checkpoint(choice):
         # A plain (not generator) event, so that Gradio's cache expiry also covers the archive.
         if choice not in cache.choices() or choice == "default":
@@ -188,6 +205,29 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                     checkpoint_file = gr.File(label="Checkpoint (.zip)", interactive=False, elem_id="checkpoint_file")
             mode.change(lambda m: (DEFAULT_EPOCHS[m], DEFAULT_LR[m]), mode, [epochs, lr], api_visibility="private")
 
+        with gr.Tab("Collection"):
+            gr.Markdown("Boxes for a whole collection, in the formats detectors train on: upload **photos or a .zip "
+                        "of photos** (folders inside are kept). Every photo gets the boxes of its top classes; the "
+                        "download holds `coco.json`, `yolo/` and `voc/` (and the logs). Weakly supervised: no box is "
+                        "ever drawn by hand. For large collections use `python -m cam label` (resumable, Ray).")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=280):
+                    collection = gr.File(label="Photos or .zip", file_count="multiple", file_types=["image", ".zip"],
+                                         type="filepath", elem_id="collection")
+                    collection_model = gr.Dropdown(cache.choices(), value="default", label="Model",
+                                                   elem_id="collection_model")
+                    collection_topk = gr.Slider(1, 5, value=1, step=1, label="Classes per photo")
+                    min_score = gr.Slider(0, 1, value=0, step=0.01, label="Minimum score (drop classes below it)")
+                    collection_threshold = gr.Slider(0, 1, value=RECOMMENDED["threshold"], step=0.01,
+                                                     label="Box threshold (fraction of the map's maximum)")
+                    label_button = gr.Button("Label the collection", variant="primary")
+                with gr.Column(scale=2, min_width=320):
+                    collection_status = gr.Markdown("One collection is labelled at a time; others wait in the queue.",
+                                                    elem_id="collection_status")
+                    sheet = gr.Gallery(label="Contact sheet", columns=6, height=420, format="jpeg", elem_id="sheet")
+                    labels_file = gr.File(label="Boxes (.zip: COCO, YOLO, Pascal VOC)", interactive=False,
+                                          elem_id="labels_file")
+
         outputs = [overlay, boxed, gallery, table, result_json, last]
         inputs = [image, model, topk, threshold, all_regions, opacity, input_size, flip, refine]
         run.click(run_localize, inputs, outputs, api_name="localize", concurrency_limit=4, concurrency_id="infer")
@@ -199,6 +239,11 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             control.change(rerender, [last, threshold, all_regions, opacity], outputs, api_visibility="private",
                            show_progress="hidden", trigger_mode="always_last", concurrency_limit=4, concurrency_id="render")
         refresh.click(lambda: gr.Dropdown(choices=cache.choices()), None, model, api_name="models")
+        collection_model.focus(lambda: gr.Dropdown(choices=cache.choices()), None, collection_model,
+                               api_visibility="private")  # lists checkpoints trained since the page loaded
+        label_button.click(run_labelling, [collection, collection_model, collection_topk, min_score, collection_threshold],
+                           [collection_status, sheet, labels_file], api_name="label", concurrency_limit=1,
+                           concurrency_id="label")
         download_button.click(prepare_downloads, [last, opacity], files, api_name="downloads")
         start.click(run_training, [dataset, mode, epochs, lr, val_split],
                     [train_status, train_plot, train_metrics, confusion, model],

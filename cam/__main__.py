@@ -108,7 +108,7 @@ def cmd_label(args) -> int:
     bar = _progress_bar("label", unit="photos") if sys.stderr.isatty() else None
     summary = label(args.inputs, args.out, model=args.model, settings=settings, formats=args.format,
                     engine=args.engine, ray_address=args.ray_address, ray_cpus_per_worker=args.ray_cpus_per_worker,
-                    progress=bar, on_record=_emit)
+                    progress=bar, on_record=lambda record, _: _emit(record))
     _emit(summary)
     if summary["errors"]:
         _error(f"{summary['errors']} file(s) could not be read: see {Path(args.out) / 'errors.jsonl'}")
@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--ray-cpus-per-worker", type=int, default=None,
                      help="CPUs (and torch threads) per Ray actor (default: this machine's torch threads)")
     lab.add_argument("--batch-size", type=int, default=None,
-                     help="photos per forward pass (default: about 200,000 input pixels on a CPU, 16 on a GPU)")
+                     help="photos per forward pass (default: at most 250,000 input pixels on a CPU, 16 on a GPU)")
     _add_cam_options(lab)
     lab.set_defaults(run=cmd_label)
 

@@ -98,7 +98,8 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings = S
     """Localize every photo of `inputs` into the folder `out`: `predictions.jsonl` and `errors.jsonl`
     (appended batch by batch; a rerun resumes), then the `formats` among coco, yolo and voc,
     written from the whole log. Returns a summary. `progress(done, total)` follows the photos and
-    `on_record(dict)` gets each new line of the log (errors have an "error" key).
+    `on_record(record, item)` gets each new line of the log (errors have an "error" key) with its
+    `Item`, whose file is readable until `label` returns.
 
     A `model` given as a CamModel is used as it is (local engine only); a spec is loaded here and,
     with engine "ray", once per actor. Ray actors get `ray_cpus_per_worker` CPUs and as many torch
@@ -135,17 +136,18 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings = S
         outcomes = _ray_blocks(ray, model.spec, blocks, settings, ray_cpus_per_worker) if ray else \
             _local_blocks(model, blocks, settings)
         with open(out / LOG, "a") as log, open(out / ERRORS, "a") as errors:
-            for block in outcomes:
-                fresh = [(name, line, failed) for name, line, failed in block if name not in done]
+            for items_of_block, block in zip(blocks, outcomes):
+                fresh = [(item, line, failed) for item, (_, line, failed) in zip(items_of_block, block)
+                         if item.name not in done]
                 log.write("".join(line for _, line, failed in fresh if not failed))
                 errors.write("".join(line for _, line, failed in fresh if failed))
                 log.flush()
                 errors.flush()
-                done.update(name for name, _, _ in fresh)
+                done.update(item.name for item, _, _ in fresh)
                 finished, new = finished + len(fresh), new + len(fresh)
                 if on_record:
-                    for _, line, _ in fresh:
-                        on_record(json.loads(line))
+                    for item, line, _ in fresh:
+                        on_record(json.loads(line), item)
                 if progress:
                     progress(finished, total)
     finally:
@@ -248,7 +250,9 @@ def _ray_blocks(ray, spec: str, blocks, settings: Settings, cpus_per_worker: int
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its INFO lines would break that bar
     workers = max(1, int(ray.cluster_resources().get("CPU", cpus)) // cpus)
     rows = [{"items": json.dumps([[i.name, i.path, i.shown] for i in block])} for block in blocks]
-    dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), 200)).map_batches(
+    # Ray blocks of about 32 rows (a Ray task each: fewer tasks, less overhead), at least 4 per actor.
+    ray_blocks = max(1, min(len(rows), max(4 * workers, len(rows) // 32)))
+    dataset = ray.data.from_items(rows, override_num_blocks=ray_blocks).map_batches(
         _RayLabeller, fn_constructor_kwargs={"spec": spec, "settings": settings.__dict__, "threads": cpus},
         batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), num_cpus=cpus)
     sizes = iter(len(block) for block in blocks)

@@ -126,12 +126,12 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
 
 
 def inference_batch_size(model: CamModel, size: tuple[int, int]) -> int:
-    """Images per forward pass when only inferring: 16 on a GPU; on a CPU about 200,000 input
-    pixels (4 at 224 px, 2 at 288, 1 at 384 and above), since larger batches ran slower per image
-    on 2 cores (README, "CLI")."""
+    """Images per forward pass when only inferring: 16 on a GPU; on a CPU at most 250,000 input
+    pixels (4 at 224 px, 3 at 288, 2 at 320, 1 at 384 and above): each was the fastest per image
+    on 2 cores, and larger batches ran slower (README, "CLI")."""
     if model.device.type != "cpu":
         return 16
-    return max(1, 4 * 224 * 224 // (size[0] * size[1]))
+    return max(1, 250_000 // (size[0] * size[1]))
 
 
 def preprocess(model: CamModel, arrays: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:

@@ -36,22 +36,24 @@ def _font(height: int) -> ImageFont.ImageFont:
     return ImageFont.load_default(size=max(12, height // 32))
 
 
-def draw_boxes(image: np.ndarray, result: Result) -> np.ndarray:
-    """The image with every prediction's boxes and a caption 'label 0.93' on a filled tab.
+def draw_boxes(image: np.ndarray, result) -> np.ndarray:
+    """The image with every prediction's boxes and a caption 'label 0.93' on a filled tab. `result`
+    is a Result, or its predictions (anything with `label`, `score` and `boxes`, in rank order).
 
     All boxes are drawn first, the best-ranked on top; then the captions, best rank first, each at
     the first spot by its box's top-left corner (above the box, inside it, stacked downwards,
     below it) where it covers no earlier caption, so boxes that share an edge keep readable labels.
     """
+    predictions = result.predictions if isinstance(result, Result) else list(result)
     canvas = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     font = _font(min(canvas.size))
     line = max(2, min(canvas.size) // 150)
-    for rank, prediction in reversed(list(enumerate(result.predictions))):
+    for rank, prediction in reversed(list(enumerate(predictions))):
         for x0, y0, x1, y1 in prediction.boxes:
             draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=PALETTE[rank % len(PALETTE)], width=line)
     placed: list[tuple[int, int, int, int]] = []
-    for rank, prediction in enumerate(result.predictions):
+    for rank, prediction in enumerate(predictions):
         color = PALETTE[rank % len(PALETTE)]
         text_color = (0, 0, 0) if sum(color) > 450 else (255, 255, 255)
         caption = f"{prediction.label} {prediction.score:.2f}"

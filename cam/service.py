@@ -7,6 +7,7 @@ import atexit
 import collections
 import ctypes
 import ctypes.util
+import itertools
 import json
 import os
 import shutil
@@ -22,8 +23,10 @@ import cv2
 import numpy as np
 
 from . import render
-from .data import private_temp_folder, remove_orphaned_temp_folders
-from .localize import Result, localize
+from .boxes import check_threshold
+from .data import MAX_ARCHIVE_FILES, load_image, private_temp_folder, remove_orphaned_temp_folders
+from .export import read_log
+from .localize import RECOMMENDED, Result, localize
 from .models import DEFAULT_SPEC, CamModel, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +169,52 @@ def write_downloads(result: Result, folder: Path, opacity: float) -> list[str]:
     paths[2].write_text(json.dumps(result.to_dict(), indent=2))
     np.save(paths[3], np.stack([p.cam for p in result.predictions]))
     return [str(p) for p in paths]
+
+
+SHEET_PHOTOS = 48  # photos shown on the contact sheet; the download holds every photo's boxes
+
+
+def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: int = 1, min_score: float = 0.0,
+                     threshold: float = RECOMMENDED["threshold"], progress=None) -> tuple[list, dict, str]:
+    """Label uploaded photos and zips (`cam.label.label`, the recommended setting) into `folder`:
+    the contact sheet (boxed thumbnails of the first SHEET_PHOTOS photos, captioned), the run's
+    summary with the first errors, and a zip of the COCO, YOLO and VOC files and the logs."""
+    from types import SimpleNamespace
+
+    from .label import Settings, label
+
+    files = [str(f) for f in files or []]
+    if not files:
+        raise ValueError("Add photos or a .zip of photos first.")
+    if len(files) > MAX_ARCHIVE_FILES:
+        raise ValueError(f"{len(files):,} files is over the limit of {MAX_ARCHIVE_FILES:,}; upload a zip of fewer photos")
+    model = cache.get(choice)
+    try:
+        settings = Settings(topk=min(int(topk), len(model.class_names)), min_score=float(min_score),
+                            threshold=check_threshold(threshold))
+    except (TypeError, ValueError):
+        raise ValueError("top-k, minimum score and threshold must be numbers") from None
+    sheet = []
+
+    def add_to_sheet(record: dict, item) -> None:
+        if "error" in record or len(sheet) >= SHEET_PHOTOS:
+            return
+        scale = min(1.0, GALLERY_SIDE / max(record["width"], record["height"]))
+        image = load_image(item.path)
+        image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA)
+        shown = [SimpleNamespace(label=p["label"], score=p["score"],
+                                 boxes=[tuple(max(round(v * scale), 0) for v in b) for b in p["boxes"]])
+                 for p in record["predictions"]]
+        top = record["predictions"][0] if record["predictions"] else None
+        caption = f"{record['file']}: {top['label']} {top['score']:.2f}" if top else f"{record['file']}: no class above the minimum score"
+        sheet.append((_jpeg(render.draw_boxes(image, shown), folder / f"sheet_{len(sheet):03d}.jpg"), caption))
+
+    out = folder / "labels"
+    summary = label(files, out, model=model, settings=settings, progress=progress, on_record=add_to_sheet)
+    summary["first_errors"] = [f"{e['file']}: {e['error']}" for e in itertools.islice(read_log(out / "errors.jsonl"), 5)]
+    archive = shutil.make_archive(str(folder / "labels"), "zip", root_dir=out)
+    return sheet, summary, archive
 
 
 def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPOINTS, model_spec: str = DEFAULT_SPEC):

@@ -1,5 +1,6 @@
 """The real app on a free local port: its API through gradio_client, its page through Chromium."""
 
+import json
 import os
 import re
 import shutil
@@ -252,3 +253,62 @@ def test_readme_front_matter_configures_the_space():
     assert fields["sdk"] == "gradio" and fields["app_file"] == "app.py" and (ROOT / "app.py").is_file()
     assert fields["sdk_version"].split(".")[0] == "6"  # requirements.txt: gradio>=6.0,<7
     assert fields["python_version"].strip('"') == "3.11"
+
+
+def test_api_label_a_collection_and_refuse_a_hostile_zip(server, tmp_path):
+    from gradio_client import handle_file
+
+    client = _client(server)
+    bundle = tmp_path / "more.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.write(EXAMPLES / "coffee.png", "kitchen/coffee.png")
+        archive.writestr("kitchen/broken.jpg", b"not a photo")
+    status, sheet, archive_path = client.predict(
+        [handle_file(str(EXAMPLES / "chelsea.png")), handle_file(str(bundle))], "default", 2, 0.0, 0.2, api_name="/label")
+    assert "Labelled **2** photos" in status and "**1** could not be read: kitchen/broken.jpg" in status
+    assert [item["caption"].split(":")[0] for item in sheet] == ["chelsea.png", "kitchen/coffee.png"]
+    assert "espresso" in sheet[1]["caption"]
+    with zipfile.ZipFile(archive_path) as packed:
+        names = set(packed.namelist())
+        coco = json.loads(packed.read("coco.json"))
+    assert {"coco.json", "yolo/classes.txt", "yolo/labels/kitchen/coffee.txt", "voc/chelsea.xml"} <= names
+    assert [image["file_name"] for image in coco["images"]] == ["chelsea.png", "kitchen/coffee.png"]
+    assert len(coco["annotations"]) == 4  # two classes a photo, one box each
+
+    escape = tmp_path / "escape.zip"
+    with zipfile.ZipFile(escape, "w") as archive:
+        archive.writestr("../evil.png", b"x")
+    with pytest.raises(Exception, match="outside"):
+        client.predict([handle_file(str(escape))], "default", 1, 0.0, 0.2, api_name="/label")
+    with pytest.raises(Exception, match="Add photos"):
+        client.predict([], "default", 1, 0.0, 0.2, api_name="/label")
+
+
+def test_browser_collection_tab_labels_three_photos_and_downloads_the_zip(server, tmp_path):
+    _browser_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    photos = [str(EXAMPLES / name) for name in ("chelsea.png", "coffee.png", "rocket.jpg")]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(90_000)
+        page.goto(server["url"])
+        page.get_by_role("tab", name="Collection").click()
+        page.locator("#collection input[type=file]").set_input_files(photos)
+        expect(page.locator("#collection").get_by_role("cell", name="rocket.jpg")).to_be_visible()
+        page.get_by_role("button", name="Label the collection").click()
+        expect(page.locator("#collection_status")).to_contain_text("Labelled 3 photos")
+        expect(page.locator("#sheet img")).to_have_count(3)
+        expect(page.locator("#sheet")).to_contain_text("coffee.png: espresso")
+        page.screenshot(path=str(ARTIFACTS / "collection.png"), full_page=True)
+        with page.expect_download() as download:
+            page.locator("#labels_file a[download]").first.click()
+        saved = tmp_path / download.value.suggested_filename
+        download.value.save_as(saved)
+        browser.close()
+    with zipfile.ZipFile(saved) as packed:
+        coco = json.loads(packed.read("coco.json"))
+        assert sorted(i["file_name"] for i in coco["images"]) == ["chelsea.png", "coffee.png", "rocket.jpg"]
+        assert {"yolo/labels/rocket.txt", "voc/coffee.xml"} <= set(packed.namelist())
