@@ -7,7 +7,8 @@ DIR holds images/ and boxes.csv (file,label,x0,y0,x1,y1; label = ImageNet class 
 --topk 1 and 5 at the recommended setting, side by side in one run (medians of `--repeats`):
 photos/s of the loop, of `label` on the local engine and on a local Ray (2 CPUs; one actor with
 this machine's torch threads, and one actor per CPU with one thread each), every run writing all
-three formats. Then pycocotools scores `coco.json` (AP, AP50, AP75) against the ground truth,
+three formats. A Ray run includes starting its actors and loading a model in each (several
+seconds, which `--copies N` spreads over N copies of the set). Then pycocotools scores `coco.json` (AP, AP50, AP75) against the ground truth,
 converted from boxes.csv. `--memory-photos N` labels N generated photos and prints the resident
 memory after the first batch and at the end.
 """
@@ -40,11 +41,44 @@ def loop_seconds(model, paths, topk: int) -> float:
     return time.perf_counter() - started
 
 
-def label_seconds(images: Path, model, topk: int, **options) -> tuple[float, Path]:
+def label_seconds(inputs: list[Path], model, topk: int, **options) -> tuple[float, Path]:
     out = Path(tempfile.mkdtemp(prefix="cam-label-bench-"))
     started = time.perf_counter()
-    label([images], out, model=model, settings=Settings(topk=topk), **options)
+    label(inputs, out, model=model, settings=Settings(topk=topk), **options)
     return time.perf_counter() - started, out
+
+
+def copies_of(images: Path, copies: int) -> list[Path]:
+    """`images` as it is, or a folder of `copies` subfolders of links to its photos (a larger
+    collection, over which a Ray run's start-up is spread)."""
+    if copies <= 1:
+        return [images]
+    folder = Path(tempfile.mkdtemp(prefix="cam-label-copies-"))
+    for copy in range(copies):
+        (folder / f"copy_{copy}").mkdir()
+        for photo in images.iterdir():
+            (folder / f"copy_{copy}" / photo.name).symlink_to(photo.resolve())
+    return [folder]
+
+
+@contextlib.contextmanager
+def local_ray(wanted: bool):
+    """A local Ray with 2 CPUs for one run, shut down after it: its daemons would otherwise take CPU
+    time from the other rows."""
+    if not wanted:
+        yield
+        return
+    import psutil
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"py_modules": [str(Path(cam.__file__).parent)]})
+    try:
+        yield
+    finally:
+        started = psutil.Process().children(recursive=True)
+        ray.shutdown()
+        psutil.wait_procs(started, timeout=30)  # Ray's processes are gone before the next row is timed
 
 
 def ground_truth(folder: Path, coco_json: Path) -> dict:
@@ -110,38 +144,36 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--memory-photos", type=int, default=0)
+    parser.add_argument("--copies", type=int, default=1, help="label this many copies of the set (no COCO AP then)")
     args = parser.parse_args()
     images = args.folder / "images"
     paths = sorted(p for p in images.iterdir() if p.is_file())
     model = cam.load_model("default")
     for path in paths[:4]:
         cam.localize(model, path)  # warm-up
-    if not args.no_ray:
-        import ray
-
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 runtime_env={"py_modules": [str(Path(cam.__file__).parent)]})
-    rows = {"photos": len(paths), "setting": {k: v for k, v in RECOMMENDED.items()}}
+    inputs = copies_of(images, args.copies)
+    print(json.dumps({"photos": len(paths) * args.copies, "setting": RECOMMENDED}), flush=True)
     for topk in (1, 5):
-        runs: dict[str, list[float]] = {"loop": [], "label_local": []}
+        engines = {"label_local": (model, {})}
         if not args.no_ray:
-            runs.update({"label_ray_1x2_threads": [], "label_ray_2x1_thread": []})
+            engines["label_ray_1x2_threads"] = ("default", {"engine": "ray"})
+            engines["label_ray_2x1_thread"] = ("default", {"engine": "ray", "ray_cpus_per_worker": 1})
+        runs: dict[str, list[float]] = {"loop": []}
         out = None
         for _ in range(args.repeats):  # interleaved, so that the machine's drift hits every row alike
-            runs["loop"].append(loop_seconds(model, paths, topk))
-            seconds, out = label_seconds(images, model, topk)
-            runs["label_local"].append(seconds)
-            if not args.no_ray:
-                runs["label_ray_1x2_threads"].append(label_seconds(images, "default", topk, engine="ray")[0])
-                runs["label_ray_2x1_thread"].append(
-                    label_seconds(images, "default", topk, engine="ray", ray_cpus_per_worker=1)[0])
+            runs["loop"].append(loop_seconds(model, paths * args.copies, topk))
+            for name, (spec, options) in engines.items():
+                with local_ray(options.get("engine") == "ray"):
+                    seconds, folder = label_seconds(inputs, spec, topk, **options)
+                runs.setdefault(name, []).append(seconds)
+                out = out or folder
         median = {name: statistics.median(values) for name, values in runs.items()}
-        rows[f"top{topk}"] = {
-            "photos_per_second": {name: round(len(paths) / s, 2) for name, s in median.items()},
+        print(json.dumps({
+            "topk": topk,
+            "photos_per_second": {name: round(len(paths) * args.copies / s, 2) for name, s in median.items()},
             "speedup_vs_loop": {name: round(median["loop"] / s, 3) for name, s in median.items() if name != "loop"},
-            "coco": coco_ap(args.folder, out / "coco.json"),
-        }
-        print(json.dumps({"topk": topk, **rows[f"top{topk}"]}), flush=True)
+            "coco": coco_ap(args.folder, out / "coco.json") if args.copies == 1 else None,
+        }), flush=True)
     if args.memory_photos:
         print(json.dumps({"memory": memory_run(args.memory_photos)}), flush=True)
 

@@ -7,6 +7,8 @@ MaxBoxAccV2, and the time per image (batched evaluation on this machine's CPU) w
 plain CAM measured in the same run. With `--cv-splits N`, then a line per setting in CV_SETTINGS:
 top-1 loc on one random half of the photos when the box threshold is chosen on the other half
 (N splits, both ways), a check that a threshold tuned on the set holds on photos it did not see.
+With `--methods`, one line per map maker (CAM, Grad-CAM, Grad-CAM++, LayerCAM) at the paper's
+setting and at the recommended one instead.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ SETTINGS = [
     ("EfficientNet-Lite1, input 288 + refine", "efficientnet-lite1", RECOMMENDED),
     ("EfficientNet-Lite2, input 288 + refine", "efficientnet-lite2", RECOMMENDED),
 ]
+
+# `--methods`: each map maker (cam.methods) at the paper's setting and at the recommended one.
+METHOD_SETTINGS = [(f"{method}{suffix}", "default", {**base, "method": method})
+                   for suffix, base in (("", PLAIN), (", input 288 + refine", RECOMMENDED))
+                   for method in ("cam", "gradcam", "gradcam++", "layercam")]
 
 CV_SETTINGS = ["plain CAM (paper)", "input 288", "input 288 + refine (recommended)"]
 CV_THRESHOLDS = np.round(np.arange(0.05, 0.65, 0.05), 2)
@@ -75,9 +82,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("--cv-splits", type=int, default=0, help="threshold cross-validation splits (0: none)")
+    parser.add_argument("--methods", action="store_true", help="the table of map makers instead of the settings")
     args = parser.parse_args()
     models, base_ms = {}, None
-    for name, spec, settings in SETTINGS:
+    for name, spec, settings in METHOD_SETTINGS if args.methods else SETTINGS:
         try:
             if spec not in models:
                 models[spec] = cam.load_model(spec, device="cpu")
@@ -92,7 +100,7 @@ def main() -> None:
                **{k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()},
                "latency_ratio_to_plain": round(metrics["ms_per_image"] / base_ms, 2)}
         print(json.dumps(row), flush=True)
-    for name, spec, settings in SETTINGS:
+    for name, spec, settings in [] if args.methods else SETTINGS:
         if args.cv_splits and name in CV_SETTINGS:
             cv = threshold_cross_validation(models[spec], args.folder, settings, args.cv_splits)
             print(json.dumps({"setting": name, "threshold_cross_validation": cv}), flush=True)

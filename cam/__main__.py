@@ -21,6 +21,8 @@ def _add_cam_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", default=None, help="average the maps of the image and its mirror")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                         help="refine the maps by the similarity of the finer features (default: on; --plain: off)")
+    parser.add_argument("--method", default="auto", choices=["auto", "cam", "gradcam", "gradcam++", "layercam"],
+                        help="map maker (default auto: CAM, exact for every model that loads)")
     parser.add_argument("--plain", action="store_true",
                         help="the paper's CAM exactly: model input size, no flip, no refinement, threshold 0.2, "
                              "largest region")
@@ -35,6 +37,7 @@ def _cam_settings(args) -> dict:
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
+    settings["method"] = args.method
     return settings
 
 
@@ -104,7 +107,7 @@ def cmd_label(args) -> int:
     cam = _cam_settings(args)
     settings = Settings(topk=args.topk, min_score=args.min_score, threshold=cam["threshold"],
                         all_regions=args.all_boxes, input_size=cam["input_size"], flip=cam["flip"],
-                        refine=cam["refine"], batch_size=args.batch_size)
+                        refine=cam["refine"], batch_size=args.batch_size, method=cam["method"])
     bar = _progress_bar("label", unit="photos") if sys.stderr.isatty() else None
     summary = label(args.inputs, args.out, model=args.model, settings=settings, formats=args.format,
                     engine=args.engine, ray_address=args.ray_address, ray_cpus_per_worker=args.ray_cpus_per_worker,

@@ -24,7 +24,8 @@ import torch
 from .boxes import boxes_from_map, check_threshold, iou, region_boxes
 from .data import load_image
 from .localize import (RECOMMENDED, check_input_size, class_maps, forward_features, inference_batch_size,
-                       normalise_for_size, preprocess, upsample_map)
+                       normalise_for_size, preprocess, refine_maps, upsample_map)
+from .methods import check_method, gradient_maps
 from .models import CamModel
 
 THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # the cam_curve_interval of wsolevaluation
@@ -115,14 +116,16 @@ class WsolScores:
 def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"],
              input_size: int | None = RECOMMENDED["input_size"], flip: bool = RECOMMENDED["flip"],
              refine: bool = RECOMMENDED["refine"], batch_size: int | None = None,
-             progress=None) -> tuple[dict, list[dict]]:
+             progress=None, method: str = "auto") -> tuple[dict, list[dict]]:
     """Evaluate `model` on `folder`; returns (metrics, per-image rows).
 
     `progress(done, total)` is called after each batch (`batch_size` images; default:
     `inference_batch_size`). Metrics are fractions in [0, 1]; the
     `curve` entry holds GT-known box accuracy for every threshold and IoU level (for plotting).
-    Maps are made as `localize` makes them (`refine` applies when the model has a guide layer).
+    Maps are made as `localize` makes them (`refine` applies when the model has a guide layer), by
+    `method` (`cam.methods`).
     """
+    method = check_method(method, model)
     scores = WsolScores(threshold)
     size = check_input_size(input_size, model)
     batch_size = batch_size or inference_batch_size(model, size)
@@ -135,19 +138,29 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
     for first in range(0, len(samples), batch_size):
         chunk = samples[first:first + batch_size]
         arrays = [load_image(images_dir / s.file) for s in chunk]
-        logits, features, guide = forward_features(model, preprocess(model, arrays, size), flip, refine)
+        labels = torch.tensor([s.label for s in chunk], device=model.device)
+
+        def pairs(z):  # the predicted and the true class of each image
+            return torch.stack([z.argmax(1), labels], 1)
+
+        batch = preprocess(model, arrays, size)
+        if method == "cam":
+            logits, features, guide = forward_features(model, batch, flip, refine)
+            maps = class_maps(model, features, pairs(logits), guide)
+        else:
+            logits, _, maps, guide = gradient_maps(model, batch, pairs, method, flip, refine)
+            maps = maps if guide is None else refine_maps(maps, guide)
+        maps = maps.cpu().numpy()
         probs = logits.softmax(1)
         top1 = probs.argmax(1)
-        labels = torch.tensor([s.label for s in chunk], device=top1.device)
-        pairs = torch.stack([top1, labels], 1)  # the predicted and the true class of each image
-        maps = class_maps(model, features, pairs, guide).cpu().numpy()
         for sample, array, pair, predicted, score in zip(chunk, arrays, maps, top1.tolist(), probs.max(1).values.tolist()):
             top1_map, gt_map = (upsample_map(m, array.shape[:2]) for m in normalise_for_size(pair, array.shape[:2]))
             scores.add(sample.file, sample.label, sample.boxes, predicted, score, top1_map, gt_map)
         if progress:
             progress(len(scores.rows), len(samples))
     metrics = scores.metrics()
-    metrics["refined"] = guide is not None  # forward_features gives a guide only where the model has one
+    metrics["refined"] = guide is not None  # a guide map comes only where the model has one
+    metrics["method"] = method
     metrics["ms_per_image"] = (time.perf_counter() - start) * 1000 / len(samples)
     return metrics, scores.rows
 

@@ -90,6 +90,7 @@ class Settings:
     flip: bool = RECOMMENDED["flip"]
     refine: bool = RECOMMENDED["refine"]
     batch_size: int | None = None  # photos a forward pass (default: `inference_batch_size`)
+    method: str = "auto"  # map maker (`cam.methods`)
 
 
 def label(inputs, out, model: str | CamModel = "default", settings: Settings = Settings(), formats=export.FORMATS,
@@ -197,7 +198,8 @@ def _label_decoded(model: CamModel, decoded, settings: Settings) -> list[tuple[s
     arrays = [value for _, value in decoded if not isinstance(value, str)]
     results = iter(localize_batch(model, arrays, topk=settings.topk, threshold=settings.threshold,
                                   all_regions=settings.all_regions, input_size=settings.input_size,
-                                  flip=settings.flip, refine=settings.refine, batch_size=len(arrays) or 1)
+                                  flip=settings.flip, refine=settings.refine, batch_size=len(arrays) or 1,
+                                  method=settings.method)
                    if arrays else [])
     lines = []
     for item, value in decoded:

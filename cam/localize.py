@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from .boxes import Box, check_threshold, mask_boxes
 from .data import load_image
 from .extractor import FeatureExtractor, ModeGuard
+from .methods import check_method, gradient_maps
 from .models import CamModel
 
 # The paper's setting: the model's own input size, no augmentation, 20% of the max, largest region.
@@ -57,6 +58,7 @@ class Result:
     threshold: float = 0.2
     all_regions: bool = False
     refined: bool = False  # maps refined by feature affinity (`refine_maps`): no longer exact CAMs
+    method: str = "cam"  # which map maker ran (`cam.methods.METHODS`)
 
     @property
     def width(self) -> int:
@@ -69,7 +71,7 @@ class Result:
     def to_dict(self) -> dict:
         """Everything but the arrays, JSON-ready."""
         return {"model": self.model, "width": self.width, "height": self.height, "threshold": self.threshold,
-                "all_regions": self.all_regions, "refined": self.refined,
+                "all_regions": self.all_regions, "refined": self.refined, "method": self.method,
                 "predictions": [p.to_dict() for p in self.predictions]}
 
     def with_threshold(self, threshold: float, all_regions: bool | None = None) -> "Result":
@@ -83,7 +85,7 @@ class Result:
 
 def localize(model: CamModel, image, topk: int = 5, threshold: float = RECOMMENDED["threshold"],
              all_regions: bool = False, input_size: int | None = RECOMMENDED["input_size"],
-             flip: bool = RECOMMENDED["flip"], refine: bool = RECOMMENDED["refine"]) -> Result:
+             flip: bool = RECOMMENDED["flip"], refine: bool = RECOMMENDED["refine"], method: str = "auto") -> Result:
     """Classify `image` (path, PIL image or HxWx3 uint8) and localize its top-k classes.
 
     One forward pass gives the logits and the feature map; the maps of all top-k classes come from
@@ -91,20 +93,23 @@ def localize(model: CamModel, image, topk: int = 5, threshold: float = RECOMMEND
     to [0, 1] and boxed by `threshold` (fraction of the max). `input_size` overrides the model's
     square input side; `flip` averages the maps of the image and its mirror image; `refine` spreads
     each map over the pixels whose finer features look alike (`refine_maps`; `Result.refined` says
-    whether it was applied: a model without a finer stage keeps its exact CAMs).
+    whether it was applied: a model without a finer stage keeps its exact CAMs). `method` picks the
+    map maker: "cam", or "gradcam", "gradcam++", "layercam" (one backward pass more, `cam.methods`);
+    "auto" is CAM, exact on every model `load_model` accepts. `Result.method` says which ran.
     """
-    return localize_batch(model, [image], topk, threshold, all_regions, input_size, flip, refine)[0]
+    return localize_batch(model, [image], topk, threshold, all_regions, input_size, flip, refine, method=method)[0]
 
 
 def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RECOMMENDED["threshold"],
                    all_regions: bool = False, input_size: int | None = RECOMMENDED["input_size"],
                    flip: bool = RECOMMENDED["flip"], refine: bool = RECOMMENDED["refine"],
-                   batch_size: int | None = None) -> list[Result]:
+                   batch_size: int | None = None, method: str = "auto") -> list[Result]:
     """`localize` for many images, run through the network `batch_size` at a time
     (default: `inference_batch_size`)."""
     if not isinstance(model, CamModel):
         raise TypeError(f"model must be a CamModel from cam.load_model, got {type(model).__name__}")
     topk = _check_topk(topk, len(model.class_names))
+    method = check_method(method, model)
     threshold = check_threshold(threshold)
     size = check_input_size(input_size, model)
     batch_size = batch_size or inference_batch_size(model, size)
@@ -112,16 +117,22 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
     for start in range(0, len(images), batch_size):
         arrays = [load_image(im) for im in images[start:start + batch_size]]
         batch = preprocess(model, arrays, size)
-        logits, features, guide = forward_features(model, batch, flip, refine)
-        probs = logits.softmax(1)
-        scores, indices = probs.topk(topk, dim=1)
-        small = class_maps(model, features, indices, guide).cpu().numpy()
+        if method == "cam":
+            logits, features, guide = forward_features(model, batch, flip, refine)
+            scores, indices = logits.softmax(1).topk(topk, dim=1)
+            small = class_maps(model, features, indices, guide).cpu().numpy()
+        else:
+            logits, indices, maps, guide = gradient_maps(model, batch, lambda z: z.topk(topk, dim=1).indices, method,
+                                                         flip, refine)
+            scores = logits.softmax(1).gather(1, indices)
+            small = (maps if guide is None else refine_maps(maps, guide)).cpu().numpy()
         for i, array in enumerate(arrays):
             maps = normalise_for_size(small[i], array.shape[:2])
             boxes = boxes_of_maps(maps, array.shape[:2], threshold, all_regions)
             predictions = [Prediction(int(c), model.class_names[int(c)], float(s), b, m, array.shape[:2])
                            for c, s, b, m in zip(indices[i].tolist(), scores[i].tolist(), boxes, maps)]
-            results.append(Result(predictions, array, model.spec, threshold, bool(all_regions), guide is not None))
+            results.append(Result(predictions, array, model.spec, threshold, bool(all_regions), guide is not None,
+                                  method))
     return results
 
 
@@ -380,9 +391,11 @@ def _check_topk(topk, num_classes: int) -> int:
 
 
 def check_input_size(input_size, model: CamModel) -> tuple[int, int]:
-    """The (h, w) the model sees: `input_size` squared, or the model's own size for None."""
-    if input_size is None:
-        return tuple(model.input_size)
-    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or not 32 <= input_size <= 1024:
+    """The (h, w) the model sees: `input_size` squared, or the model's own size for None and for a
+    transformer with a fixed patch grid (`CamModel.fixed_input`)."""
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer))
+                                   or not 32 <= input_size <= 1024):
         raise ValueError(f"input_size must be an integer between 32 and 1024 (or None), got {input_size!r}")
+    if input_size is None or model.fixed_input:
+        return tuple(model.input_size)
     return (int(input_size), int(input_size))

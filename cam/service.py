@@ -210,8 +210,13 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
         caption = f"{record['file']}: {top['label']} {top['score']:.2f}" if top else f"{record['file']}: no class above the minimum score"
         sheet.append((_jpeg(render.draw_boxes(image, shown), folder / f"sheet_{len(sheet):03d}.jpg"), caption))
 
+    def report(done: int, total: int) -> None:
+        os.utime(folder)  # a long run's folder stays fresh for OutputFolders' sweep, which goes by age
+        if progress:
+            progress(done, total)
+
     out = folder / "labels"
-    summary = label(files, out, model=model, settings=settings, progress=progress, on_record=add_to_sheet)
+    summary = label(files, out, model=model, settings=settings, progress=report, on_record=add_to_sheet)
     summary["first_errors"] = [f"{e['file']}: {e['error']}" for e in itertools.islice(read_log(out / "errors.jsonl"), 5)]
     archive = shutil.make_archive(str(folder / "labels"), "zip", root_dir=out)
     return sheet, summary, archive

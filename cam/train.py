@@ -85,7 +85,9 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
         model = load_model(model_spec, pretrained=pretrained, device=device)
         size = check_input_size(input_size, model)
         if model.classifier_layer is None:
-            raise ValueError(f"{model_spec!r} has no linear classifier to retrain; pick e.g. 'default' or 'timm:resnet18'")
+            why = "CAM is not exact for its head" if not model.cam_exact else "it has no linear classifier to retrain"
+            raise ValueError(f"fine-tuning keeps CAM exact, so it needs a model with global average pooling and one "
+                             f"linear classifier; {why} in {model_spec!r}: pick e.g. 'default' or 'timm:resnet18'")
         report({"stage": "loading images", "images": len(items)})
         arrays = [load_image(path) for path, _ in items]
         labels = [label for _, label in items]

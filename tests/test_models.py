@@ -13,7 +13,7 @@ EXACT = [
     "torchvision:efficientnet_b0",
 ]
 NOT_EXACT = ["timm:test_vit", "timm:test_convnext", "timm:mobilenetv3_small_050", "timm:ghostnet_050",
-             "torchvision:mobilenet_v3_small"]
+             "torchvision:mobilenet_v3_small", "timm:swin_tiny_patch4_window7_224"]
 
 
 @pytest.mark.parametrize("spec", EXACT)
@@ -49,10 +49,11 @@ def test_a_network_without_a_finer_stage_has_no_guide():
     from cam.models import find_cam_layers
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
-    assert find_cam_layers(net, (32, 32)) == ("1", "4", False, None)
+    assert find_cam_layers(net, (32, 32)) == {"feature_layer": "1", "classifier_layer": "4", "feature_relu": False,
+                                              "guide_layer": None}
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
-    assert find_cam_layers(net, (32, 32)) == ("2", "5", False, "1")  # 32x32 into the strided conv, 16x16 out
+    assert find_cam_layers(net, (32, 32))["guide_layer"] == "1"  # 32x32 into the strided conv, 16x16 out
 
 
 def test_flip_keeps_the_identity(tiny_model, photo):
@@ -64,9 +65,36 @@ def test_flip_keeps_the_identity(tiny_model, photo):
 
 
 @pytest.mark.parametrize("spec", NOT_EXACT)
-def test_heads_where_cam_is_not_exact_are_refused(spec):
-    with pytest.raises(ValueError, match="CAM is not exact.*Models that work"):
-        cam.load_model(spec, pretrained=False, device="cpu")
+def test_heads_where_cam_is_not_exact_load_for_the_gradient_methods(spec, photo):
+    model = cam.load_model(spec, pretrained=False, device="cpu")
+    assert not model.cam_exact
+    result = cam.localize(model, photo, topk=2)
+    assert result.method == "gradcam" and result.predictions[0].cam.shape == photo.shape[:2]
+    with pytest.raises(ValueError, match="can run 'auto', gradcam, gradcam\\+\\+, layercam \\(CAM is not exact"):
+        cam.localize(model, photo, method="cam")
+
+
+def test_transformer_tokens_become_the_patch_grid(photo):
+    model = cam.load_model("timm:test_vit", pretrained=False, device="cpu")
+    assert model.feature_layout == "tokens" and model.feature_layer == f"blocks.{len(model.net.blocks) - 1}.norm1"
+    assert model.prefix_tokens == 1 and model.token_grid == (10, 10)
+    tokens = torch.arange(2 * 101 * 3, dtype=torch.float32).reshape(2, 101, 3)
+    grid = model.spatial(tokens)
+    assert grid.shape == (2, 3, 10, 10) and grid[1, 2, 0, 1] == tokens[1, 2, 2]  # token 2 is patch (0, 1)
+    assert not model.fixed_input  # this ViT resamples its position embedding: other sizes give other grids
+    assert cam.localize(model, photo, topk=1, input_size=288, refine=False).predictions[0].small_cam.shape == (18, 18)
+    model.fixed_input = True  # as a ViT with a strict image size (most pretrained ones): its own size only
+    assert cam.localize(model, photo, topk=1, input_size=288).predictions[0].small_cam.shape == (10, 10)
+
+
+def test_a_network_without_a_spatial_map_is_refused():
+    from torch import nn
+
+    from cam.models import find_cam_layers
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
+    with pytest.raises(ValueError, match="no spatial feature map.*Models that work"):
+        find_cam_layers(net, (16, 16))
 
 
 def test_discovery_leaves_no_hooks_and_keeps_train_flags():

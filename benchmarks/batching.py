@@ -1,0 +1,46 @@
+"""Milliseconds per photo of `localize_batch` by input size and batch size; JSON. The measurement
+behind `cam.localize.inference_batch_size`.
+
+    python benchmarks/batching.py ../shared/data/imagenet-val-dev [--photos 120] [--repeats 2]
+
+Photos are decoded first; each row is the best of `--repeats` passes over them at top-1 with
+`refine` (the recommended setting's other options), on this machine's CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cam  # noqa: E402
+from cam.localize import inference_batch_size, localize_batch  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--photos", type=int, default=120)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    model = cam.load_model("default")
+    arrays = [cam.load_image(p) for p in sorted((args.folder / "images").iterdir())[:args.photos]]
+    for size in (224, 288, 320, 384):
+        row = {}
+        for batch in (1, 2, 3, 4):
+            localize_batch(model, arrays[:8], topk=1, input_size=size, batch_size=batch)  # warm-up of this shape
+            best = float("inf")
+            for _ in range(args.repeats):
+                started = time.perf_counter()
+                localize_batch(model, arrays, topk=1, input_size=size, batch_size=batch)
+                best = min(best, time.perf_counter() - started)
+            row[f"batch_{batch}_ms"] = round(best / len(arrays) * 1e3, 2)
+        print(json.dumps({"input_size": size, **row, "default_batch": inference_batch_size(model, (size, size))}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
