@@ -15,6 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from cam.localize import RECOMMENDED
+from cam.methods import METHODS
 from cam.train import DEFAULT_EPOCHS, DEFAULT_LR
 from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact, label_collection,
                          limit_malloc_arenas, private_gradio_cache, training_updates, views, write_downloads)
@@ -34,6 +35,9 @@ By default each map is then refined: every pixel of the finer feature map one st
 the map's mean weighted by how alike its features are, which sharpens the boxes (MaxBoxAccV2 0.63
 -> 0.71 on ImageNet photos); untick it under "Localization options" for the paper's exact CAM.
 Moving the threshold or opacity sliders re-draws from the kept maps, without running the network.
+For heads where CAM is not exact (ViT, Swin, ConvNeXt, MobileNetV3, VGG: type e.g. `timm:convnext_tiny`
+in the model menu, where the server reaches the model hub) the maps are Grad-CAM's, or Grad-CAM++'s
+or LayerCAM's (under "Localization options"); the captions name the method that made them.
 """
 INPUT_SIZES = [("288 px (recommended)", 288), ("the model's own (the paper's CAM)", 0), ("320 px", 320), ("384 px", 384)]
 CURVES = {"loss": "training loss", "train_accuracy": "training accuracy", "val_accuracy": "validation accuracy"}
@@ -67,11 +71,11 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
     ttl = int(os.environ.get("CAM_CACHE_TTL", 3600))  # seconds a result file stays downloadable
     outputs_root = OutputFolders(max_age=min(ttl, 120))  # Gradio has copied them by the time the answer is sent
 
-    def run_localize(image, choice, topk, threshold, all_regions, opacity, input_size, flip, refine):
+    def run_localize(image, choice, topk, threshold, all_regions, opacity, input_size, flip, refine, method="auto"):
         if image is None:
             raise gr.Error("Add a photo first: upload, drop, paste, use the webcam, or click an example.")
         try:
-            result = analyze(cache, choice, image, topk, threshold, all_regions, input_size, flip, refine)
+            result = analyze(cache, choice, image, topk, threshold, all_regions, input_size, flip, refine, method)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         return (*views(result, opacity, outputs_root.new()), compact(result))
@@ -152,7 +156,8 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                 with gr.Column(scale=1, min_width=280):
                     image = PhotoInput(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], height=320)
                     with gr.Row():
-                        model = gr.Dropdown(cache.choices(), value="default", label="Model", scale=4, elem_id="model")
+                        model = gr.Dropdown(cache.choices(), value="default", label="Model (or type timm:NAME, torchvision:NAME)",
+                                            scale=4, elem_id="model", allow_custom_value=True)
                         refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
                     topk = gr.Slider(1, 10, value=5, step=1, label="Top-k classes")
                     threshold = gr.Slider(0, 1, value=RECOMMENDED["threshold"], step=0.01,
@@ -164,6 +169,9 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                         flip = gr.Checkbox(RECOMMENDED["flip"], label="Average with the mirror image (flip)")
                         refine = gr.Checkbox(RECOMMENDED["refine"], label="Refine the maps by feature similarity "
                                              "(sharper boxes; off: the paper's exact CAM)")
+                        method = gr.Dropdown(["auto", *METHODS], value="auto", label="Map method (auto: CAM where it is exact, "
+                                             "Grad-CAM for other heads: ViT, Swin, ConvNeXt, MobileNetV3, VGG)",
+                                             elem_id="method")
                     run = gr.Button("Localize", variant="primary")
                 with gr.Column(scale=2, min_width=320):
                     with gr.Row():
@@ -229,7 +237,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                                           elem_id="labels_file")
 
         outputs = [overlay, boxed, gallery, table, result_json, last]
-        inputs = [image, model, topk, threshold, all_regions, opacity, input_size, flip, refine]
+        inputs = [image, model, topk, threshold, all_regions, opacity, input_size, flip, refine, method]
         run.click(run_localize, inputs, outputs, api_name="localize", concurrency_limit=4, concurrency_id="infer")
         image.change(run_localize, inputs, outputs, api_visibility="private", concurrency_limit=4,
                      concurrency_id="infer", trigger_mode="always_last")

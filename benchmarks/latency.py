@@ -8,6 +8,10 @@ maps to the photo the way torchcam resizes its own (F.interpolate, bilinear, ali
 a second row hands torchcam our upsampling and normalisation instead, which leaves only the CAM
 step and our boxing between the two. GradCAM's maps (at the input size) are upsampled with ours.
 Also checks that our top-1 map equals torchcam's CAM after the same upsampling.
+
+    python benchmarks/latency.py --gradcam-models default timm:vit_small_patch16_224 --repeats 20
+
+compares instead our top-k Grad-CAM with pytorch-grad-cam's, model by model (random weights).
 """
 
 from __future__ import annotations
@@ -39,13 +43,54 @@ def photo_of(path: Path, megapixels: float) -> np.ndarray:
     return np.asarray(image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC))
 
 
+def gradcam_side_by_side(spec: str, photo: np.ndarray, topk: int, repeats: int) -> dict:
+    """Top-k Grad-CAM of `spec` (random weights), ours (`localize`, boxes included) against
+    pytorch-grad-cam's GradCAM on the same layer (with our `spatial` as its reshape transform) and
+    classes, its maps upsampled with ours; medians of alternating runs."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = cam.load_model(spec, pretrained=False, device="cpu")
+    height, width = photo.shape[:2]
+    plain = {"input_size": None, "refine": False}
+    classes = [p.class_index for p in cam.localize(model, photo, topk=topk, method="gradcam", **plain).predictions]
+    reshape = None if model.feature_layout == "nchw" else model.spatial
+
+    def ours():
+        return cam.localize(model, photo, topk=topk, method="gradcam", **plain)
+
+    def peer():
+        x = preprocess(model, [photo], model.input_size).repeat(len(classes), 1, 1, 1)
+        with GradCAM(model=model.net, target_layers=[model.feature_module], reshape_transform=reshape) as explainer:
+            maps = explainer(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in classes])
+        return [upsample_map(m, (height, width)) for m in maps]
+
+    times = {"localize_gradcam": [], "pytorch_grad_cam_gradcam": []}
+    ours(), peer()  # warm up
+    for _ in range(repeats):
+        for name, fn in zip(times, (ours, peer)):
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000)
+    median = {name: round(statistics.median(values), 2) for name, values in times.items()}
+    return {"model": spec, "layer": model.feature_layer, "topk": topk, "median_ms": median,
+            "speedup": round(median["pytorch_grad_cam_gradcam"] / median["localize_gradcam"], 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--image", default=str(Path(__file__).resolve().parents[1] / "examples" / "coffee.png"))
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--megapixels", type=float, default=1.0, help="the photo is resized to this many pixels")
+    parser.add_argument("--gradcam-models", nargs="+", metavar="SPEC",
+                        help="instead: our top-k Grad-CAM against pytorch-grad-cam's for these models")
     args = parser.parse_args()
+    if args.gradcam_models:
+        for spec in args.gradcam_models:
+            print(json.dumps(gradcam_side_by_side(spec, photo_of(Path(args.image), args.megapixels), args.topk,
+                                                  args.repeats)), flush=True)
+        return
 
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -229,11 +229,20 @@ def _load_positional(net: nn.Module, source: dict) -> None:
     net.load_state_dict(mapped)
 
 
+def check_hub_spec(spec: str) -> None:
+    """Refuse a 'timm:NAME' or 'torchvision:NAME' whose library has no such model, naming close
+    ones, before anything is built or downloaded."""
+    kind, _, name = spec.partition(":")
+    if kind == "timm" and name not in _timm_names():
+        raise ValueError(f"unknown timm model {name!r}; {SPEC_FORMS}{_suggest(spec)}")
+    if kind == "torchvision" and name not in _torchvision_names():
+        raise ValueError(f"unknown torchvision classification model {name!r}; {SPEC_FORMS}{_suggest(spec)}")
+
+
 def _load_timm(name: str, pretrained: bool) -> CamModel:
     import timm
 
-    if name not in _timm_names():
-        raise ValueError(f"unknown timm model {name!r}; {SPEC_FORMS}{_suggest('timm:' + name)}")
+    check_hub_spec(f"timm:{name}")
     net = _create(lambda: timm.create_model(name, pretrained=pretrained), f"timm:{name}", pretrained)
     return _wrap(net, f"timm:{name}", f"timm:{name}", _default_names(_num_outputs(net)), _timm_preprocessing(net))
 
@@ -241,8 +250,7 @@ def _load_timm(name: str, pretrained: bool) -> CamModel:
 def _load_torchvision(name: str, pretrained: bool) -> CamModel:
     import torchvision
 
-    if name not in _torchvision_names():
-        raise ValueError(f"unknown torchvision classification model {name!r}; {SPEC_FORMS}{_suggest('torchvision:' + name)}")
+    check_hub_spec(f"torchvision:{name}")
     weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
     net = _create(lambda: torchvision.models.get_model(name, weights=weights), f"torchvision:{name}", pretrained)
     names = list(weights.meta["categories"]) if weights is not None else _default_names(_num_outputs(net))

@@ -80,9 +80,15 @@ def _caption_spot(box, w: int, h: int, placed, width: int, height: int) -> tuple
     return tx, fitting[0]
 
 
+METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM"}
+
+
 def gallery(result: Result, opacity: float = 0.5, colormap: str = "turbo") -> list[tuple[np.ndarray, str]]:
-    """One (overlay picture, caption) tile per predicted class, in rank order."""
-    return [(overlay(result.image, p.cam, opacity, colormap), f"{p.label} ({p.score:.1%})") for p in result.predictions]
+    """One (overlay picture, caption) tile per predicted class, in rank order; captions name the
+    method that made the maps."""
+    method = METHOD_NAMES.get(result.method, result.method) + (", refined" if result.refined else "")
+    return [(overlay(result.image, p.cam, opacity, colormap), f"{p.label} ({p.score:.1%}) · {method}")
+            for p in result.predictions]
 
 
 def save_png(array: np.ndarray, path) -> None:

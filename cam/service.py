@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from .boxes import check_threshold
 from .data import MAX_ARCHIVE_FILES, load_image, private_temp_folder, remove_orphaned_temp_folders
 from .export import read_log
 from .localize import RECOMMENDED, Result, localize
-from .models import DEFAULT_SPEC, CamModel, load_model
+from .models import DEFAULT_SPEC, CamModel, check_hub_spec, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = Path(os.environ.get("CAM_CHECKPOINTS", ROOT / "checkpoints"))
@@ -45,37 +46,73 @@ def is_checkpoint(folder: Path) -> bool:
 class ModelCache:
     """Models by menu choice, each loaded once, lazily, and shared by all requests.
 
-    Choices are 'default' and the names of complete checkpoint folders under `checkpoints`;
-    anything else, a path elsewhere included, is refused.
+    Menu choices are 'default' and the names of complete checkpoint folders under `checkpoints`,
+    kept once loaded. A typed 'timm:NAME' or 'torchvision:NAME' loads with its hub weights (where
+    the machine reaches the hub, as on Spaces) into a small LRU of `hub_models`, since a visitor
+    can name any of hundreds. Anything else, a path included, is refused.
     """
 
-    def __init__(self, checkpoints: Path = CHECKPOINTS, device: str | None = None):
+    def __init__(self, checkpoints: Path = CHECKPOINTS, device: str | None = None, hub_models: int = 2):
         self.checkpoints = Path(checkpoints)
         self.device = device
-        self._models: dict[str, CamModel] = {}
-        self._lock = threading.Lock()
+        self.hub_models = hub_models
+        self._models: collections.OrderedDict[str, CamModel] = collections.OrderedDict()
+        self._lock = threading.Lock()  # guards the dict
+        self._loading = threading.Lock()  # one load at a time; cached models are served meanwhile
 
     def choices(self) -> list[str]:
         found = sorted(p.name for p in self.checkpoints.iterdir() if is_checkpoint(p)) if self.checkpoints.is_dir() else []
         return [DEFAULT_SPEC] + found
 
     def get(self, choice: str) -> CamModel:
-        if choice not in self.choices():
-            raise ValueError(f"unknown model {choice!r}: choose 'default' or a checkpoint listed in the menu")
-        with self._lock:  # one load per model, even when requests arrive together
-            if choice not in self._models:
-                spec = DEFAULT_SPEC if choice == DEFAULT_SPEC else str(self.checkpoints / choice)
-                self._models[choice] = load_model(spec, device=self.device)
-            return self._models[choice]
+        choice = str(choice or "").strip()
+        listed = choice in self.choices()
+        if not listed and not choice.startswith(("timm:", "torchvision:")):
+            raise ValueError(f"unknown model {choice!r}: choose 'default' or a checkpoint listed in the menu, "
+                             "or type timm:NAME or torchvision:NAME")
+        with self._lock:
+            if choice in self._models:
+                self._models.move_to_end(choice)
+                return self._models[choice]
+        with self._loading:
+            with self._lock:
+                if choice in self._models:
+                    return self._models[choice]
+            if choice == DEFAULT_SPEC:
+                model = load_model(DEFAULT_SPEC, device=self.device)
+            elif listed:
+                model = load_model(str(self.checkpoints / choice), device=self.device)
+            else:
+                check_hub_spec(choice)
+                _check_reachable(HUB_HOSTS[choice.partition(":")[0]], choice)
+                model = load_model(choice, pretrained=True, device=self.device)
+            with self._lock:
+                self._models[choice] = model
+                hub = [name for name in self._models if name.startswith(("timm:", "torchvision:"))]
+                for name in hub[:max(len(hub) - self.hub_models, 0)]:  # least recently used first
+                    del self._models[name]
+            return model
+
+
+HUB_HOSTS = {"timm": "huggingface.co", "torchvision": "download.pytorch.org"}  # where typed models' weights come from
+
+
+def _check_reachable(host: str, choice: str) -> None:
+    """A quick look for the hub before a download, whose own retries take a minute to fail offline."""
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        raise ValueError(f"{choice!r} needs its pretrained weights from {host}, which this server cannot reach; "
+                         "choose 'default' or a fine-tuned checkpoint from the menu") from None
 
 
 def analyze(cache: ModelCache, choice: str, image, topk: int, threshold: float, all_regions: bool,
-            input_size: int | None, flip: bool, refine: bool) -> Result:
+            input_size: int | None, flip: bool, refine: bool, method: str = "auto") -> Result:
     """Run the model once on `image` (a path or array) and keep every map for later re-boxing."""
     model = cache.get(choice)
     topk = min(int(topk), len(model.class_names))
     return localize(model, image, topk=topk, threshold=threshold, all_regions=all_regions,
-                    input_size=input_size or None, flip=bool(flip), refine=bool(refine))
+                    input_size=input_size or None, flip=bool(flip), refine=bool(refine), method=method or "auto")
 
 
 def views(result: Result, opacity: float, folder: Path):

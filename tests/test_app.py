@@ -95,6 +95,20 @@ def test_api_localize_bad_file_then_good(server, tmp_path):
     assert _localize(client, EXAMPLES / "coffee.png", topk=2)[4]["predictions"][0]["label"] == "espresso"
 
 
+def test_api_localize_with_a_gradient_method_names_it(server):
+    from gradio_client import handle_file
+
+    client = _client(server)
+    _, _, gallery, _, result = client.predict(handle_file(str(EXAMPLES / "coffee.png")), "default", 2, 0.2, False, 0.5,
+                                              288, False, True, "gradcam", api_name="/localize")
+    assert result["method"] == "gradcam" and result["predictions"][0]["label"] == "espresso"
+    assert all(tile["caption"].endswith("· Grad-CAM, refined") for tile in gallery)
+    assert _localize(client, EXAMPLES / "coffee.png", topk=1)[4]["method"] == "cam"  # auto, the default
+    with pytest.raises(Exception, match="scorecam is not in the list of choices: .'auto', 'cam', 'gradcam'"):
+        client.predict(handle_file(str(EXAMPLES / "coffee.png")), "default", 2, 0.2, False, 0.5, 288, False, True,
+                       "scorecam", api_name="/localize")
+
+
 def test_api_rejects_models_outside_checkpoints(server):
     client = _client(server)
     with pytest.raises(Exception):

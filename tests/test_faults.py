@@ -113,3 +113,45 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_typed_hub_models_are_checked_first_and_kept_in_a_small_lru(tmp_path, monkeypatch):
+    import pytest
+
+    import cam.service as service
+
+    cache = ModelCache(tmp_path / "none", hub_models=2)
+    with pytest.raises(ValueError, match="timm:resnet50"):  # a typo: refused with close names, nothing fetched
+        cache.get("timm:resnet5")
+    with pytest.raises(ValueError, match="choose 'default'"):
+        cache.get("../etc")
+    loads = []
+
+    def fake_load(spec, pretrained=True, device=None):  # the hub is not reachable from tests: tiny random models
+        loads.append(spec)
+        return cam.load_model("timm:test_resnet", pretrained=False, device="cpu")
+
+    monkeypatch.setattr(service, "load_model", fake_load)
+    monkeypatch.setattr(service, "_check_reachable", lambda host, choice: None)
+    first = cache.get("timm:resnet18")
+    assert cache.get(" timm:resnet18 ") is first  # loaded once
+    cache.get("timm:resnet34")
+    cache.get("timm:resnet18")  # now the most recently used
+    cache.get("torchvision:resnet18")  # evicts timm:resnet34, the least recently used
+    cache.get("timm:resnet18")
+    cache.get("timm:resnet34")
+    assert loads == ["timm:resnet18", "timm:resnet34", "torchvision:resnet18", "timm:resnet34"]
+
+
+def test_an_unreachable_hub_is_one_clear_message_at_once(tmp_path, monkeypatch):
+    import time as clock
+
+    import pytest
+
+    import cam.service as service
+
+    monkeypatch.setitem(service.HUB_HOSTS, "timm", "127.0.0.1")  # nothing listens on port 443 here
+    started = clock.perf_counter()
+    with pytest.raises(ValueError, match="needs its pretrained weights from 127.0.0.1, which this server cannot reach"):
+        ModelCache(tmp_path / "none").get("timm:resnet18")
+    assert clock.perf_counter() - started < 5
