@@ -12,23 +12,26 @@ class FeatureExtractor:
     """Capture the output of one submodule (with `inputs=True`, its first input) during forward passes.
 
     Use as a context manager: the hook is registered on entry and removed on exit, also when the
-    body raises. The captured tensor is detached, so no autograd graph is kept alive by it. Only
-    forward passes run by the thread that entered are captured, so requests that share a model
-    in other threads never swap feature maps.
+    body raises. The captured tensor is detached, so no autograd graph is kept alive by it, unless
+    `detach=False` (the gradient methods differentiate through it). Only forward passes run by the
+    thread that entered are captured, so requests that share a model in other threads never swap
+    feature maps.
     """
 
-    def __init__(self, module: nn.Module, inputs: bool = False):
+    def __init__(self, module: nn.Module, inputs: bool = False, detach: bool = True):
         if not isinstance(module, nn.Module):
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         self.module = module
         self.inputs = inputs
+        self.detach = detach
         self.features: torch.Tensor | None = None
         self._handle = None
         self._thread = threading.get_ident()
 
     def _hook(self, _module, inputs, output=None):
         if threading.get_ident() == self._thread:
-            self.features = (inputs[0] if self.inputs else output).detach()
+            captured = inputs[0] if self.inputs else output
+            self.features = captured.detach() if self.detach else captured
 
     def __enter__(self) -> "FeatureExtractor":
         self._thread = threading.get_ident()

@@ -13,11 +13,11 @@ feature map is the model's (`CamModel.spatial`: a transformer's patch tokens on 
 
 from __future__ import annotations
 
-import threading
+import contextlib
 
 import torch
 
-from .extractor import ModeGuard
+from .extractor import FeatureExtractor, ModeGuard
 from .models import CamModel
 
 METHODS = ("cam", "gradcam", "gradcam++", "layercam")
@@ -48,34 +48,19 @@ def gradient_maps(model: CamModel, batch: torch.Tensor, choose, method: str, fli
     """
     n = batch.shape[0]
     x = torch.cat([batch, batch.flip(-1)]) if flip else batch
-    captured: dict[str, torch.Tensor] = {}
-    thread = threading.get_ident()
-
-    def keep(name):
-        def hook(_module, inputs, output=None):
-            if threading.get_ident() == thread:
-                captured[name] = output if output is not None else inputs[0].detach()
-        return hook
-
-    handles = [model.feature_module.register_forward_hook(keep("features"))]
-    if guide and model.guide_layer:
-        handles.append(model.guide_module.register_forward_pre_hook(keep("guide")))
-    try:
-        with ModeGuard(model.net), torch.enable_grad():
-            logits = model.net(x.detach().requires_grad_(True)).float()
-            features = captured["features"]
-            ranked = (logits[:n] + logits[n:]) / 2 if flip else logits
-            indices = choose(ranked.detach())
-            chosen = logits.gather(1, indices.repeat(2, 1) if flip else indices)  # (N, k)
-            grads = _batched_gradients(chosen, features)  # (k, N, C, h, w)
-    finally:
-        for handle in handles:
-            handle.remove()
+    guide_extractor = FeatureExtractor(model.guide_module, inputs=True) if guide and model.guide_layer else None
+    with (ModeGuard(model.net), torch.enable_grad(), FeatureExtractor(model.feature_module, detach=False) as extractor,
+          guide_extractor or contextlib.nullcontext()):
+        logits = model.net(x.detach().requires_grad_(True)).float()
+        ranked = (logits[:n] + logits[n:]) / 2 if flip else logits
+        indices = choose(ranked.detach())
+        chosen = logits.gather(1, indices.repeat(2, 1) if flip else indices)  # (N, k)
+        features = extractor.features
+        grads = _batched_gradients(chosen, features)  # (k, N, C, h, w)
     with torch.no_grad():
         activations, grads = model.spatial(features.detach().float()), model.spatial(grads.float())
         maps = _combine(method, activations, grads).transpose(0, 1)  # (N, k, h, w)
-        guide_map = captured.get("guide")
-        guide_map = guide_map.float() if guide_map is not None else None
+        guide_map = guide_extractor.features.float() if guide_extractor is not None else None
         if flip:
             maps = (maps[:n] + maps[n:].flip(-1)) / 2
             if guide_map is not None:
