@@ -62,6 +62,10 @@ def test_captions_of_boxes_that_share_a_corner_do_not_cover_each_other():
     assert max(first) < min(second), "the second caption should sit below the first"
 
 
-def test_gallery_has_one_tile_per_class():
+def test_gallery_has_one_tile_per_class_captioned_with_the_method():
+    from dataclasses import replace
+
     tiles = render.gallery(_result())
-    assert len(tiles) == 1 and tiles[0][0].shape == (120, 160, 3) and tiles[0][1] == "widget (75.0%)"
+    assert len(tiles) == 1 and tiles[0][0].shape == (120, 160, 3) and tiles[0][1] == "widget (75.0%) · CAM"
+    assert render.gallery(replace(_result(), method="gradcam++", refined=True))[0][1] == \
+        "widget (75.0%) · Grad-CAM++, refined"
