@@ -1,5 +1,6 @@
 """The real app on a free local port: its API through gradio_client, its page through Chromium."""
 
+import contextlib
 import json
 import os
 import re
@@ -137,15 +138,9 @@ def _chromium():
 
 
 def test_browser_example_upload_and_slider(server):
-    _browser_or_skip()
-    from playwright.sync_api import expect, sync_playwright
+    with _app_page(server, 90_000) as page:
+        from playwright.sync_api import expect
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.set_default_timeout(90_000)
-        page.goto(server["url"])
         # Click the cat in the example gallery: it runs by itself.
         page.locator(".gallery-item, [data-testid='examples'] button, table.table tbody tr").filter(
             has=page.locator("img[src*='chelsea']")).first.click()
@@ -171,7 +166,24 @@ def test_browser_example_upload_and_slider(server):
         page.set_viewport_size({"width": 390, "height": 844})
         expect(page.locator("#boxes img")).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "localize_phone.png"), full_page=True)
-        browser.close()
+
+
+@contextlib.contextmanager
+def _app_page(server, timeout_ms: int):
+    """A Chromium page on the app (skipped, or failed where required, without Chromium), closed after."""
+    _browser_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(timeout_ms)
+            page.goto(server["url"])
+            yield page
+        finally:
+            browser.close()
 
 
 def _browser_or_skip():
@@ -182,17 +194,11 @@ def _browser_or_skip():
 
 
 def test_browser_fine_tune_tab_trains_and_selects_the_new_model(server, tmp_path):
-    _browser_or_skip()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    ARTIFACTS.mkdir(exist_ok=True)
     zip_path = dataset_zip(tmp_path / "colours.zip")
     before = {p.name for p in server["checkpoints"].iterdir()}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.set_default_timeout(120_000)
-        page.goto(server["url"])
+    with _app_page(server, 120_000) as page:
         page.get_by_role("tab", name="Fine-tune").click()
         page.locator("#dataset input[type=file]").set_input_files(str(zip_path))
         # the file table shows the name as two spans (stem, extension); its accessible name joins them
@@ -215,7 +221,6 @@ def test_browser_fine_tune_tab_trains_and_selects_the_new_model(server, tmp_path
         page.screenshot(path=str(ARTIFACTS / "fine_tune_done.png"), full_page=True)
         page.get_by_role("tab", name="Localize").click()
         expect(page.locator("#model input")).to_have_value(name)
-        browser.close()
 
 
 def test_api_hostile_inputs_get_errors_and_the_server_keeps_serving(server, tmp_path):
@@ -299,16 +304,10 @@ def test_api_label_a_collection_and_refuse_a_hostile_zip(server, tmp_path):
 
 
 def test_browser_collection_tab_labels_three_photos_and_downloads_the_zip(server, tmp_path):
-    _browser_or_skip()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    ARTIFACTS.mkdir(exist_ok=True)
     photos = [str(EXAMPLES / name) for name in ("chelsea.png", "coffee.png", "rocket.jpg")]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.set_default_timeout(90_000)
-        page.goto(server["url"])
+    with _app_page(server, 90_000) as page:
         page.get_by_role("tab", name="Collection").click()
         page.locator("#collection input[type=file]").set_input_files(photos)
         expect(page.locator("#collection").get_by_role("cell", name="rocket.jpg")).to_be_visible()
@@ -321,7 +320,6 @@ def test_browser_collection_tab_labels_three_photos_and_downloads_the_zip(server
             page.locator("#labels_file a[download]").first.click()
         saved = tmp_path / download.value.suggested_filename
         download.value.save_as(saved)
-        browser.close()
     with zipfile.ZipFile(saved) as packed:
         coco = json.loads(packed.read("coco.json"))
         assert sorted(i["file_name"] for i in coco["images"]) == ["chelsea.png", "coffee.png", "rocket.jpg"]
