@@ -7,7 +7,8 @@ reported. The peers share our preprocessing and channels-last network. torchcam'
 maps to the photo the way torchcam resizes its own (F.interpolate, bilinear, align_corners=False);
 a second row hands torchcam our upsampling and normalisation instead, which leaves only the CAM
 step and our boxing between the two. GradCAM's maps (at the input size) are upsampled with ours.
-Also checks that our top-1 map equals torchcam's CAM after the same upsampling.
+Also checks that our top-1 map equals torchcam's CAM after the same upsampling. The `_openvino`
+rows run the same on OpenVINO's compiled CPU runtime (`runtime="openvino"`).
 
     python benchmarks/latency.py --gradcam-models default timm:vit_small_patch16_224 --repeats 20
 
@@ -162,12 +163,25 @@ def main() -> None:
     def ours_gradcam():  # our Grad-CAM: one forward and one backward batched over the 5 classes, with boxes
         return cam.localize(model, photo, topk=args.topk, method="gradcam", **plain)
 
+    compiled = cam.load_model("default", device="cpu", runtime="openvino")
+
+    def bare_openvino():  # preprocessing + the compiled network (logits, feature map and guide map out)
+        compiled.runner(preprocess(compiled, [photo], compiled.input_size))
+
+    def ours_openvino():
+        cam.localize(compiled, photo, topk=args.topk, **plain)
+
+    def ours_recommended_openvino():
+        cam.localize(compiled, photo, topk=args.topk)
+
     methods = {"bare_model": bare, "bare_model_contiguous_weights": bare_contiguous, "localize_top5": ours,
                "localize_top5_all_maps_read": ours_all_maps_read, "maps_only_top5": ours_maps_only,
                "localize_top5_rendered": ours_rendered, "localize_top5_refined": ours_refined,
                "localize_top5_recommended_288px_refined": ours_recommended, "torchcam_cam_top5": torchcam_cam,
                "torchcam_cam_top5_our_upsampling": torchcam_cam_our_upsampling, "gradcam_top5": gradcam,
-               "localize_gradcam_top5": ours_gradcam}
+               "localize_gradcam_top5": ours_gradcam, "bare_model_openvino": bare_openvino,
+               "localize_top5_openvino": ours_openvino,
+               "localize_top5_recommended_288px_refined_openvino": ours_recommended_openvino}
     for fn in methods.values():  # warm up
         fn()
     times = {name: [] for name in methods}
@@ -192,6 +206,11 @@ def main() -> None:
         "ratio_rendered_to_bare": round(ratio("localize_top5_rendered", "bare_model"), 3),
         "speedup_vs_gradcam": round(ratio("gradcam_top5", "localize_top5"), 2),
         "our_gradcam_speedup_vs_gradcam": round(ratio("gradcam_top5", "localize_gradcam_top5"), 2),
+        "openvino": {"bare_speedup": round(ratio("bare_model", "bare_model_openvino"), 2),
+                     "localize_speedup": round(ratio("localize_top5", "localize_top5_openvino"), 2),
+                     "recommended_speedup": round(ratio("localize_top5_recommended_288px_refined",
+                                                        "localize_top5_recommended_288px_refined_openvino"), 2),
+                     "localize_to_own_bare": round(ratio("localize_top5_openvino", "bare_model_openvino"), 3)},
         "speedup_vs_torchcam": round(ratio("torchcam_cam_top5", "localize_top5"), 2),
         "speedup_vs_torchcam_all_maps_read": round(ratio("torchcam_cam_top5", "localize_top5_all_maps_read"), 2),
         "speedup_vs_torchcam_our_upsampling": round(ratio("torchcam_cam_top5_our_upsampling", "localize_top5"), 2),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -59,6 +60,7 @@ class Result:
     all_regions: bool = False
     refined: bool = False  # maps refined by feature affinity (`refine_maps`): no longer exact CAMs
     method: str = "cam"  # which map maker ran (`cam.methods.METHODS`)
+    runtime: str = "torch"  # what ran the network (`CamModel.runtime`; gradient methods: always torch)
 
     @property
     def width(self) -> int:
@@ -72,6 +74,7 @@ class Result:
         """Everything but the arrays, JSON-ready."""
         return {"model": self.model, "width": self.width, "height": self.height, "threshold": self.threshold,
                 "all_regions": self.all_regions, "refined": self.refined, "method": self.method,
+                "runtime": self.runtime,
                 "predictions": [p.to_dict() for p in self.predictions]}
 
     def with_threshold(self, threshold: float, all_regions: bool | None = None) -> "Result":
@@ -132,7 +135,7 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
             predictions = [Prediction(int(c), model.class_names[int(c)], float(s), b, m, array.shape[:2])
                            for c, s, b, m in zip(indices[i].tolist(), scores[i].tolist(), boxes, maps)]
             results.append(Result(predictions, array, model.spec, threshold, bool(all_regions), guide is not None,
-                                  method))
+                                  method, model.runtime if method == "cam" else "torch"))
     return results
 
 
@@ -174,18 +177,37 @@ def forward_features(model: CamModel, batch: torch.Tensor, flip: bool = False,
     """
     n = batch.shape[0]
     x = torch.cat([batch, batch.flip(-1)]) if flip else batch
-    guide_extractor = FeatureExtractor(model.guide_module, inputs=True) if guide and model.guide_layer else None
-    with (ModeGuard(model.net), torch.inference_mode(), FeatureExtractor(model.feature_module) as extractor,
-          guide_extractor or contextlib.nullcontext()):
-        logits = model.net(x)
-    maps = [model.features_to_maps(extractor.features).float()]
-    if guide_extractor is not None:
-        maps.append(guide_extractor.features.float())
+    compiled = _run_compiled(model, x) if model.runner is not None else None
+    if compiled is not None:
+        logits, features, guide_map = compiled
+        maps = [model.features_to_maps(features).float()]
+        if guide and guide_map is not None:
+            maps.append(guide_map.float())
+    else:  # PyTorch, or a compiled runtime that could not convert this model
+        guide_extractor = FeatureExtractor(model.guide_module, inputs=True) if guide and model.guide_layer else None
+        with (ModeGuard(model.net), torch.inference_mode(), FeatureExtractor(model.feature_module) as extractor,
+              guide_extractor or contextlib.nullcontext()):
+            logits = model.net(x)
+        maps = [model.features_to_maps(extractor.features).float()]
+        if guide_extractor is not None:
+            maps.append(guide_extractor.features.float())
     logits = logits.float()
     if flip:
         logits = (logits[:n] + logits[n:]) / 2
         maps = [(m[:n] + m[n:].flip(-1)) / 2 for m in maps]
-    return logits, maps[0], maps[1] if guide_extractor is not None else None
+    return logits, maps[0], maps[1] if len(maps) > 1 else None
+
+
+def _run_compiled(model: CamModel, x: torch.Tensor):
+    """The compiled runtime's (logits, features, guide); None if it cannot convert the model, after
+    one log line, and PyTorch from then on (`model.runtime` becomes "torch")."""
+    try:
+        return model.runner(x)
+    except Exception as exc:  # a converter's failure can be any error; the fallback must hold
+        logging.getLogger(__name__).warning("%s cannot run %s (%s: %s); using PyTorch", model.runtime, model.spec,
+                                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        model.runtime, model.runner = "torch", None
+        return None
 
 
 def class_maps(model: CamModel, features: torch.Tensor, indices: torch.Tensor,

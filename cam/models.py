@@ -60,6 +60,8 @@ class CamModel:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
     info: dict = field(default_factory=dict)  # free metadata, e.g. a checkpoint's metrics
+    runtime: str = "torch"  # what runs the network for CAM's inference: "torch" or "openvino" (`cam.runtime`)
+    runner: object = field(default=None, repr=False)  # the compiled runtime's `runner(batch)`, or None for PyTorch
 
     @property
     def device(self) -> torch.device:
@@ -118,15 +120,25 @@ class CamModel:
         return digest.hexdigest()
 
 
-def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | torch.device | None = None) -> CamModel:
+def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | torch.device | None = None,
+               runtime: str = "torch") -> CamModel:
     """Build a `CamModel` from a spec ('default', 'timm:NAME', 'torchvision:NAME' or a checkpoint folder).
 
     `pretrained` only concerns timm and torchvision names (hub weights need a network); the bundled
     models and checkpoints always carry their weights. `device` defaults to CUDA when present.
+    `runtime` runs CAM's forward passes: "torch", "openvino" (OpenVINO's compiled CPU runtime, float32)
+    or "auto" (OpenVINO on a CPU where it is installed, else PyTorch); `model.runtime` says which.
+    Gradient methods and training always run on PyTorch.
     """
+    from .runtime import check_runtime, openvino_available
+
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"spec must be a string or path, got {type(spec).__name__}")
+    check_runtime(runtime)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if runtime == "openvino" and (device.type != "cpu" or not openvino_available()):
+        raise ValueError("runtime 'openvino' runs on the CPU and needs the openvino package (pip install openvino)"
+                         if device.type == "cpu" else f"runtime 'openvino' runs on the CPU, not on {device}")
     text = str(spec).strip()
     if text in OFFLINE_MODELS:
         model = _load_offline(text)
@@ -142,6 +154,10 @@ def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | 
     # 20-45% in batches for Lite0, ResNet-50, DenseNet-121, MobileNetV2 and RegNetY (README, "Speed").
     model.net.to(device=device, memory_format=torch.channels_last)
     model.net.eval()
+    if runtime == "openvino" or (runtime == "auto" and device.type == "cpu" and openvino_available()):
+        from .runtime import OpenVinoRunner
+
+        model.runtime, model.runner = "openvino", OpenVinoRunner(model)
     return model
 
 

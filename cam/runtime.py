@@ -1,0 +1,114 @@
+"""How the network runs for inference: PyTorch, or OpenVINO's compiled CPU runtime.
+
+`OpenVinoRunner` converts the network once per input size (the batch stays dynamic) into a model
+whose outputs are the logits, the feature map entering the pooling and the guide map of `refine`,
+compiles it for the CPU in float32 and keeps a few sizes. Converted models are cached on disk,
+keyed by the weights' SHA-256 and the size, so a new process compiles in a fraction of a second.
+Sizes are compiled one by one because some networks' padding depends on the input size (timm's
+"same" padding is computed in Python and traced as constants).
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .extractor import FeatureExtractor
+
+RUNTIMES = ("auto", "torch", "openvino")
+CACHE = Path(os.environ.get("CAM_RUNTIME_CACHE", Path.home() / ".cache" / "cam-localizer" / "openvino"))
+SIZES_KEPT = 4  # compiled input sizes per model
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    return runtime
+
+
+def openvino_available() -> bool:
+    """Whether the openvino package is installed (found, not imported: its import takes a second)."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+class _Outputs(nn.Module):
+    """The network with the maps that CAM needs as outputs: (logits, features, guide input)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.net = model.net  # registered, so that tracing sees the weights as parameters
+        self.feature_module, self.guide_module = model.feature_module, model.guide_module
+
+    def forward(self, x):
+        guide = FeatureExtractor(self.guide_module, inputs=True, detach=False) if self.guide_module is not None else None
+        with FeatureExtractor(self.feature_module, detach=False) as features:
+            if guide is None:
+                return self.net(x), features.features
+            with guide:
+                logits = self.net(x)
+            return logits, features.features, guide.features
+
+
+class OpenVinoRunner:
+    """`runner(batch) -> (logits, features, guide or None)` as float32 tensors, from OpenVINO.
+
+    Thread-safe: each call gets its own infer request; compiling a new size happens once, under a lock.
+    """
+
+    name = "openvino"
+
+    def __init__(self, model):
+        self.model = model
+        self.digest = model.weights_digest()
+        self._compiled: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        compiled = self._compiled_for(tuple(batch.shape[2:]))
+        outputs = compiled.create_infer_request().infer({0: batch.detach().cpu().contiguous().numpy()})
+        values = [torch.from_numpy(outputs[port]) for port in compiled.outputs]
+        return values[0], values[1], values[2] if len(values) > 2 else None
+
+    def _compiled_for(self, size: tuple[int, int]):
+        with self._lock:
+            if size in self._compiled:
+                self._compiled.move_to_end(size)
+                return self._compiled[size]
+            import openvino as ov
+
+            path = CACHE / f"{self.digest[:32]}_{size[0]}x{size[1]}.xml"
+            core = ov.Core()
+            if path.is_file():
+                converted = core.read_model(path)
+            else:
+                example = torch.zeros(1, 3, *size)
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # tracing's warnings about Python values turned constants
+                    converted = ov.convert_model(_Outputs(self.model).eval(), example_input=example,
+                                                 input=[ov.PartialShape([-1, 3, *size])])
+                _save_atomically(ov, converted, path)
+            compiled = core.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            self._compiled[size] = compiled
+            while len(self._compiled) > SIZES_KEPT:
+                self._compiled.popitem(last=False)
+            return compiled
+
+
+def _save_atomically(ov, converted, path: Path) -> None:
+    """Write the IR (.xml + .bin) under temporary names, then rename both: a reader never sees half of one.
+    A cache that cannot be written is skipped: the model is converted again in the next process."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{os.getpid()}.{threading.get_ident()}.{path.name}")
+        ov.save_model(converted, temp, compress_to_fp16=False)
+        os.replace(temp.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(temp, path)
+    except OSError:
+        pass

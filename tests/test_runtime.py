@@ -1,0 +1,101 @@
+"""The compiled CPU runtime (OpenVINO): the same classes, maps and boxes as PyTorch, every input size
+and batch, a disk cache, safe under threads, and PyTorch where it cannot run."""
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+
+import cam
+import cam.runtime
+
+from .conftest import EXAMPLES
+
+pytest.importorskip("openvino")
+PHOTOS = [EXAMPLES / name for name in ("chelsea.png", "coffee.png", "rocket.jpg")]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    cam.runtime.CACHE = tmp_path_factory.mktemp("runtime-cache")
+    return cam.load_model("default", device="cpu", runtime="openvino")
+
+
+def _same(a, b):
+    assert [p.class_index for p in a.predictions] == [p.class_index for p in b.predictions]
+    assert [p.boxes for p in a.predictions] == [p.boxes for p in b.predictions]
+    assert max(np.abs(p.small_cam - q.small_cam).max() for p, q in zip(a.predictions, b.predictions)) < 1e-4
+
+
+@pytest.mark.parametrize("settings", [{}, {"input_size": None, "refine": False}, {"input_size": 320, "flip": True}])
+def test_the_same_classes_maps_and_boxes_as_pytorch(compiled, default_model, settings):
+    ours = cam.localize_batch(compiled, PHOTOS, topk=5, **settings)
+    reference = cam.localize_batch(default_model, PHOTOS, topk=5, **settings)
+    for a, b in zip(ours, reference):
+        _same(a, b)
+        assert a.runtime == a.to_dict()["runtime"] == "openvino" and b.runtime == "torch"
+    assert compiled.runtime == "openvino"
+
+
+def test_converted_models_are_cached_on_disk_by_weights_and_size(compiled):
+    cam.localize(compiled, PHOTOS[0], input_size=256)
+    assert any(p.name.endswith("_256x256.xml") and p.name.startswith(compiled.weights_digest()[:32])
+               for p in cam.runtime.CACHE.iterdir())
+    again = cam.load_model("default", device="cpu", runtime="openvino")
+    converted = []
+    original = cam.runtime._Outputs
+    cam.runtime._Outputs = lambda model: converted.append(model) or original(model)
+    try:
+        _same(cam.localize(again, PHOTOS[0], input_size=256), cam.localize(compiled, PHOTOS[0], input_size=256))
+    finally:
+        cam.runtime._Outputs = original
+    assert converted == []  # read from the cache, not converted again
+
+
+def test_concurrent_requests_get_their_own_answers(compiled, default_model):
+    expected = {str(p): cam.localize(default_model, p, topk=1).predictions[0].class_index for p in PHOTOS}
+    seen, errors = {}, []
+
+    def work(path):
+        try:
+            for _ in range(3):
+                seen.setdefault(str(path), set()).add(cam.localize(compiled, path, topk=1).predictions[0].class_index)
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in PHOTOS * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and seen == {k: {v} for k, v in expected.items()}
+
+
+def test_gradient_methods_run_on_pytorch(compiled):
+    result = cam.localize(compiled, PHOTOS[1], topk=2, method="gradcam")
+    assert result.runtime == "torch" and result.method == "gradcam"
+
+
+def test_a_model_it_cannot_run_falls_back_to_pytorch_with_one_log_line(tiny_model, photo, caplog):
+    model = cam.load_model("timm:test_resnet", pretrained=False, device="cpu", runtime="openvino")
+
+    def broken(batch):
+        raise RuntimeError("cannot convert this operator")
+
+    model.runner = broken
+    with caplog.at_level(logging.WARNING, logger="cam.localize"):
+        result = cam.localize(model, photo, topk=2)
+    assert model.runtime == result.runtime == "torch" and model.runner is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "openvino cannot run timm:test_resnet (RuntimeError: cannot convert this operator); using PyTorch"]
+    assert result.predictions[0].cam.shape == photo.shape[:2]
+
+
+def test_bad_runtimes_are_refused(monkeypatch):
+    with pytest.raises(ValueError, match="runtime must be one of auto, torch, openvino"):
+        cam.load_model("default", runtime="tensorrt")
+    monkeypatch.setattr(cam.runtime, "openvino_available", lambda: False)
+    with pytest.raises(ValueError, match="needs the openvino package"):
+        cam.load_model("default", device="cpu", runtime="openvino")
+    assert cam.load_model("default", device="cpu", runtime="auto").runtime == "torch"  # auto: PyTorch without it
