@@ -191,12 +191,15 @@ def main() -> None:
             fn()
             times[name].append((time.perf_counter() - start) * 1000)
     median = {name: statistics.median(values) for name, values in times.items()}
-    back_to_back = {}  # each forward alone, many in a row: no other thread pool woken in between
-    for name in ("bare_model", "bare_model_openvino"):
+    prepared = preprocess(model, [photo], model.input_size)
+    back_to_back = {}  # each many times in a row: no other thread pool woken in between
+    for name, fn in (("bare_model", bare), ("bare_model_openvino", bare_openvino),
+                     ("network_only", lambda: forward_features(model, prepared)),
+                     ("network_only_openvino", lambda: compiled.runner(prepared))):
         runs = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            methods[name]()
+            fn()
             runs.append((time.perf_counter() - start) * 1000)
         back_to_back[name] = round(statistics.median(runs), 2)
 
