@@ -59,6 +59,14 @@ class PhotoInput(gr.Image):
                            "Upload a JPEG, PNG, BMP, GIF, WebP or TIFF photo.") from None
 
 
+def example_photos() -> list[Path]:
+    """The example photos, those the ImageNet model gets right first (the gallery opens on them);
+    the astronaut, whose top class is 'bobsled', last."""
+    first, last = ["coffee.png", "chelsea.png", "flower.jpg", "grace_hopper.jpg"], ["astronaut.png"]
+    photos = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg"))
+    return sorted(photos, key=lambda p: (p.name in last, first.index(p.name) if p.name in first else len(first)))
+
+
 def _curve_plot(curve: list[dict]):
     """The training curve so far, or no update while it is empty: the plot takes its axes and
     colours from the first data it gets, and an empty first frame left them broken."""
@@ -92,7 +100,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
     def prepare_downloads(result, opacity):
         if result is None:
             raise gr.Error("Localize a photo first.")
-        return write_downloads(result, outputs_root.new(), opacity)
+        return gr.File(value=write_downloads(result, outputs_root.new(), opacity), visible=True)
 
     def run_training(zip_file, mode, epochs, lr, val_split, progress=gr.Progress()):
         if zip_file is None:
@@ -140,7 +148,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             status += f"; **{summary['errors']}** could not be read: " + "; ".join(summary["first_errors"])
         if summary["labelled"] > len(sheet):
             status += f". The sheet shows the first {len(sheet)}; the download holds them all."
-        return status, sheet, archive
+        return status, sheet, gr.File(value=archive, visible=True)
 
     def download_checkpoint(choice):
         # A plain (not generator) event, so that Gradio's cache expiry also covers the archive.
@@ -175,8 +183,11 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                     run = gr.Button("Localize", variant="primary")
                 with gr.Column(scale=2, min_width=320):
                     with gr.Row():
-                        overlay = gr.Image(label="Heatmap of the top class", format="jpeg", interactive=False, elem_id="overlay")
-                        boxed = gr.Image(label="Boxes", format="jpeg", interactive=False, elem_id="boxes")
+                        # No label tab over the pictures' top-left corner, where the top box's caption is drawn.
+                        overlay = gr.Image(label="Heatmap of the top class", show_label=False, format="jpeg",
+                                           interactive=False, elem_id="overlay", buttons=["download", "fullscreen"])
+                        boxed = gr.Image(label="Boxes", show_label=False, format="jpeg", interactive=False,
+                                         elem_id="boxes", buttons=["download", "fullscreen"])
                     gallery = gr.Gallery(label="One map per class", columns=5, height=240, format="jpeg", elem_id="gallery")
                     table = gr.Dataframe(headers=["rank", "class", "score", "boxes (x0, y0, x1, y1)"],
                                          label="Classes and scores", interactive=False, elem_id="table")
@@ -184,9 +195,9 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                         result_json = gr.JSON(label="Result")
                     with gr.Row():
                         download_button = gr.Button("Prepare downloads at full size (overlay PNG, boxes PNG and JSON, maps .npy)")
-                    files = gr.File(label="Downloads", file_count="multiple", interactive=False)
-            gr.Examples([[str(p)] for p in sorted(EXAMPLES.iterdir()) if p.suffix in (".png", ".jpg")],
-                        inputs=[image], label="Examples (click one)")
+                    files = gr.File(label="Downloads", file_count="multiple", interactive=False, visible=False,
+                                    elem_id="downloads")  # shown once there is something to download
+            gr.Examples([[str(p)] for p in example_photos()], inputs=[image], label="Examples (click one)")
             gr.Markdown(ABOUT)
 
         with gr.Tab("Fine-tune"):
@@ -234,7 +245,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                                                     elem_id="collection_status")
                     sheet = gr.Gallery(label="Contact sheet", columns=6, height=420, format="jpeg", elem_id="sheet")
                     labels_file = gr.File(label="Boxes (.zip: COCO, YOLO, Pascal VOC)", interactive=False,
-                                          elem_id="labels_file")
+                                          elem_id="labels_file", visible=False)  # shown once labelled
 
         outputs = [overlay, boxed, gallery, table, result_json, last]
         inputs = [image, model, topk, threshold, all_regions, opacity, input_size, flip, refine, method]

@@ -141,6 +141,15 @@ def test_browser_example_upload_and_slider(server):
     with _app_page(server, 90_000) as page:
         from playwright.sync_api import expect
 
+        # The gallery opens on photos the ImageNet model gets right; nothing to download takes room yet.
+        expect(page.locator("img[src*='astronaut']").first).to_be_attached()
+        names = [p.name for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg")]
+        shown = [name for src in page.locator("img").evaluate_all("els => els.map(e => e.src)")
+                 for name in names if name in src]
+        assert shown[0] == "coffee.png" and shown[-1] == "astronaut.png", shown
+        expect(page.locator("#downloads")).to_be_hidden()
+        expect(page.locator("#boxes [data-testid='block-label']")).to_be_hidden()  # no tab over the captions
+
         # Click the cat in the example gallery: it runs by itself.
         page.locator(".gallery-item, [data-testid='examples'] button, table.table tbody tr").filter(
             has=page.locator("img[src*='chelsea']")).first.click()
@@ -161,6 +170,10 @@ def test_browser_example_upload_and_slider(server):
         slider.fill("0.8")
         expect(page.locator("#boxes img")).not_to_have_attribute("src", before)
         page.screenshot(path=str(ARTIFACTS / "localize_threshold.png"), full_page=True)
+
+        # Downloads appear once prepared.
+        page.get_by_role("button", name="Prepare downloads at full size").click()
+        expect(page.locator("#downloads").get_by_role("cell", name="maps.npy")).to_be_visible()
 
         # Phone width still shows the outputs.
         page.set_viewport_size({"width": 390, "height": 844})
