@@ -112,3 +112,28 @@ def test_localize_says_which_method_ran_and_refuses_unknown_ones(tiny_model, pho
     assert result.predictions[0].cam.shape == photo.shape[:2]
     with pytest.raises(ValueError, match="gradcam, gradcam\\+\\+, layercam"):
         cam.localize(tiny_model, photo, method="scorecam")
+
+
+def test_concurrent_gradient_maps_on_one_model_get_their_own_answers(tiny_model):
+    import threading
+
+    rng = np.random.default_rng(3)
+    photos = [rng.integers(0, 256, (60 + 10 * i, 80, 3), dtype=np.uint8) for i in range(4)]
+    expected = [cam.localize(tiny_model, p, topk=2, method="gradcam++", refine=False).predictions[0].small_cam
+                for p in photos]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                got = cam.localize(tiny_model, photos[i], topk=2, method="gradcam++", refine=False).predictions[0]
+                assert np.allclose(got.small_cam, expected[i], atol=1e-5)  # not another thread's map
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
