@@ -17,8 +17,10 @@ import pandas as pd
 from cam.localize import RECOMMENDED
 from cam.methods import METHODS
 from cam.train import DEFAULT_EPOCHS, DEFAULT_LR
-from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact, label_collection,
-                         limit_malloc_arenas, private_gradio_cache, training_updates, views, write_downloads)
+from cam.render import METHOD_NAMES
+from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact, compare_views,
+                         label_collection, limit_malloc_arenas, private_gradio_cache, training_updates, views,
+                         write_downloads)
 
 INTRO = """# Where does the classifier look?
 Upload a photo (or drop, paste, or take one with the webcam), or click an example below. One forward
@@ -150,6 +152,21 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             status += f". The sheet shows the first {len(sheet)}; the download holds them all."
         return status, sheet, gr.File(value=archive, visible=True)
 
+    def run_compare(image, choice_a, method_a, refine_a, choice_b, method_b, refine_b, topk):
+        if image is None:
+            raise gr.Error("Add a photo first.")
+        folder, outputs = outputs_root.new(), []
+        for side, (choice, method, refine) in zip("ab", ((choice_a, method_a, refine_a), (choice_b, method_b, refine_b))):
+            try:
+                result = analyze(cache, choice, image, topk, RECOMMENDED["threshold"], False, RECOMMENDED["input_size"],
+                                 False, refine, method)
+            except ValueError as exc:
+                raise gr.Error(f"{side.upper()}: {exc}") from None
+            picture, table = compare_views(result, folder, side)
+            caption = f"**{side.upper()}**: {choice}, {METHOD_NAMES[result.method]}" + (", refined" if result.refined else "")
+            outputs += [caption, picture, table]
+        return outputs
+
     def download_checkpoint(choice):
         # A plain (not generator) event, so that Gradio's cache expiry also covers the archive.
         if choice not in cache.choices() or choice == "default":
@@ -224,6 +241,33 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                     checkpoint_file = gr.File(label="Checkpoint (.zip)", interactive=False, elem_id="checkpoint_file")
             mode.change(lambda m: (DEFAULT_EPOCHS[m], DEFAULT_LR[m]), mode, [epochs, lr], api_visibility="private")
 
+        with gr.Tab("Compare"):
+            gr.Markdown("The same photo through two models or two settings, side by side: the ImageNet model "
+                        "against your fine-tuned checkpoint, plain CAM against refined, CAM against Grad-CAM.")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=280):
+                    compare_image = PhotoInput(label="Photo", type="filepath", sources=["upload", "clipboard"], height=260,
+                                               elem_id="compare_photo")
+                    compare_topk = gr.Slider(1, 10, value=3, step=1, label="Top-k classes")
+                    sides = []
+                    for side, method_default, refine_default in (("A", "cam", False), ("B", "auto", True)):
+                        with gr.Group():
+                            sides += [gr.Dropdown(cache.choices(), value="default", allow_custom_value=True,
+                                                  label=f"{side}: model", elem_id=f"compare_model_{side.lower()}"),
+                                      gr.Dropdown(["auto", *METHODS], value=method_default, label=f"{side}: method"),
+                                      gr.Checkbox(refine_default, label=f"{side}: refine the maps")]
+                    compare_button = gr.Button("Compare", variant="primary")
+                compare_outputs = []
+                for side in ("a", "b"):
+                    with gr.Column(scale=1, min_width=300):
+                        compare_outputs += [
+                            gr.Markdown(f"**{side.upper()}**", elem_id=f"compare_caption_{side}"),
+                            gr.Image(show_label=False, format="jpeg", interactive=False, elem_id=f"compare_picture_{side}",
+                                     buttons=["download", "fullscreen"]),
+                            gr.Dataframe(headers=["rank", "class", "score", "boxes (x0, y0, x1, y1)"], interactive=False,
+                                         elem_id=f"compare_table_{side}")]
+            gr.Examples([[str(p)] for p in example_photos()[:4]], inputs=[compare_image], label="Examples")
+
         with gr.Tab("Collection"):
             gr.Markdown("Boxes for a whole collection, in the formats detectors train on: upload **photos or a .zip "
                         "of photos** (folders inside are kept). Every photo gets the boxes of its top classes; the "
@@ -260,6 +304,10 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         refresh.click(lambda: gr.Dropdown(choices=cache.choices()), None, model, api_name="models")
         collection_model.focus(lambda: gr.Dropdown(choices=cache.choices()), None, collection_model,
                                api_visibility="private")  # lists checkpoints trained since the page loaded
+        compare_button.click(run_compare, [compare_image, *sides, compare_topk], compare_outputs, api_name="compare",
+                             concurrency_limit=4, concurrency_id="infer")
+        for dropdown in (sides[0], sides[3]):
+            dropdown.focus(lambda: gr.Dropdown(choices=cache.choices()), None, dropdown, api_visibility="private")
         label_button.click(run_labelling, [collection, collection_model, collection_topk, min_score, collection_threshold],
                            [collection_status, sheet, labels_file], api_name="label", concurrency_limit=1,
                            concurrency_id="label")

@@ -133,6 +133,16 @@ def views(result: Result, opacity: float, folder: Path):
     return overlay, boxes, tiles, table, result.to_dict()
 
 
+def compare_views(result: Result, folder: Path, name: str, opacity: float = 0.5):
+    """One side of a comparison: the top class's heatmap with every box drawn over it (screen-sized
+    JPEG in `folder`) and the table of classes, scores and boxes."""
+    shown = _scaled_result(result, DISPLAY_SIDE)
+    picture = render.draw_boxes(render.overlay(shown.image, shown.predictions[0].cam, opacity), shown)
+    table = [[rank + 1, p.label, round(p.score, 4), json.dumps([list(b) for b in p.boxes])]
+             for rank, p in enumerate(result.predictions)]
+    return _jpeg(picture, folder / f"{name}.jpg"), table
+
+
 def _jpeg(rgb: np.ndarray, path: Path) -> str:
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:

@@ -110,6 +110,29 @@ def test_api_localize_with_a_gradient_method_names_it(server):
                        "scorecam", api_name="/localize")
 
 
+def test_api_compare_two_settings_then_a_deleted_checkpoint(server):
+    from gradio_client import handle_file
+
+    import cam
+    from cam.train import save_checkpoint
+
+    client = _client(server)
+    photo = handle_file(str(EXAMPLES / "coffee.png"))
+    cap_a, pic_a, table_a, cap_b, pic_b, table_b = client.predict(
+        photo, "default", "cam", False, "default", "gradcam", True, 3, api_name="/compare")
+    assert cap_a == "**A**: default, CAM" and cap_b == "**B**: default, Grad-CAM, refined"
+    assert os.path.exists(pic_a) and os.path.exists(pic_b)
+    assert table_a["data"][0][1] == table_b["data"][0][1] == "espresso" and len(table_a["data"]) == 3
+
+    folder = save_checkpoint(cam.load_model("timm:test_resnet", pretrained=False, device="cpu"), server["checkpoints"],
+                             {}, {})
+    assert client.predict(photo, "default", "auto", True, folder.name, "auto", True, 2, api_name="/compare")[3] == \
+        f"**B**: {folder.name}, CAM, refined"
+    shutil.rmtree(folder)
+    with pytest.raises(Exception, match=f"B: unknown model '{folder.name}': choose 'default' or a checkpoint"):
+        client.predict(photo, "default", "auto", True, folder.name, "auto", True, 2, api_name="/compare")
+
+
 def test_api_rejects_models_outside_checkpoints(server):
     client = _client(server)
     with pytest.raises(Exception):
