@@ -19,8 +19,8 @@ from cam.methods import METHODS
 from cam.train import DEFAULT_EPOCHS, DEFAULT_LR
 from cam.render import METHOD_NAMES
 from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact, compare_views,
-                         label_collection, limit_malloc_arenas, private_gradio_cache, training_updates, views,
-                         write_downloads)
+                         label_collection, limit_malloc_arenas, private_gradio_cache, training_updates,
+                         validation_review, views, write_downloads)
 
 INTRO = """# Where does the classifier look?
 Upload a photo (or drop, paste, or take one with the webcam), or click an example below. One forward
@@ -122,7 +122,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                 else:
                     progress(0, desc=event["stage"])
                     status = f"{event['stage'].capitalize()}..."
-                yield status, _curve_plot(curve), gr.skip(), gr.skip(), gr.skip()
+                yield status, _curve_plot(curve), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         metrics = event["metrics"]
@@ -131,9 +131,14 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         confusion.insert(0, "true \\ predicted", names)
         confusion["class accuracy"] = [None if a is None else f"{a:.0%}" for a in metrics["per_class_accuracy"].values()]
         name = Path(event["checkpoint"]).name
+        progress(1.0, desc="localizing the validation photos")
+        try:
+            review = validation_review(cache, name, zip_file, outputs_root.new())
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
         yield (f"Done: **{name}**, validation accuracy {metrics['val_accuracy']:.1%} in {metrics['seconds']:.0f} s. "
                "It is now selected in the Localize tab.", _curve_plot(curve), metrics, confusion,
-               gr.Dropdown(choices=cache.choices(), value=name))
+               gr.Dropdown(choices=cache.choices(), value=name), review)
 
     def run_labelling(files, choice, topk, min_score, threshold, progress=gr.Progress()):
         def report(done, total):
@@ -238,6 +243,9 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                                              elem_id="confusion")
                     with gr.Accordion("All metrics as JSON", open=False):
                         train_metrics = gr.JSON(label="Metrics")
+                    review = gr.Gallery(label="What it learned: validation photos with the new model's maps and boxes "
+                                        "(misclassified first, then class by class)", columns=6, height=360,
+                                        format="jpeg", elem_id="review")
                     checkpoint_file = gr.File(label="Checkpoint (.zip)", interactive=False, elem_id="checkpoint_file")
             mode.change(lambda m: (DEFAULT_EPOCHS[m], DEFAULT_LR[m]), mode, [epochs, lr], api_visibility="private")
 
@@ -313,7 +321,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                            concurrency_id="label")
         download_button.click(prepare_downloads, [last, opacity], files, api_name="downloads")
         start.click(run_training, [dataset, mode, epochs, lr, val_split],
-                    [train_status, train_plot, train_metrics, confusion, model],
+                    [train_status, train_plot, train_metrics, confusion, model, review],
                     api_name="train", concurrency_limit=1, concurrency_id="train"
                     ).success(download_checkpoint, model, checkpoint_file, api_name="checkpoint_archive")
     return demo

@@ -305,6 +305,45 @@ def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPO
             job.wait(timeout=30)
 
 
+def validation_review(cache: ModelCache, choice: str, data, folder: Path, limit: int = SHEET_PHOTOS) -> list:
+    """What a fine-tuned checkpoint learned: its validation photos (the split its training made,
+    rebuilt from `data`, the same zip or folder) with the new model's heatmap and box, captioned with
+    the true and the predicted class; misclassified photos first, then class by class. At most
+    `limit` (picture, caption) tiles, pictures as JPEGs in `folder`."""
+    from .data import scan_dataset, unpack_zip
+    from .localize import localize_batch
+    from .train import stratified_split
+
+    model = cache.get(choice)
+    config = json.loads((cache.checkpoints / choice / "config.json").read_text())
+    if "val_split" not in config:
+        raise ValueError(f"{choice} was trained before checkpoints recorded their validation split")
+    scratch = private_temp_folder("cam-review-")
+    try:
+        root = Path(data)
+        if root.is_file():
+            unpack_zip(root, scratch / "data")
+            root = scratch / "data"
+        _, items, _ = scan_dataset(root)
+        _, val = stratified_split([label for _, label in items], config["val_split"], config.get("seed", 0))
+        # At the size training validated at, so that the classes are those of the confusion matrix.
+        size = config.get("train_input_size", [None])[0]
+        results = localize_batch(model, [items[i][0] for i in val], topk=1, input_size=size)
+        truths = [items[i][1] for i in val]
+        order = sorted(range(len(val)), key=lambda j: (results[j].predictions[0].class_index == truths[j], truths[j], j))
+        tiles = []
+        for rank, j in enumerate(order[:limit]):
+            shown = _scaled_result(results[j], GALLERY_SIDE)
+            top = shown.predictions[0]
+            picture = render.draw_boxes(render.overlay(shown.image, top.cam), shown)
+            mark = "right" if top.class_index == truths[j] else "WRONG"
+            caption = f"{mark}: {model.class_names[truths[j]]} -> {top.label} {top.score:.2f}"
+            tiles.append((_jpeg(picture, folder / f"review_{rank:03d}.jpg"), caption))
+        return tiles
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def checkpoint_archive(checkpoint: str, folder: Path) -> str:
     """A zip of a checkpoint folder, for download."""
     base = folder / Path(checkpoint).name

@@ -103,7 +103,8 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
     metrics.update(best_epoch=best["epoch"], train_images=len(train_idx), val_images=len(val_idx),
                    skipped_files=skipped, seconds=round(time.perf_counter() - started, 2))
     checkpoint = save_checkpoint(model, out, metrics, {"base_spec": model_spec, "mode": mode, "epochs": epochs, "lr": lr,
-                                                       "train_input_size": list(size)})
+                                                       "train_input_size": list(size), "val_split": val_split,
+                                                       "seed": seed})
     return {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
 
 

@@ -144,9 +144,16 @@ def test_api_train_then_localize_with_the_new_model(server, tmp_path):
 
     client = _client(server)
     zip_path = dataset_zip(tmp_path / "colours.zip")
-    status, _plot, metrics, _confusion, _model = client.predict(
+    status, _plot, metrics, _confusion, _model, review = client.predict(
         handle_file(str(zip_path)), "head", 5, 0.01, 0.2, api_name="/train")
     assert "Done" in status and metrics["class_names"] == sorted(COLOURS)
+    # The validation photos with the new model's maps: as many as validated, misclassified ones first.
+    captions = [tile["caption"] for tile in review]
+    assert len(captions) == metrics["val_images"] and all(os.path.exists(tile["image"]) for tile in review)
+    wrong = sum(c.startswith("WRONG") for c in captions)
+    assert all(c.startswith("WRONG") for c in captions[:wrong]) and all(c.startswith("right") for c in captions[wrong:])
+    assert len(captions) - wrong == round(metrics["val_accuracy"] * metrics["val_images"])
+    assert {c.split(": ")[1].split(" ->")[0] for c in captions} == set(COLOURS)
     names = [p.name for p in server["checkpoints"].iterdir()]
     assert len(names) == 1 and names[0].startswith("experiment_")
     archive = client.predict(names[0], api_name="/checkpoint_archive")
@@ -247,6 +254,8 @@ def test_browser_fine_tune_tab_trains_and_selects_the_new_model(server, tmp_path
         expect(page.locator("#train_status")).to_contain_text(name)
         expect(page.locator("#confusion")).to_contain_text("green")
         expect(page.locator("#confusion")).to_contain_text("class accuracy")
+        expect(page.locator("#review img").first).to_be_visible()  # the validation photos with their maps
+        expect(page.locator("#review")).to_contain_text("->")
         plot = page.locator("#train_plot")
         for series in ("training loss", "training accuracy", "validation accuracy"):
             expect(plot).to_contain_text(series)  # the legend
