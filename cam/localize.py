@@ -98,7 +98,8 @@ def localize(model: CamModel, image, topk: int = 5, threshold: float = RECOMMEND
     each map over the pixels whose finer features look alike (`refine_maps`; `Result.refined` says
     whether it was applied: a model without a finer stage keeps its exact CAMs). `method` picks the
     map maker: "cam", or "gradcam", "gradcam++", "layercam" (one backward pass more, `cam.methods`);
-    "auto" is CAM, exact on every model `load_model` accepts. `Result.method` says which ran.
+    "auto" is CAM where it is exact (`CamModel.cam_exact`), Grad-CAM elsewhere. `Result.method` says
+    which ran.
     """
     return localize_batch(model, [image], topk, threshold, all_regions, input_size, flip, refine, method=method)[0]
 

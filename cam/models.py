@@ -3,7 +3,9 @@
 A model is usable for CAM when its logits are an affine function of the spatial mean of its last
 feature map: ``logits = W @ mean_xy(F) + b``. `load_model` finds that feature map and classifier
 automatically (hooks on every module during one dummy forward pass), then *verifies* the identity
-numerically, so a head with layers after the pooling is refused instead of giving a wrong map.
+numerically. A head where it fails (layers after the pooling, a norm before the classifier, a
+transformer) never gets a "CAM": it loads with `cam_exact=False` and its last spatial map, for the
+gradient-weighted methods (`cam.methods`).
 """
 
 from __future__ import annotations
