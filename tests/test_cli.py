@@ -11,6 +11,33 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "cam", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+def run_cli_in_terminal(*args) -> tuple[int, str, str]:
+    """Run the CLI with its stderr on a pseudo-terminal, as for a person at one: (exit code, stdout,
+    everything the terminal showed). Skips where the machine has no pseudo-terminals."""
+    import os
+    import pty
+
+    try:
+        leader, follower = pty.openpty()
+    except OSError as exc:
+        pytest.skip(f"no pseudo-terminal on this machine ({exc})")
+    proc = subprocess.Popen([sys.executable, "-m", "cam", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=follower,
+                            text=True)
+    os.close(follower)
+    stdout, _ = proc.communicate(timeout=300)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    return proc.returncode, stdout, seen.decode()
+
+
 def test_localize_good_and_bad_images(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_text("not an image")
@@ -47,32 +74,11 @@ def test_a_reader_that_stops_early_ends_the_run_quietly():
 
 
 def test_a_terminal_gets_a_progress_bar_and_error_lines_stay_whole(tmp_path):
-    import os
-    import pty
-
     bad = tmp_path / "broken.jpg"
     bad.write_text("not an image")
-    try:
-        leader, follower = pty.openpty()  # stderr is a terminal, as for a person running the command
-    except OSError as exc:
-        pytest.skip(f"no pseudo-terminal on this machine ({exc})")
-    proc = subprocess.Popen([sys.executable, "-m", "cam", "localize", str(EXAMPLES / "chelsea.png"), str(bad),
-                             str(EXAMPLES / "coffee.png"), "--topk", "1"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=follower, text=True)
-    os.close(follower)
-    stdout, _ = proc.communicate(timeout=300)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # the terminal closed with the process
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(leader)
-    screen = seen.decode()
-    assert proc.returncode == 1 and len(stdout.splitlines()) == 2
+    returncode, stdout, screen = run_cli_in_terminal("localize", str(EXAMPLES / "chelsea.png"), str(bad),
+                                                     str(EXAMPLES / "coffee.png"), "--topk", "1")
+    assert returncode == 1 and len(stdout.splitlines()) == 2
     assert "localize [" + "#" * 30 + "] 3/3" in screen
     assert f"\r\x1b[Kerror: {bad}: not a supported image" in screen  # the bar's line cleared first
 

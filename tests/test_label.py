@@ -245,28 +245,10 @@ def test_the_ray_engine_writes_the_same_files_as_the_local_one(tiny_checkpoint, 
 
 
 def test_a_terminal_gets_a_progress_bar_with_photos_per_second(tiny_checkpoint, tmp_path):
-    import pty
+    from .test_cli import run_cli_in_terminal
 
     _photos(tmp_path / "in", 7)
-    try:
-        leader, follower = pty.openpty()  # stderr is a terminal, as for a person running the command
-    except OSError as exc:
-        pytest.skip(f"no pseudo-terminal on this machine ({exc})")
-    proc = subprocess.Popen([sys.executable, "-m", "cam", "label", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-                             "--model", tiny_checkpoint, "--batch-size", "2"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=follower, text=True)
-    os.close(follower)
-    stdout, _ = proc.communicate(timeout=300)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 4096)
-        except OSError:  # the terminal closed with the process
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(leader)
-    screen = seen.decode()
-    assert proc.returncode == 0 and len(stdout.splitlines()) == 8
+    returncode, stdout, screen = run_cli_in_terminal("label", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                                                     "--model", tiny_checkpoint, "--batch-size", "2")
+    assert returncode == 0 and len(stdout.splitlines()) == 8
     assert "label [" + "#" * 30 + "] 7/7 " in screen and " photos/s" in screen
