@@ -102,7 +102,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
     def prepare_downloads(result, opacity):
         if result is None:
             raise gr.Error("Localize a photo first.")
-        return gr.File(value=write_downloads(result, outputs_root.new(), opacity), visible=True)
+        return write_downloads(result, outputs_root.new(), opacity)
 
     def run_training(zip_file, mode, epochs, lr, val_split, progress=gr.Progress()):
         if zip_file is None:
@@ -155,7 +155,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             status += f"; **{summary['errors']}** could not be read: " + "; ".join(summary["first_errors"])
         if summary["labelled"] > len(sheet):
             status += f". The sheet shows the first {len(sheet)}; the download holds them all."
-        return status, sheet, gr.File(value=archive, visible=True)
+        return status, sheet, archive
 
     def run_compare(image, choice_a, method_a, refine_a, choice_b, method_b, refine_b, topk):
         if image is None:
@@ -318,8 +318,10 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             dropdown.focus(lambda: gr.Dropdown(choices=cache.choices()), None, dropdown, api_visibility="private")
         label_button.click(run_labelling, [collection, collection_model, collection_topk, min_score, collection_threshold],
                            [collection_status, sheet, labels_file], api_name="label", concurrency_limit=1,
-                           concurrency_id="label")
-        download_button.click(prepare_downloads, [last, opacity], files, api_name="downloads")
+                           concurrency_id="label").success(lambda: gr.File(visible=True), None, labels_file,
+                                                           api_visibility="private")
+        download_button.click(prepare_downloads, [last, opacity], files, api_name="downloads").success(
+            lambda: gr.File(visible=True), None, files, api_visibility="private")  # API answers stay plain files
         start.click(run_training, [dataset, mode, epochs, lr, val_split],
                     [train_status, train_plot, train_metrics, confusion, model, review],
                     api_name="train", concurrency_limit=1, concurrency_id="train"

@@ -56,7 +56,7 @@ class ModelCache:
         self.checkpoints = Path(checkpoints)
         self.device = device
         self.hub_models = hub_models
-        self._models: collections.OrderedDict[str, CamModel] = collections.OrderedDict()
+        self._models: collections.OrderedDict[tuple[str, int], CamModel] = collections.OrderedDict()
         self._lock = threading.Lock()  # guards the dict
         self._loading = threading.Lock()  # one load at a time; cached models are served meanwhile
 
@@ -70,14 +70,15 @@ class ModelCache:
         if not listed and not choice.startswith(("timm:", "torchvision:")):
             raise ValueError(f"unknown model {choice!r}: choose 'default' or a checkpoint listed in the menu, "
                              "or type timm:NAME or torchvision:NAME")
+        key = self._key(choice)
         with self._lock:
-            if choice in self._models:
-                self._models.move_to_end(choice)
-                return self._models[choice]
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
         with self._loading:
             with self._lock:
-                if choice in self._models:
-                    return self._models[choice]
+                if key in self._models:
+                    return self._models[key]
             if choice == DEFAULT_SPEC:
                 model = load_model(DEFAULT_SPEC, device=self.device)
             elif listed:
@@ -87,11 +88,19 @@ class ModelCache:
                 _check_reachable(HUB_HOSTS[choice.partition(":")[0]], choice)
                 model = load_model(choice, pretrained=True, device=self.device)
             with self._lock:
-                self._models[choice] = model
-                hub = [name for name in self._models if name.startswith(("timm:", "torchvision:"))]
-                for name in hub[:max(len(hub) - self.hub_models, 0)]:  # least recently used first
-                    del self._models[name]
+                for old in [k for k in self._models if k[0] == choice]:  # a checkpoint since written again
+                    del self._models[old]
+                self._models[key] = model
+                hub = [k for k in self._models if k[0].startswith(("timm:", "torchvision:"))]
+                for old in hub[:max(len(hub) - self.hub_models, 0)]:  # least recently used first
+                    del self._models[old]
             return model
+
+    def _key(self, choice: str) -> tuple[str, int]:
+        """A checkpoint is known by its name and its weights file's modification time: one trained again
+        under a name that was deleted is loaded afresh."""
+        weights = self.checkpoints / choice / "model.safetensors"
+        return choice, weights.stat().st_mtime_ns if choice != DEFAULT_SPEC and weights.is_file() else 0
 
 
 HUB_HOSTS = {"timm": "huggingface.co", "torchvision": "download.pytorch.org"}  # where typed models' weights come from

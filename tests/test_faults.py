@@ -155,3 +155,20 @@ def test_an_unreachable_hub_is_one_clear_message_at_once(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="needs its pretrained weights from 127.0.0.1, which this server cannot reach"):
         ModelCache(tmp_path / "none").get("timm:resnet18")
     assert clock.perf_counter() - started < 5
+
+
+def test_a_checkpoint_written_again_under_its_name_is_loaded_afresh(tmp_path):
+    import shutil
+
+    from cam.train import save_checkpoint
+
+    cache = ModelCache(tmp_path / "c")
+    model = cam.load_model(TINY, pretrained=False, device="cpu")
+    first = save_checkpoint(model, tmp_path / "c", {}, {})
+    assert cache.get(first.name).class_names == model.class_names
+    shutil.rmtree(first)
+    model.class_names = [f"kind {i}" for i in range(len(model.class_names))]
+    second = save_checkpoint(model, tmp_path / "elsewhere", {}, {})
+    os.utime(second / "model.safetensors", ns=(1, 1))  # another modification time than the first's
+    second.rename(first)  # the same name as the deleted one, as a new training in the same minute
+    assert cache.get(first.name).class_names[0] == "kind 0"
