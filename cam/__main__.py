@@ -21,6 +21,8 @@ def _add_cam_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", default=None, help="average the maps of the image and its mirror")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                         help="refine the maps by the similarity of the finer features (default: on; --plain: off)")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "openvino", "auto"],
+                        help="what runs the network: torch, openvino (compiled CPU runtime) or auto (default torch)")
     parser.add_argument("--method", default="auto", choices=["auto", "cam", "gradcam", "gradcam++", "layercam"],
                         help="map maker (default auto: CAM, exact for every model that loads)")
     parser.add_argument("--plain", action="store_true",
@@ -56,7 +58,7 @@ def cmd_localize(args) -> int:
     from .models import load_model
 
     settings = _cam_settings(args)
-    model = load_model(args.model)
+    model = load_model(args.model, runtime=args.runtime)
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +113,7 @@ def cmd_label(args) -> int:
     bar = _progress_bar("label", unit="photos") if sys.stderr.isatty() else None
     summary = label(args.inputs, args.out, model=args.model, settings=settings, formats=args.format,
                     engine=args.engine, ray_address=args.ray_address, ray_cpus_per_worker=args.ray_cpus_per_worker,
+                    runtime=args.runtime,
                     progress=bar, on_record=lambda record, _: _emit(record))
     _emit(summary)
     if summary["errors"]:
@@ -124,14 +127,14 @@ def cmd_evaluate(args) -> int:
     from .models import load_model
 
     settings = _cam_settings(args)
-    model = load_model(args.model)
+    model = load_model(args.model, runtime=args.runtime)
     metrics, rows = evaluate(model, args.folder, progress=_progress_bar("evaluate"), **settings)
     if args.per_image:
         write_rows(rows, args.per_image)
     if args.plot:
         plot_curve(metrics, args.plot)
     metrics.pop("curve")
-    _emit({"model": model.spec, **settings, **metrics})
+    _emit({"model": model.spec, "runtime": model.runtime, **settings, **metrics})
     return 0
 
 

@@ -95,7 +95,7 @@ class Settings:
 
 def label(inputs, out, model: str | CamModel = "default", settings: Settings = Settings(), formats=export.FORMATS,
           engine: str = "local", ray_address: str | None = None, ray_cpus_per_worker: int | None = None,
-          progress=None, on_record=None) -> dict:
+          progress=None, on_record=None, runtime: str = "torch") -> dict:
     """Localize every photo of `inputs` into the folder `out`: `predictions.jsonl` and `errors.jsonl`
     (appended batch by batch; a rerun resumes), then the `formats` among coco, yolo and voc,
     written from the whole log. Returns a summary. `progress(done, total)` follows the photos and
@@ -103,7 +103,7 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings = S
     `Item`, whose file is readable until `label` returns.
 
     A `model` given as a CamModel is used as it is (local engine only); a spec is loaded here and,
-    with engine "ray", once per actor. Ray actors get `ray_cpus_per_worker` CPUs and as many torch
+    with engine "ray", once per actor, on `runtime` (`cam.load_model`). Ray actors get `ray_cpus_per_worker` CPUs and as many torch
     threads (default: this process's thread count, which keeps their bits those of the local engine).
     """
     formats = _check_formats(formats)
@@ -114,13 +114,14 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings = S
         if engine == "ray":
             raise ValueError("the ray engine loads the model in each actor: pass a model spec, not a CamModel")
     else:
-        model = load_model(_portable_spec(model))
+        model = load_model(_portable_spec(model), runtime=runtime)
     size = check_input_size(settings.input_size, model)
     settings = Settings(**{**settings.__dict__, "batch_size": settings.batch_size or inference_batch_size(model, size)})
     _check_settings(model, settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _claim(out / RUN, {"model": model.spec, "weights": model.weights_digest(), **settings.__dict__})
+    _claim(out / RUN, {"model": model.spec, "weights": model.weights_digest(), "runtime": model.runtime,
+                       **settings.__dict__})  # the runtime too: its float32 results differ in the last bits
 
     remove_orphaned_temp_folders("cam-label-")  # zips unpacked by runs that were killed
     unpacked = private_temp_folder("cam-label-")
@@ -134,7 +135,7 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings = S
         total, finished, new = len(items), sum(item.name in done for item in items), 0
         if progress:
             progress(finished, total)
-        outcomes = _ray_blocks(ray, model.spec, blocks, settings, ray_cpus_per_worker) if ray else \
+        outcomes = _ray_blocks(ray, model.spec, model.runtime, blocks, settings, ray_cpus_per_worker) if ray else \
             _local_blocks(model, blocks, settings)
         with open(out / LOG, "a") as log, open(out / ERRORS, "a") as errors:
             for items_of_block, block in zip(blocks, outcomes):
@@ -226,9 +227,9 @@ def _local_blocks(model: CamModel, blocks, settings: Settings):
 class _RayLabeller:
     """A Ray Data actor: loads the model once, then labels one block (a row) per call."""
 
-    def __init__(self, spec: str, settings: dict, threads: int):
+    def __init__(self, spec: str, runtime: str, settings: dict, threads: int):
         torch.set_num_threads(threads)
-        self.model = load_model(spec)
+        self.model = load_model(spec, runtime=runtime)
         self.settings = Settings(**settings)
 
     def __call__(self, batch: dict) -> dict:
@@ -239,7 +240,7 @@ class _RayLabeller:
         return {"name": np.array(names), "line": np.array(lines), "failed": np.array(failed)}
 
 
-def _ray_blocks(ray, spec: str, blocks, settings: Settings, cpus_per_worker: int | None):
+def _ray_blocks(ray, spec: str, runtime: str, blocks, settings: Settings, cpus_per_worker: int | None):
     """Label the blocks on the Ray cluster, one row a block; rows come back in block order."""
     if not blocks:
         return
@@ -255,7 +256,8 @@ def _ray_blocks(ray, spec: str, blocks, settings: Settings, cpus_per_worker: int
     # Ray blocks of about 32 rows (a Ray task each: fewer tasks, less overhead), at least 4 per actor.
     ray_blocks = max(1, min(len(rows), max(4 * workers, len(rows) // 32)))
     dataset = ray.data.from_items(rows, override_num_blocks=ray_blocks).map_batches(
-        _RayLabeller, fn_constructor_kwargs={"spec": spec, "settings": settings.__dict__, "threads": cpus},
+        _RayLabeller, fn_constructor_kwargs={"spec": spec, "runtime": runtime, "settings": settings.__dict__,
+                                             "threads": cpus},
         batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), num_cpus=cpus)
     sizes = iter(len(block) for block in blocks)
     pending, want = [], next(sizes)

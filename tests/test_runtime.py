@@ -99,3 +99,16 @@ def test_bad_runtimes_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="needs the openvino package"):
         cam.load_model("default", device="cpu", runtime="openvino")
     assert cam.load_model("default", device="cpu", runtime="auto").runtime == "torch"  # auto: PyTorch without it
+
+
+def test_a_collection_labelled_on_openvino_resumes_only_on_openvino(compiled, tmp_path):
+    from cam.label import LOG, label
+
+    for name in ("chelsea.png", "coffee.png"):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes((EXAMPLES / name).read_bytes())
+    summary = label([tmp_path / "in"], tmp_path / "out", model="default", runtime="openvino")
+    assert summary["labelled"] == 2
+    assert {line.count('"runtime": "openvino"') for line in (tmp_path / "out" / LOG).read_text().splitlines()} == {1}
+    with pytest.raises(ValueError, match="runtime 'openvino' \\(now 'torch'\\)"):
+        label([tmp_path / "in"], tmp_path / "out", model="default", runtime="torch")
