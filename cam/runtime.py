@@ -1,6 +1,7 @@
 """How the network runs for inference: PyTorch, or OpenVINO's compiled CPU runtime.
 
-`OpenVinoRunner` converts the network once per input size (the batch stays dynamic) into a model
+`OpenVinoRunner` converts the network once per input size (the batch stays dynamic; through an
+ONNX export) into a model
 whose outputs are the logits, the feature map entering the pooling and the guide map of `refine`,
 compiles it for the CPU in float32 and keeps a few sizes. Converted models are cached on disk,
 keyed by the weights' SHA-256 and the size, so a new process compiles in a fraction of a second.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import collections
 import importlib.util
 import os
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -88,17 +90,23 @@ class OpenVinoRunner:
             if path.is_file():
                 converted = core.read_model(path)
             else:
-                example = torch.zeros(1, 3, *size)
-                with torch.no_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # tracing's warnings about Python values turned constants
-                    converted = ov.convert_model(_Outputs(self.model).eval(), example_input=example,
-                                                 input=[ov.PartialShape([-1, 3, *size])])
-                _save_atomically(ov, converted, path)
+                with tempfile.TemporaryDirectory(prefix="cam-onnx-") as scratch:
+                    converted = ov.convert_model(self._export_onnx(size, Path(scratch) / "model.onnx"))
+                    _save_atomically(ov, converted, path)
             compiled = core.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
             self._compiled[size] = compiled
             while len(self._compiled) > SIZES_KEPT:
                 self._compiled.popitem(last=False)
             return compiled
+
+    def _export_onnx(self, size: tuple[int, int], path: Path) -> Path:
+        """The network at `size`, with a dynamic batch, as an ONNX file: through ONNX, converting and
+        compiling Lite0 takes about 1 s, against 2.4 s converting the traced network directly."""
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracing's warnings about Python values turned constants
+            torch.onnx.export(_Outputs(self.model).eval(), (torch.zeros(1, 3, *size),), str(path),
+                              input_names=["x"], dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
+        return path
 
 
 def _save_atomically(ov, converted, path: Path) -> None:
