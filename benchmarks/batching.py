@@ -25,8 +25,9 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--photos", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino"])
     args = parser.parse_args()
-    model = cam.load_model("default")
+    model = cam.load_model("default", runtime=args.runtime)
     arrays = [cam.load_image(p) for p in sorted((args.folder / "images").iterdir())[:args.photos]]
     for size in (224, 288, 320, 384):
         row = {}
@@ -38,7 +39,7 @@ def main() -> None:
                 localize_batch(model, arrays, topk=1, input_size=size, batch_size=batch)
                 best = min(best, time.perf_counter() - started)
             row[f"batch_{batch}_ms"] = round(best / len(arrays) * 1e3, 2)
-        print(json.dumps({"input_size": size, **row, "default_batch": inference_batch_size(model, (size, size))}),
+        print(json.dumps({"runtime": model.runtime, "input_size": size, **row, "default_batch": inference_batch_size(model, (size, size))}),
               flush=True)
 
 

@@ -51,7 +51,7 @@ def gradcam_side_by_side(spec: str, photo: np.ndarray, topk: int, repeats: int) 
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    model = cam.load_model(spec, pretrained=False, device="cpu")
+    model = cam.load_model(spec, pretrained=False, device="cpu", runtime="torch")
     height, width = photo.shape[:2]
     plain = {"input_size": None, "refine": False}
     classes = [p.class_index for p in cam.localize(model, photo, topk=topk, method="gradcam", **plain).predictions]
@@ -97,7 +97,7 @@ def main() -> None:
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     from torchcam.methods import CAM
 
-    model = cam.load_model("default", device="cpu")
+    model = cam.load_model("default", device="cpu", runtime="torch")  # the PyTorch rows; the _openvino rows below
     net = model.net
     photo = photo_of(Path(args.image), args.megapixels)
     height, width = photo.shape[:2]

@@ -21,8 +21,9 @@ def _add_cam_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", default=None, help="average the maps of the image and its mirror")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
                         help="refine the maps by the similarity of the finer features (default: on; --plain: off)")
-    parser.add_argument("--runtime", default="torch", choices=["torch", "openvino", "auto"],
-                        help="what runs the network: torch, openvino (compiled CPU runtime) or auto (default torch)")
+    parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino"],
+                        help="what runs the network: auto (default: openvino on a CPU where it is installed, else "
+                             "torch), torch, or openvino (the compiled CPU runtime)")
     parser.add_argument("--method", default="auto", choices=["auto", "cam", "gradcam", "gradcam++", "layercam"],
                         help="map maker (default auto: CAM, exact for every model that loads)")
     parser.add_argument("--plain", action="store_true",

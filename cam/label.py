@@ -95,7 +95,7 @@ class Settings:
 
 def label(inputs, out, model: str | CamModel = "default", settings: Settings = Settings(), formats=export.FORMATS,
           engine: str = "local", ray_address: str | None = None, ray_cpus_per_worker: int | None = None,
-          progress=None, on_record=None, runtime: str = "torch") -> dict:
+          progress=None, on_record=None, runtime: str = "auto") -> dict:
     """Localize every photo of `inputs` into the folder `out`: `predictions.jsonl` and `errors.jsonl`
     (appended batch by batch; a rerun resumes), then the `formats` among coco, yolo and voc,
     written from the whole log. Returns a summary. `progress(done, total)` follows the photos and

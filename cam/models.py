@@ -123,7 +123,7 @@ class CamModel:
 
 
 def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | torch.device | None = None,
-               runtime: str = "torch") -> CamModel:
+               runtime: str = "auto") -> CamModel:
     """Build a `CamModel` from a spec ('default', 'timm:NAME', 'torchvision:NAME' or a checkpoint folder).
 
     `pretrained` only concerns timm and torchvision names (hub weights need a network); the bundled

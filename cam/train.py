@@ -82,7 +82,7 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
             folder = scratch / "data"
         class_names, items, skipped_scan = scan_dataset(folder)
         skipped += skipped_scan
-        model = load_model(model_spec, pretrained=pretrained, device=device)
+        model = load_model(model_spec, pretrained=pretrained, device=device, runtime="torch")  # its weights change
         size = check_input_size(input_size, model)
         if model.classifier_layer is None:
             why = "CAM is not exact for its head" if not model.cam_exact else "it has no linear classifier to retrain"
