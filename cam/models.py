@@ -139,7 +139,8 @@ def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | 
     check_runtime(runtime)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if runtime == "openvino" and (device.type != "cpu" or not openvino_available()):
-        raise ValueError("runtime 'openvino' runs on the CPU and needs the openvino package (pip install openvino)"
+        raise ValueError("runtime 'openvino' runs on the CPU and needs the openvino and onnx packages "
+                         "(pip install openvino onnx)"
                          if device.type == "cpu" else f"runtime 'openvino' runs on the CPU, not on {device}")
     text = str(spec).strip()
     if text in OFFLINE_MODELS:

@@ -36,8 +36,9 @@ def check_runtime(runtime: str) -> str:
 
 
 def openvino_available() -> bool:
-    """Whether the openvino package is installed (found, not imported: its import takes a second)."""
-    return importlib.util.find_spec("openvino") is not None
+    """Whether the openvino package, and onnx for the export it converts, are installed (found, not
+    imported: openvino's import takes a second)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("openvino", "onnx"))
 
 
 class _Outputs(nn.Module):

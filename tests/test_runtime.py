@@ -96,7 +96,7 @@ def test_bad_runtimes_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="runtime must be one of auto, torch, openvino"):
         cam.load_model("default", runtime="tensorrt")
     monkeypatch.setattr(cam.runtime, "openvino_available", lambda: False)
-    with pytest.raises(ValueError, match="needs the openvino package"):
+    with pytest.raises(ValueError, match="needs the openvino and onnx packages"):
         cam.load_model("default", device="cpu", runtime="openvino")
     assert cam.load_model("default", device="cpu", runtime="auto").runtime == "torch"  # auto: PyTorch without it
 
