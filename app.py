@@ -17,7 +17,7 @@ import pandas as pd
 from cam.localize import RECOMMENDED
 from cam.methods import METHODS
 from cam.train import DEFAULT_EPOCHS, DEFAULT_LR
-from cam.render import METHOD_NAMES
+from cam.render import method_name
 from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact, compare_views,
                          label_collection, limit_malloc_arenas, private_gradio_cache, training_updates,
                          validation_review, views, write_downloads)
@@ -168,7 +168,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             except ValueError as exc:
                 raise gr.Error(f"{side.upper()}: {exc}") from None
             picture, table = compare_views(result, folder, side)
-            caption = f"**{side.upper()}**: {choice}, {METHOD_NAMES[result.method]}" + (", refined" if result.refined else "")
+            caption = f"**{side.upper()}**: {choice}, {method_name(result)}"
             outputs += [caption, picture, table]
         return outputs
 

@@ -83,10 +83,20 @@ def _caption_spot(box, w: int, h: int, placed, width: int, height: int) -> tuple
 METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM"}
 
 
+def method_name(result: Result) -> str:
+    """How captions name the maker of a Result's maps, e.g. 'Grad-CAM, refined'."""
+    return METHOD_NAMES.get(result.method, result.method) + (", refined" if result.refined else "")
+
+
+def heatmap_with_boxes(result: Result, opacity: float = 0.5) -> np.ndarray:
+    """The top class's heatmap over the image with every prediction's boxes drawn on it."""
+    return draw_boxes(overlay(result.image, result.predictions[0].cam, opacity), result)
+
+
 def gallery(result: Result, opacity: float = 0.5, colormap: str = "turbo") -> list[tuple[np.ndarray, str]]:
     """One (overlay picture, caption) tile per predicted class, in rank order; captions name the
     method that made the maps."""
-    method = METHOD_NAMES.get(result.method, result.method) + (", refined" if result.refined else "")
+    method = method_name(result)
     return [(overlay(result.image, p.cam, opacity, colormap), f"{p.label} ({p.score:.1%}) · {method}")
             for p in result.predictions]
 

@@ -1,9 +1,8 @@
 """How the network runs for inference: PyTorch, or OpenVINO's compiled CPU runtime.
 
 `OpenVinoRunner` converts the network once per input size (the batch stays dynamic; through an
-ONNX export) into a model
-whose outputs are the logits, the feature map entering the pooling and the guide map of `refine`,
-compiles it for the CPU in float32 and keeps a few sizes. Converted models are cached on disk,
+ONNX export) into a model whose outputs are the logits, the feature map entering the pooling and
+the guide map of `refine`, compiles it for the CPU in float32 and keeps a few sizes. Converted models are cached on disk,
 keyed by the weights' SHA-256 and the size, so a new process compiles in a fraction of a second.
 Sizes are compiled one by one because some networks' padding depends on the input size (timm's
 "same" padding is computed in Python and traced as constants).

@@ -137,19 +137,20 @@ def views(result: Result, opacity: float, folder: Path):
     boxes = _jpeg(render.draw_boxes(shown.image, shown), folder / "boxes.jpg")
     tiles = [(_jpeg(tile, folder / f"map_{rank + 1}.jpg"), caption)
              for rank, (tile, caption) in enumerate(render.gallery(_scaled_result(shown, GALLERY_SIDE), opacity))]
-    table = [[rank + 1, p.label, round(p.score, 4), json.dumps([list(b) for b in p.boxes])]
-             for rank, p in enumerate(result.predictions)]
-    return overlay, boxes, tiles, table, result.to_dict()
+    return overlay, boxes, tiles, _score_table(result), result.to_dict()
+
+
+def _score_table(result: Result) -> list[list]:
+    """Rows of rank, class, score and boxes (JSON, in the photo's pixels)."""
+    return [[rank + 1, p.label, round(p.score, 4), json.dumps([list(b) for b in p.boxes])]
+            for rank, p in enumerate(result.predictions)]
 
 
 def compare_views(result: Result, folder: Path, name: str, opacity: float = 0.5):
     """One side of a comparison: the top class's heatmap with every box drawn over it (screen-sized
     JPEG in `folder`) and the table of classes, scores and boxes."""
-    shown = _scaled_result(result, DISPLAY_SIDE)
-    picture = render.draw_boxes(render.overlay(shown.image, shown.predictions[0].cam, opacity), shown)
-    table = [[rank + 1, p.label, round(p.score, 4), json.dumps([list(b) for b in p.boxes])]
-             for rank, p in enumerate(result.predictions)]
-    return _jpeg(picture, folder / f"{name}.jpg"), table
+    picture = render.heatmap_with_boxes(_scaled_result(result, DISPLAY_SIDE), opacity)
+    return _jpeg(picture, folder / f"{name}.jpg"), _score_table(result)
 
 
 def _jpeg(rgb: np.ndarray, path: Path) -> str:
@@ -342,11 +343,10 @@ def validation_review(cache: ModelCache, choice: str, data, folder: Path, limit:
         order = sorted(range(len(val)), key=lambda j: (results[j].predictions[0].class_index == truths[j], truths[j], j))
         tiles = []
         for rank, j in enumerate(order[:limit]):
-            shown = _scaled_result(results[j], GALLERY_SIDE)
-            top = shown.predictions[0]
-            picture = render.draw_boxes(render.overlay(shown.image, top.cam), shown)
+            top = results[j].predictions[0]
             mark = "right" if top.class_index == truths[j] else "WRONG"
             caption = f"{mark}: {model.class_names[truths[j]]} -> {top.label} {top.score:.2f}"
+            picture = render.heatmap_with_boxes(_scaled_result(results[j], GALLERY_SIDE))
             tiles.append((_jpeg(picture, folder / f"review_{rank:03d}.jpg"), caption))
         return tiles
     finally:
