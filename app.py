@@ -7,19 +7,21 @@ first use. Run `python app.py [--host H] [--port P]`.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import signal
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+from gradio.data_classes import ImageData
 
 from cam.localize import RECOMMENDED
 from cam.methods import METHODS
 from cam.train import DEFAULT_EPOCHS, DEFAULT_LR
 from cam.render import method_name
 from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact, compare_views,
-                         label_collection, limit_malloc_arenas, private_gradio_cache, training_updates,
+                         label_collection, limit_malloc_arenas, live_frame, private_gradio_cache, training_updates,
                          validation_review, views, write_downloads)
 
 INTRO = """# Where does the classifier look?
@@ -43,7 +45,38 @@ or LayerCAM's (under "Localization options"); the captions name the method that 
 """
 INPUT_SIZES = [("288 px (recommended)", 288), ("the model's own (the paper's CAM)", 0), ("320 px", 320), ("384 px", 384)]
 CURVES = {"loss": "training loss", "train_accuracy": "training accuracy", "val_accuracy": "validation accuracy"}
-CSS = ".gradio-container {max-width: 1400px !important} @media (max-width: 700px) {.gradio-container {padding: 4px !important}}"
+# Gradio shows nothing when the webcam cannot be had; this wraps the browser's camera request to say why.
+CAMERA_MESSAGES = """<script>
+(() => {
+  const messages = {
+    NotAllowedError: "The browser refused this page the webcam. Allow the camera for this site (the camera icon in the address bar), then click the webcam box again.",
+    NotFoundError: "No webcam was found. Plug one in and click the webcam box again, or upload a photo in the Localize tab.",
+    NotReadableError: "The webcam is busy in another program or tab. Close it there, then click the webcam box again.",
+    none: "This browser gives this page no webcam: browsers allow cameras only on HTTPS pages (or localhost)."
+  };
+  messages.SecurityError = messages.NotAllowedError;
+  messages.OverconstrainedError = messages.NotFoundError;
+  messages.AbortError = messages.NotReadableError;
+  const say = (text) => { const box = document.querySelector("#camera_message"); if (box) box.textContent = text; };
+  const media = navigator.mediaDevices;
+  if (!media || !media.getUserMedia) {
+    document.addEventListener("click", (event) => { if (event.target.closest("#webcam")) say(messages.none); }, true);
+    return;
+  }
+  const ask = media.getUserMedia.bind(media);
+  media.getUserMedia = async (constraints) => {
+    try {
+      const stream = await ask(constraints);
+      say("");
+      return stream;
+    } catch (error) {
+      say(messages[error.name] || `The webcam could not be opened (${error.name}).`);
+      throw error;
+    }
+  };
+})();
+</script>"""
+CSS = "#camera_message {color: var(--error-text-color)} .gradio-container {max-width: 1400px !important} @media (max-width: 700px) {.gradio-container {padding: 4px !important}}"
 
 
 class PhotoInput(gr.Image):
@@ -59,6 +92,31 @@ class PhotoInput(gr.Image):
         except Exception as exc:
             raise gr.Error(f"This file is not an image this app can read ({type(exc).__name__}). "
                            "Upload a JPEG, PNG, BMP, GIF, WebP or TIFF photo.") from None
+
+
+class LiveInput(gr.Image):
+    """The webcam stream's input: each frame's JPEG bytes, for the package's guarded loader to decode."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        if payload is not None and payload.url and payload.url.startswith("data:image/"):
+            try:
+                return base64.b64decode(payload.url.partition(",")[2], validate=True)
+            except ValueError:
+                raise gr.Error("The webcam sent a frame this app cannot read.") from None
+        return super().preprocess(payload)
+
+
+class LiveOverlay(gr.Image):
+    """An output picture that takes a data URL as it is: live frames are never written to disk."""
+
+    is_template = True
+
+    def postprocess(self, value):
+        if isinstance(value, str) and value.startswith("data:image/"):
+            return ImageData(url=value)
+        return super().postprocess(value)
 
 
 def example_photos() -> list[Path]:
@@ -80,6 +138,8 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
     cache = cache or ModelCache()
     ttl = int(os.environ.get("CAM_CACHE_TTL", 3600))  # seconds a result file stays downloadable
     outputs_root = OutputFolders(max_age=min(ttl, 120))  # Gradio has copied them by the time the answer is sent
+    live_seconds = int(os.environ.get("CAM_LIVE_SECONDS", 60))  # one stream's length: a shared server's slots come back
+    live_streams = int(os.environ.get("CAM_LIVE_STREAMS", 2))  # webcam streams served at once; more wait in the queue
 
     def run_localize(image, choice, topk, threshold, all_regions, opacity, input_size, flip, refine, method="auto"):
         if image is None:
@@ -172,6 +232,14 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             outputs += [caption, picture, table]
         return outputs
 
+    def run_live(frame, choice, topk):
+        if frame is None:
+            return gr.skip(), gr.skip()
+        try:
+            return live_frame(cache, choice, frame, topk)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+
     def download_checkpoint(choice):
         # A plain (not generator) event, so that Gradio's cache expiry also covers the archive.
         if choice not in cache.choices() or choice == "default":
@@ -221,6 +289,22 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                                     elem_id="downloads")  # shown once there is something to download
             gr.Examples([[str(p)] for p in example_photos()], inputs=[image], label="Examples (click one)")
             gr.Markdown(ABOUT)
+
+        with gr.Tab("Live"):
+            gr.Markdown(f"Point your webcam at something and press the record button: every frame is localized at "
+                        f"the recommended setting, its top classes boxed over the top class's heatmap (about 10 "
+                        f"frames/s on 2 CPU cores; the newest frame is always the one shown, none wait in a queue). "
+                        f"A stream stops after {live_seconds} s, so that the server's {live_streams} live slots "
+                        "come back to others; press record again to go on.")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=280):
+                    webcam = LiveInput(label="Webcam", sources=["webcam"], streaming=True, elem_id="webcam")
+                    gr.HTML('<p id="camera_message" role="alert"></p>', padding=False)
+                    live_model = gr.Dropdown(cache.choices(), value="default", label="Model", elem_id="live_model")
+                    live_topk = gr.Slider(1, 5, value=3, step=1, label="Top-k classes")
+                with gr.Column(scale=1, min_width=320):
+                    live_overlay = LiveOverlay(show_label=False, interactive=False, format="jpeg", elem_id="live_overlay")
+                    live_caption = gr.Markdown(elem_id="live_caption")
 
         with gr.Tab("Fine-tune"):
             gr.Markdown("Teach the model your own classes: upload a **.zip with one folder of images per class** "
@@ -309,6 +393,10 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         for control in (opacity, all_regions):
             control.change(rerender, [last, threshold, all_regions, opacity], outputs, api_visibility="private",
                            show_progress="hidden", trigger_mode="always_last", concurrency_limit=4, concurrency_id="render")
+        webcam.stream(run_live, [webcam, live_model, live_topk], [live_overlay, live_caption], api_visibility="private",
+                      stream_every=0.1, time_limit=live_seconds, concurrency_limit=live_streams, concurrency_id="live",
+                      show_progress="hidden")
+        live_model.focus(lambda: gr.Dropdown(choices=cache.choices()), None, live_model, api_visibility="private")
         refresh.click(lambda: gr.Dropdown(choices=cache.choices()), None, model, api_name="models")
         collection_model.focus(lambda: gr.Dropdown(choices=cache.choices()), None, collection_model,
                                api_visibility="private")  # lists checkpoints trained since the page loaded
@@ -340,7 +428,7 @@ def main() -> None:
     # closes its server, deleting the files it cached, and the app's own folders go at exit.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     build_app().queue(default_concurrency_limit=4).launch(
-        server_name=args.host, server_port=args.port, show_error=True, css=CSS, max_file_size="50mb")
+        server_name=args.host, server_port=args.port, show_error=True, css=CSS, head=CAMERA_MESSAGES, max_file_size="50mb")
 
 
 if __name__ == "__main__":

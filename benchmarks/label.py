@@ -20,6 +20,7 @@ import contextlib
 import csv
 import io
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -146,6 +147,15 @@ def main() -> None:
     parser.add_argument("--memory-photos", type=int, default=0)
     parser.add_argument("--copies", type=int, default=1, help="label this many copies of the set (no COCO AP then)")
     args = parser.parse_args()
+    scratch = tempfile.mkdtemp(prefix="bench-label-")
+    tempfile.tempdir = scratch  # every run's output, the copies and the generated photos: removed at the end
+    try:
+        run(args)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(args) -> None:
     images = args.folder / "images"
     paths = sorted(p for p in images.iterdir() if p.is_file())
     model = cam.load_model("default")

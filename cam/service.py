@@ -4,6 +4,7 @@ Result, and download files. Kept here so that app.py holds UI only."""
 from __future__ import annotations
 
 import atexit
+import base64
 import collections
 import ctypes
 import ctypes.util
@@ -138,6 +139,26 @@ def views(result: Result, opacity: float, folder: Path):
     tiles = [(_jpeg(tile, folder / f"map_{rank + 1}.jpg"), caption)
              for rank, (tile, caption) in enumerate(render.gallery(_scaled_result(shown, GALLERY_SIDE), opacity))]
     return overlay, boxes, tiles, _score_table(result), result.to_dict()
+
+
+LIVE_SIDE = 800  # webcam frames are localized at most this size on their longer side: a 1280x720 camera keeps the frame rate
+
+
+def live_frame(cache: ModelCache, choice: str, frame, topk: int = 3, opacity: float = 0.5) -> tuple[str, str]:
+    """One webcam frame (array or encoded bytes) localized at the recommended setting: the top
+    class's heatmap with every box, as a JPEG data URL (a stream of frames writes no file), and a
+    caption naming the top classes. Unreadable frames raise the ValueError of `load_image`."""
+    model = cache.get(choice)
+    image = load_image(frame)
+    scale = LIVE_SIDE / max(image.shape[:2])
+    if scale < 1:
+        image = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)),
+                           interpolation=cv2.INTER_AREA)
+    result = localize(model, image, topk=min(int(topk), len(model.class_names)))
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(render.heatmap_with_boxes(result, opacity), cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, 80])
+    caption = " · ".join(f"**{p.label}** {p.score:.2f}" for p in result.predictions)
+    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode("ascii"), caption
 
 
 def _score_table(result: Result) -> list[list]:

@@ -48,3 +48,20 @@ def hostile_files(photo: np.ndarray) -> dict[str, bytes]:
         "tiny.png": png_bytes(np.zeros((1, 1, 3), np.uint8)),
         "bomb.png": bomb_png(),
     }
+
+
+def write_camera_video(path, photo: np.ndarray, frames: int = 30, size: tuple[int, int] = (640, 480)) -> None:
+    """A Y4M video (Chromium's fake camera plays it in a loop) of `photo` panned slowly across
+    `size` (width, height): each frame differs, as a real camera's do."""
+    import cv2
+
+    width, height = size
+    scale = 1.15 * max(width / photo.shape[1], height / photo.shape[0])
+    big = cv2.resize(photo, (round(photo.shape[1] * scale), round(photo.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    slack = big.shape[1] - width
+    with open(path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F10:1 Ip A1:1 C420jpeg\n".encode())
+        for i in range(frames):
+            x = round(slack * (0.5 - 0.5 * np.cos(2 * np.pi * i / frames)))
+            crop = np.ascontiguousarray(big[:height, x:x + width])
+            out.write(b"FRAME\n" + cv2.cvtColor(crop, cv2.COLOR_RGB2YUV_I420).tobytes())

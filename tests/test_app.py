@@ -18,10 +18,10 @@ import pytest
 
 from .conftest import EXAMPLES, ROOT
 from .datasets import COLOURS, dataset_zip
+from .browser import BROWSER_FLAGS, chromium, fake_camera_flags, start_live
 
 ARTIFACTS = ROOT / "test-artifacts"
-BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+LIVE_SECONDS = 8  # the test server's live streams are short, and one at a time: a closed tab's slot must come back
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
 
@@ -33,7 +33,10 @@ def server(tmp_path_factory):
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, env={**{k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}, "CAM_CHECKPOINTS": str(checkpoints)})
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**{k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"},
+                                 "CAM_CHECKPOINTS": str(checkpoints), "CAM_LIVE_SECONDS": str(LIVE_SECONDS),
+                                 "CAM_LIVE_STREAMS": "1"})
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while True:
@@ -48,7 +51,7 @@ def server(tmp_path_factory):
     assert len(_owned_temp_folders(proc.pid)) == 2, "the app should keep its files in two private folders"
     # gradio_client leaves an empty folder in the system temp dir per downloaded file: keep them here.
     system_temp, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("client-temp"))
-    yield {"url": url, "checkpoints": checkpoints, "downloads": tmp_path_factory.mktemp("downloads")}
+    yield {"url": url, "checkpoints": checkpoints, "downloads": tmp_path_factory.mktemp("downloads"), "pid": proc.pid}
     tempfile.tempdir = system_temp
     proc.terminate()  # SIGTERM: the app exits normally and removes its temporary folders
     assert proc.wait(timeout=30) == 0
@@ -163,10 +166,6 @@ def test_api_train_then_localize_with_the_new_model(server, tmp_path):
     assert {p["label"] for p in result["predictions"]} == set(COLOURS)
 
 
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def test_browser_example_upload_and_slider(server):
     with _app_page(server, 90_000) as page:
         from playwright.sync_api import expect
@@ -212,14 +211,15 @@ def test_browser_example_upload_and_slider(server):
 
 
 @contextlib.contextmanager
-def _app_page(server, timeout_ms: int):
-    """A Chromium page on the app (skipped, or failed where required, without Chromium), closed after."""
+def _app_page(server, timeout_ms: int, camera: list[str] = ()):
+    """A Chromium page on the app (skipped, or failed where required, without Chromium), closed after.
+    `camera`: Chromium's flags for its fake camera."""
     _browser_or_skip()
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS, headless=True)
+        browser = p.chromium.launch(executable_path=chromium(), args=BROWSER_FLAGS + list(camera), headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(timeout_ms)
@@ -230,7 +230,7 @@ def _app_page(server, timeout_ms: int):
 
 
 def _browser_or_skip():
-    if not _chromium():
+    if not chromium():
         if os.environ.get("CAM_REQUIRE_BROWSER"):
             pytest.fail("Chromium is required (CAM_REQUIRE_BROWSER is set) but not installed")
         pytest.skip("Chromium is not installed (apt-get install chromium); browser test skipped")
@@ -369,3 +369,54 @@ def test_browser_collection_tab_labels_three_photos_and_downloads_the_zip(server
         coco = json.loads(packed.read("coco.json"))
         assert sorted(i["file_name"] for i in coco["images"]) == ["chelsea.png", "coffee.png", "rocket.jpg"]
         assert {"yolo/labels/rocket.txt", "voc/coffee.xml"} <= set(packed.namelist())
+
+
+def _cached_files(server) -> set[Path]:
+    return {f for folder in _owned_temp_folders(server["pid"]) for f in folder.rglob("*") if f.is_file()}
+
+
+def test_browser_live_tab_streams_the_fake_camera_and_a_closed_tab_frees_its_slot(server, tmp_path):
+    from playwright.sync_api import expect
+
+    from cam.data import load_image
+    from .images import write_camera_video
+
+    video = tmp_path / "camera.y4m"
+    write_camera_video(video, load_image(EXAMPLES / "chelsea.png"))
+    camera = fake_camera_flags(video)
+    files_before = _cached_files(server)
+    with _app_page(server, 60_000, camera) as page:
+        start_live(page)
+        page.wait_for_function("window.overlayUpdates.length >= 8")  # the picture follows the camera
+        expect(page.locator("#live_caption")).to_contain_text(re.compile("|".join(CATS)))
+        page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
+        page.locator("#webcam button", has_text="Stop").click()
+        page.wait_for_timeout(400)  # a frame in flight may still land
+        shown = page.evaluate("window.overlayUpdates.length")
+        page.wait_for_timeout(1500)
+        assert page.evaluate("window.overlayUpdates.length") == shown, "frames kept coming after Stop: a queue"
+
+        start_live(page, open_camera=False)  # again, then the tab closes mid-stream
+        page.wait_for_function("window.overlayUpdates.length >= 3")
+        page.close()
+        closed = time.monotonic()
+        # The test server serves one stream at a time: the next visitor gets frames once the closed
+        # tab's stream has ended, within one stream's length.
+        page = page.context.browser.new_page()
+        page.set_default_timeout((LIVE_SECONDS + 20) * 1000)
+        page.goto(server["url"])
+        start_live(page)
+        page.wait_for_function("window.overlayUpdates.length >= 3")
+        assert time.monotonic() - closed < LIVE_SECONDS + 15
+    assert not _cached_files(server) - files_before, "a live stream wrote files"
+
+
+def test_browser_live_tab_says_why_when_the_camera_is_absent_or_refused(server):
+    from playwright.sync_api import expect
+
+    for flags, message in (([], "No webcam was found"),
+                           (["--use-fake-device-for-media-stream", "--deny-permission-prompts"], "refused this page")):
+        with _app_page(server, 30_000, flags) as page:
+            page.get_by_role("tab", name="Live").click()
+            page.get_by_text("Click to Access Webcam").click()
+            expect(page.locator("#camera_message")).to_contain_text(message)
