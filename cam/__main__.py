@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-split", type=float, default=0.2, help="fraction of each class held out for validation")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--input-size", type=int, default=None,
-                    help="square side the images are trained at (default: the model's own)")
+                    help="square side the images are trained at, and the checkpoint's own (default: 288 for head, the model's own for full)")
     tr.add_argument("--no-pretrained", action="store_true", help="timm/torchvision names: start from random weights")
     tr.add_argument("--out", default="checkpoints", help="folder that receives experiment_YYYY-MM-DD_HH_MM/")
     tr.set_defaults(run=cmd_train)

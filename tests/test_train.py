@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 import cam
@@ -61,6 +62,26 @@ def test_full_training_and_unique_names(tmp_path, monkeypatch):
     assert json.loads((Path(second["checkpoint"]) / "config.json").read_text())["train_input_size"] == [96, 96]
     assert first["checkpoint"] != second["checkpoint"]
     assert cam.load_model(first["checkpoint"], device="cpu").class_names == sorted(COLOURS)
+    assert cam.load_model(second["checkpoint"], device="cpu").input_size == (96, 96)  # its own size: the trained one
+    sizes.clear()
+    train(tmp_path / "shapes.zip", model_spec=TINY, pretrained=False, mode="head", epochs=1, out=tmp_path / "c")
+    assert set(sizes) == {(288, 288)}  # mode head: the size the app localizes at
+
+
+def test_head_mode_learns_from_the_photos_and_their_mirror_images(tmp_path, monkeypatch):
+    batches = []
+    real_forward = cam.train.forward_features
+
+    def recording_forward(model, batch):
+        batches.append(batch)
+        return real_forward(model, batch)
+
+    monkeypatch.setattr(cam.train, "forward_features", recording_forward)
+    train(dataset_zip(tmp_path / "shapes.zip", per_class=3), model_spec=TINY, pretrained=False, mode="head",
+          epochs=1, out=tmp_path / "c", input_size=64)
+    training, validation, mirrored = batches  # 6 and 3 photos: one batch each
+    assert (len(training), len(validation)) == (6, 3)
+    assert torch.equal(mirrored, training.flip(-1))  # the training photos, left for right
 
 
 def test_a_plain_folder_works_and_split_is_stratified_and_seeded(tmp_path):
