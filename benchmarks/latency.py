@@ -8,7 +8,9 @@ maps to the photo the way torchcam resizes its own (F.interpolate, bilinear, ali
 a second row hands torchcam our upsampling and normalisation instead, which leaves only the CAM
 step and our boxing between the two. GradCAM's maps (at the input size) are upsampled with ours.
 Also checks that our top-1 map equals torchcam's CAM after the same upsampling. The `_openvino`
-rows run the same on OpenVINO's compiled CPU runtime (`runtime="openvino"`).
+rows run the same on OpenVINO's compiled CPU runtime (`runtime="openvino"`), and the `_onnxruntime`
+rows on ONNX Runtime (the same ONNX export, spinning threads off, which measured faster within
+`localize`), the compiled runtime measured and not adopted.
 
     python benchmarks/latency.py --gradcam-models default timm:vit_small_patch16_224 --repeats 20
 
@@ -22,6 +24,7 @@ import copy
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cam  # noqa: E402
+import cam.runtime  # noqa: E402
 from cam import render  # noqa: E402
 from cam.data import load_image  # noqa: E402
 from cam.localize import (class_maps, forward_features, normalise_for_size, preprocess,  # noqa: E402
@@ -42,6 +46,24 @@ def photo_of(path: Path, megapixels: float) -> np.ndarray:
     image = Image.open(path).convert("RGB")
     scale = (megapixels * 1_000_000 / (image.width * image.height)) ** 0.5
     return np.asarray(image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC))
+
+
+class OnnxRuntimeRunner:
+    """`runner(batch) -> (logits, features, guide)` from ONNX Runtime, one session per input size."""
+
+    def __init__(self, model, folder: Path):
+        self.model, self.folder, self.sessions = model, folder, {}
+
+    def __call__(self, batch: torch.Tensor):
+        import onnxruntime as ort
+
+        size = tuple(batch.shape[2:])
+        if size not in self.sessions:
+            options = ort.SessionOptions()
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            path = cam.runtime.export_onnx(self.model, size, self.folder / f"{size[0]}x{size[1]}.onnx")
+            self.sessions[size] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return tuple(torch.from_numpy(v) for v in self.sessions[size].run(None, {"x": batch.numpy()}))
 
 
 def gradcam_side_by_side(spec: str, photo: np.ndarray, topk: int, repeats: int) -> dict:
@@ -174,6 +196,18 @@ def main() -> None:
     def ours_recommended_openvino():
         cam.localize(compiled, photo, topk=args.topk)
 
+    onnx = cam.load_model("default", device="cpu", runtime="torch")
+    onnx.runtime, onnx.runner = "onnxruntime", OnnxRuntimeRunner(onnx, Path(tempfile.mkdtemp(prefix="bench-onnx-")))
+
+    def bare_onnxruntime():
+        onnx.runner(preprocess(onnx, [photo], onnx.input_size))
+
+    def ours_onnxruntime():
+        cam.localize(onnx, photo, topk=args.topk, **plain)
+
+    def ours_recommended_onnxruntime():
+        cam.localize(onnx, photo, topk=args.topk)
+
     methods = {"bare_model": bare, "bare_model_contiguous_weights": bare_contiguous, "localize_top5": ours,
                "localize_top5_all_maps_read": ours_all_maps_read, "maps_only_top5": ours_maps_only,
                "localize_top5_rendered": ours_rendered, "localize_top5_refined": ours_refined,
@@ -181,7 +215,9 @@ def main() -> None:
                "torchcam_cam_top5_our_upsampling": torchcam_cam_our_upsampling, "gradcam_top5": gradcam,
                "localize_gradcam_top5": ours_gradcam, "bare_model_openvino": bare_openvino,
                "localize_top5_openvino": ours_openvino,
-               "localize_top5_recommended_288px_refined_openvino": ours_recommended_openvino}
+               "localize_top5_recommended_288px_refined_openvino": ours_recommended_openvino,
+               "bare_model_onnxruntime": bare_onnxruntime, "localize_top5_onnxruntime": ours_onnxruntime,
+               "localize_top5_recommended_288px_refined_onnxruntime": ours_recommended_onnxruntime}
     for fn in methods.values():  # warm up
         fn()
     times = {name: [] for name in methods}
@@ -195,7 +231,8 @@ def main() -> None:
     back_to_back = {}  # each many times in a row: no other thread pool woken in between
     for name, fn in (("bare_model", bare), ("bare_model_openvino", bare_openvino),
                      ("network_only", lambda: forward_features(model, prepared)),
-                     ("network_only_openvino", lambda: compiled.runner(prepared))):
+                     ("network_only_openvino", lambda: compiled.runner(prepared)),
+                     ("network_only_onnxruntime", lambda: onnx.runner(prepared))):
         runs = []
         for _ in range(args.repeats):
             start = time.perf_counter()
@@ -217,12 +254,13 @@ def main() -> None:
         "ratio_rendered_to_bare": round(ratio("localize_top5_rendered", "bare_model"), 3),
         "speedup_vs_gradcam": round(ratio("gradcam_top5", "localize_top5"), 2),
         "our_gradcam_speedup_vs_gradcam": round(ratio("gradcam_top5", "localize_gradcam_top5"), 2),
-        "openvino": {"bare_speedup": round(ratio("bare_model", "bare_model_openvino"), 2),
-                     "back_to_back_ms": back_to_back,
-                     "localize_speedup": round(ratio("localize_top5", "localize_top5_openvino"), 2),
+        "back_to_back_ms": back_to_back,
+        **{runtime: {"bare_speedup": round(ratio("bare_model", f"bare_model_{runtime}"), 2),
+                     "localize_speedup": round(ratio("localize_top5", f"localize_top5_{runtime}"), 2),
                      "recommended_speedup": round(ratio("localize_top5_recommended_288px_refined",
-                                                        "localize_top5_recommended_288px_refined_openvino"), 2),
-                     "localize_to_own_bare": round(ratio("localize_top5_openvino", "bare_model_openvino"), 3)},
+                                                        f"localize_top5_recommended_288px_refined_{runtime}"), 2),
+                     "localize_to_own_bare": round(ratio(f"localize_top5_{runtime}", f"bare_model_{runtime}"), 3)}
+           for runtime in ("openvino", "onnxruntime")},
         "speedup_vs_torchcam": round(ratio("torchcam_cam_top5", "localize_top5"), 2),
         "speedup_vs_torchcam_all_maps_read": round(ratio("torchcam_cam_top5", "localize_top5_all_maps_read"), 2),
         "speedup_vs_torchcam_our_upsampling": round(ratio("torchcam_cam_top5_our_upsampling", "localize_top5"), 2),
@@ -237,7 +275,10 @@ def main() -> None:
                     "our_gradcam_not_slower_than_gradcam": ratio("localize_gradcam_top5", "gradcam_top5") <= 1,
                     "not_slower_than_torchcam": ratio("localize_top5", "torchcam_cam_top5") <= 1,
                     "maps_not_slower_than_torchcam_our_upsampling":
-                        ratio("maps_only_top5", "torchcam_cam_top5_our_upsampling") <= 1},
+                        ratio("maps_only_top5", "torchcam_cam_top5_our_upsampling") <= 1,
+                    "openvino_recommended_speedup>=2": ratio("localize_top5_recommended_288px_refined",
+                                                             "localize_top5_recommended_288px_refined_openvino") >= 2,
+                    "openvino_localize_to_own_bare<=1.3": ratio("localize_top5_openvino", "bare_model_openvino") <= 1.3},
     }
     print(json.dumps(report, indent=2))
 

@@ -8,7 +8,9 @@ plain CAM measured in the same run. With `--cv-splits N`, then a line per settin
 top-1 loc on one random half of the photos when the box threshold is chosen on the other half
 (N splits, both ways), a check that a threshold tuned on the set holds on photos it did not see.
 With `--methods`, one line per map maker (CAM, Grad-CAM, Grad-CAM++, LayerCAM) at the paper's
-setting and at the recommended one instead.
+setting and at the recommended one instead. With `--runtimes N`, `evaluate` at the paper's and the
+recommended setting on PyTorch and on OpenVINO instead, alternating, N rounds: the median time per
+image of each runtime, their ratio, and whether the metrics are the same.
 """
 
 from __future__ import annotations
@@ -78,12 +80,34 @@ def threshold_cross_validation(model, folder, settings: dict, splits: int, seed:
             "whole_set_at_default": round(float(whole[np.isclose(CV_THRESHOLDS, settings["threshold"])][0]), 3)}
 
 
+def compare_runtimes(folder, rounds: int) -> None:
+    """One line per setting: `evaluate`'s median ms per image on each runtime, side by side."""
+    import statistics
+
+    models = {runtime: cam.load_model("default", device="cpu", runtime=runtime) for runtime in ("torch", "openvino")}
+    for name, settings in (("plain CAM (paper)", PLAIN), ("input 288 + refine (recommended)", RECOMMENDED)):
+        times, metrics = collections.defaultdict(list), {}
+        for _ in range(rounds):
+            for runtime, model in models.items():
+                metrics[runtime], _ = evaluate(model, folder, **settings)
+                times[runtime].append(metrics[runtime].pop("ms_per_image"))
+        median = {runtime: round(statistics.median(values), 2) for runtime, values in times.items()}
+        print(json.dumps({"setting": name, "ms_per_image": median, "all_ms_per_image": times,
+                          "speedup": round(median["torch"] / median["openvino"], 2),
+                          "same_metrics": metrics["torch"] == metrics["openvino"]}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("--cv-splits", type=int, default=0, help="threshold cross-validation splits (0: none)")
     parser.add_argument("--methods", action="store_true", help="the table of map makers instead of the settings")
+    parser.add_argument("--runtimes", type=int, default=0, metavar="N",
+                        help="instead: evaluate's time per image on PyTorch and OpenVINO, N alternating rounds")
     args = parser.parse_args()
+    if args.runtimes:
+        compare_runtimes(args.folder, args.runtimes)
+        return
     models, base_ms = {}, None
     for name, spec, settings in METHOD_SETTINGS if args.methods else SETTINGS:
         try:

@@ -13,6 +13,7 @@ Supervised Object Localization Methods Right" (CVPR 2020).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from .localize import (RECOMMENDED, check_input_size, class_maps, forward_featur
                        normalise_for_size, preprocess, refine_maps, upsample_map)
 from .methods import check_method, gradient_maps
 from .models import CamModel
+from .runtime import torch_yields_threads
 
 THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # the cam_curve_interval of wsolevaluation
 IOU_LEVELS = (0.3, 0.5, 0.7)
@@ -123,7 +125,7 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
     `inference_batch_size`). Metrics are fractions in [0, 1]; the
     `curve` entry holds GT-known box accuracy for every threshold and IoU level (for plotting).
     Maps are made as `localize` makes them (`refine` applies when the model has a guide layer), by
-    `method` (`cam.methods`).
+    `method` (`cam.methods`); on a compiled runtime PyTorch's own ops run on one thread meanwhile.
     """
     method = check_method(method, model)
     scores = WsolScores(threshold)
@@ -135,29 +137,30 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
             raise ValueError(f"{sample.file}: label {sample.label} is not a class of this model")
     images_dir = Path(folder) / "images"
     start = time.perf_counter()
-    for first in range(0, len(samples), batch_size):
-        chunk = samples[first:first + batch_size]
-        arrays = [load_image(images_dir / s.file) for s in chunk]
-        labels = torch.tensor([s.label for s in chunk], device=model.device)
+    with torch_yields_threads() if model.runner is not None and method == "cam" else contextlib.nullcontext():
+        for first in range(0, len(samples), batch_size):
+            chunk = samples[first:first + batch_size]
+            arrays = [load_image(images_dir / s.file) for s in chunk]
+            labels = torch.tensor([s.label for s in chunk], device=model.device)
 
-        def pairs(z):  # the predicted and the true class of each image
-            return torch.stack([z.argmax(1), labels], 1)
+            def pairs(z):  # the predicted and the true class of each image
+                return torch.stack([z.argmax(1), labels], 1)
 
-        batch = preprocess(model, arrays, size)
-        if method == "cam":
-            logits, features, guide = forward_features(model, batch, flip, refine)
-            maps = class_maps(model, features, pairs(logits), guide)
-        else:
-            logits, _, maps, guide = gradient_maps(model, batch, pairs, method, flip, refine)
-            maps = maps if guide is None else refine_maps(maps, guide)
-        maps = maps.cpu().numpy()
-        probs = logits.softmax(1)
-        top1 = probs.argmax(1)
-        for sample, array, pair, predicted, score in zip(chunk, arrays, maps, top1.tolist(), probs.max(1).values.tolist()):
-            top1_map, gt_map = (upsample_map(m, array.shape[:2]) for m in normalise_for_size(pair, array.shape[:2]))
-            scores.add(sample.file, sample.label, sample.boxes, predicted, score, top1_map, gt_map)
-        if progress:
-            progress(len(scores.rows), len(samples))
+            batch = preprocess(model, arrays, size)
+            if method == "cam":
+                logits, features, guide = forward_features(model, batch, flip, refine)
+                maps = class_maps(model, features, pairs(logits), guide)
+            else:
+                logits, _, maps, guide = gradient_maps(model, batch, pairs, method, flip, refine)
+                maps = maps if guide is None else refine_maps(maps, guide)
+            maps = maps.cpu().numpy()
+            probs = logits.softmax(1)
+            top1 = probs.argmax(1)
+            for sample, array, pair, predicted, score in zip(chunk, arrays, maps, top1.tolist(), probs.max(1).values.tolist()):
+                top1_map, gt_map = (upsample_map(m, array.shape[:2]) for m in normalise_for_size(pair, array.shape[:2]))
+                scores.add(sample.file, sample.label, sample.boxes, predicted, score, top1_map, gt_map)
+            if progress:
+                progress(len(scores.rows), len(samples))
     metrics = scores.metrics()
     metrics["refined"] = guide is not None  # a guide map comes only where the model has one
     metrics["method"] = method

@@ -16,6 +16,7 @@ from .data import load_image
 from .extractor import FeatureExtractor, ModeGuard
 from .methods import check_method, gradient_maps
 from .models import CamModel
+from .runtime import torch_yields_threads
 
 # The paper's setting: the model's own input size, no augmentation, 20% of the max, largest region.
 PLAIN = {"input_size": None, "flip": False, "refine": False, "threshold": 0.2}
@@ -109,7 +110,8 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
                    flip: bool = RECOMMENDED["flip"], refine: bool = RECOMMENDED["refine"],
                    batch_size: int | None = None, method: str = "auto") -> list[Result]:
     """`localize` for many images, run through the network `batch_size` at a time
-    (default: `inference_batch_size`)."""
+    (default: `inference_batch_size`). On a compiled runtime, PyTorch's own ops (resizing, maps,
+    boxes) run on one thread meanwhile (`cam.runtime.torch_yields_threads`)."""
     if not isinstance(model, CamModel):
         raise TypeError(f"model must be a CamModel from cam.load_model, got {type(model).__name__}")
     topk = _check_topk(topk, len(model.class_names))
@@ -117,6 +119,11 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
     threshold = check_threshold(threshold)
     size = check_input_size(input_size, model)
     batch_size = batch_size or inference_batch_size(model, size)
+    with torch_yields_threads() if model.runner is not None and method == "cam" else contextlib.nullcontext():
+        return _localize_batches(model, images, topk, threshold, all_regions, size, flip, refine, batch_size, method)
+
+
+def _localize_batches(model, images, topk, threshold, all_regions, size, flip, refine, batch_size, method) -> list[Result]:
     results = []
     for start in range(0, len(images), batch_size):
         arrays = [load_image(im) for im in images[start:start + batch_size]]

@@ -2,10 +2,12 @@
 and batch, a disk cache, safe under threads, and PyTorch where it cannot run."""
 
 import logging
+import sys
 import threading
 
 import numpy as np
 import pytest
+import torch
 
 import cam
 import cam.runtime
@@ -13,6 +15,7 @@ import cam.runtime
 from .conftest import EXAMPLES
 
 pytest.importorskip("openvino")
+THREADS = torch.get_num_threads()
 PHOTOS = [EXAMPLES / name for name in ("chelsea.png", "coffee.png", "rocket.jpg")]
 
 
@@ -70,6 +73,43 @@ def test_concurrent_requests_get_their_own_answers(compiled, default_model):
     for t in threads:
         t.join()
     assert not errors and seen == {k: {v} for k, v in expected.items()}
+
+
+def test_pytorch_runs_on_one_thread_during_a_compiled_call_and_gets_its_threads_back(compiled, monkeypatch):
+    seen = []
+    real_runner = compiled.runner
+    monkeypatch.setattr(compiled, "runner", lambda x: seen.append(torch.get_num_threads()) or real_runner(x))
+    cam.localize(compiled, PHOTOS[0], topk=1)
+    assert seen == [1] and torch.get_num_threads() == THREADS
+    cam.localize(compiled, PHOTOS[0], topk=1, method="gradcam")  # PyTorch's own network: all its threads
+    assert seen == [1] and torch.get_num_threads() == THREADS
+
+    def failing(*args):
+        raise MemoryError("out of memory")
+
+    monkeypatch.setattr(sys.modules["cam.localize"], "boxes_of_maps", failing)  # after the compiled call
+    with pytest.raises(MemoryError):
+        cam.localize(compiled, PHOTOS[0])
+    assert torch.get_num_threads() == THREADS  # also after an error
+
+
+def test_only_the_calling_thread_yields_its_threads():
+    entered, leave, inside = threading.Event(), threading.Event(), []
+
+    def hold():
+        with cam.runtime.torch_yields_threads():
+            inside.append(torch.get_num_threads())
+            entered.set()
+            leave.wait(10)
+        inside.append(torch.get_num_threads())
+
+    other = threading.Thread(target=hold)
+    other.start()
+    entered.wait(10)
+    assert torch.get_num_threads() == THREADS  # this thread keeps its own
+    leave.set()
+    other.join()
+    assert inside == [1, THREADS]
 
 
 def test_gradient_methods_run_on_pytorch(compiled):
