@@ -1,6 +1,7 @@
 """Round trips of the live app's /localize against Gradio's own transport cost; prints JSON.
 
     python benchmarks/app_load.py [--repeats 20] [--clients 8] [--requests 10] [--soak-seconds 0]
+        [--runtime auto|torch|openvino]
 
 Starts the real app (`python app.py`) on a free loopback port and, in this process, a do-nothing
 Gradio app with the same inputs and outputs that returns the input photo in every image slot.
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--soak-seconds", type=float, default=0)
     parser.add_argument("--cache-ttl", type=int, default=60,
                         help="seconds the app keeps result files (CAM_CACHE_TTL; the app's own default is 3600)")
+    parser.add_argument("--runtime", default="auto", help="what runs the app's networks (its CAM_RUNTIME)")
     parser.add_argument("--train-from-dev", help="during the soak, run one fine-tuning job (mode full) on the "
                         "3-class set benchmarks/finetune.py builds from this ImageNet folder")
     args = parser.parse_args()
@@ -117,7 +119,7 @@ def main() -> None:
     app = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env={**os.environ, "CAM_CHECKPOINTS": checkpoints, "GRADIO_TEMP_DIR": str(app_temp),
-                                "CAM_CACHE_TTL": str(args.cache_ttl)})
+                                "CAM_CACHE_TTL": str(args.cache_ttl), "CAM_RUNTIME": args.runtime})
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_until_up(url)
@@ -131,7 +133,7 @@ def main() -> None:
         null_client = Client(f"http://127.0.0.1:{null_port}/", verbose=False, download_files=downloads)
         null_client.predict(*arguments, api_name="/localize")
 
-        model = cam.load_model("default", device="cpu")
+        model = cam.load_model("default", device="cpu", runtime=args.runtime)
         times = {"app": [], "do_nothing": [], "library_localize": []}
         for _ in range(args.repeats):  # interleaved, so noise hits all three alike
             for name, call in (("app", lambda: client.predict(*arguments, api_name="/localize")),
@@ -179,7 +181,7 @@ def main() -> None:
         rss_start = process.memory_info().rss / 2**20
         concurrent = [burst(None) for _ in range(3)]  # repeated: memory must stay flat
         report = {
-            "photo": "coffee.png resized to 1225x816 JPEG",
+            "photo": "coffee.png resized to 1225x816 JPEG", "runtime": args.runtime,
             "cold_start_s": round(cold_start, 2),
             "single_client": single,
             "ratio_app_to_do_nothing_p50": round(single["app"]["p50_ms"] / single["do_nothing"]["p50_ms"], 2),

@@ -30,6 +30,7 @@ from .data import MAX_ARCHIVE_FILES, load_image, private_temp_folder, remove_orp
 from .export import read_log
 from .localize import RECOMMENDED, Result, localize
 from .models import DEFAULT_SPEC, CamModel, check_hub_spec, load_model
+from .runtime import check_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = Path(os.environ.get("CAM_CHECKPOINTS", ROOT / "checkpoints"))
@@ -50,12 +51,15 @@ class ModelCache:
     Menu choices are 'default' and the names of complete checkpoint folders under `checkpoints`,
     kept once loaded. A typed 'timm:NAME' or 'torchvision:NAME' loads with its hub weights (where
     the machine reaches the hub, as on Spaces) into a small LRU of `hub_models`, since a visitor
-    can name any of hundreds. Anything else, a path included, is refused.
+    can name any of hundreds. Anything else, a path included, is refused. Models load on `runtime`
+    (default: the CAM_RUNTIME environment variable, else "auto").
     """
 
-    def __init__(self, checkpoints: Path = CHECKPOINTS, device: str | None = None, hub_models: int = 2):
+    def __init__(self, checkpoints: Path = CHECKPOINTS, device: str | None = None, hub_models: int = 2,
+                 runtime: str | None = None):
         self.checkpoints = Path(checkpoints)
         self.device = device
+        self.runtime = check_runtime(runtime or os.environ.get("CAM_RUNTIME", "auto"))  # what runs the networks
         self.hub_models = hub_models
         self._models: collections.OrderedDict[tuple[str, int], CamModel] = collections.OrderedDict()
         self._lock = threading.Lock()  # guards the dict
@@ -81,13 +85,13 @@ class ModelCache:
                 if key in self._models:
                     return self._models[key]
             if choice == DEFAULT_SPEC:
-                model = load_model(DEFAULT_SPEC, device=self.device)
+                model = load_model(DEFAULT_SPEC, device=self.device, runtime=self.runtime)
             elif listed:
-                model = load_model(str(self.checkpoints / choice), device=self.device)
+                model = load_model(str(self.checkpoints / choice), device=self.device, runtime=self.runtime)
             else:
                 check_hub_spec(choice)
                 _check_reachable(HUB_HOSTS[choice.partition(":")[0]], choice)
-                model = load_model(choice, pretrained=True, device=self.device)
+                model = load_model(choice, pretrained=True, device=self.device, runtime=self.runtime)
             with self._lock:
                 for old in [k for k in self._models if k[0] == choice]:  # a checkpoint since written again
                     del self._models[old]

@@ -172,3 +172,12 @@ def test_a_checkpoint_written_again_under_its_name_is_loaded_afresh(tmp_path):
     os.utime(second / "model.safetensors", ns=(1, 1))  # another modification time than the first's
     second.rename(first)  # the same name as the deleted one, as a new training in the same minute
     assert cache.get(first.name).class_names[0] == "kind 0"
+
+
+def test_the_model_cache_loads_on_the_runtime_it_is_given(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("CAM_RUNTIME", "torch")  # how a server's operator picks it
+    assert ModelCache(tmp_path / "c").get("default").runtime == "torch"
+    with pytest.raises(ValueError, match="runtime must be one of auto, torch, openvino"):
+        ModelCache(tmp_path / "c", runtime="fastest")
