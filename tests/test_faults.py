@@ -127,7 +127,7 @@ def test_typed_hub_models_are_checked_first_and_kept_in_a_small_lru(tmp_path, mo
         cache.get("../etc")
     loads = []
 
-    def fake_load(spec, pretrained=True, device=None):  # the hub is not reachable from tests: tiny random models
+    def fake_load(spec, pretrained=True, device=None, runtime="auto"):  # the hub is not reachable from tests: tiny models
         loads.append(spec)
         return cam.load_model("timm:test_resnet", pretrained=False, device="cpu")
 
