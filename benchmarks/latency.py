@@ -187,8 +187,9 @@ def main() -> None:
 
     compiled = cam.load_model("default", device="cpu", runtime="openvino")
 
-    def bare_openvino():  # preprocessing + the compiled network (logits, feature map and guide map out)
-        compiled.runner(preprocess(compiled, [photo], compiled.input_size))
+    def bare_openvino():  # preprocessing + the compiled network (logits, feature map and guide map out), as localize runs them
+        with cam.runtime.torch_yields_threads():
+            compiled.runner(preprocess(compiled, [photo], compiled.input_size))
 
     def ours_openvino():
         cam.localize(compiled, photo, topk=args.topk, **plain)
@@ -200,7 +201,8 @@ def main() -> None:
     onnx.runtime, onnx.runner = "onnxruntime", OnnxRuntimeRunner(onnx, Path(tempfile.mkdtemp(prefix="bench-onnx-")))
 
     def bare_onnxruntime():
-        onnx.runner(preprocess(onnx, [photo], onnx.input_size))
+        with cam.runtime.torch_yields_threads():
+            onnx.runner(preprocess(onnx, [photo], onnx.input_size))
 
     def ours_onnxruntime():
         cam.localize(onnx, photo, topk=args.topk, **plain)
