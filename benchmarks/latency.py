@@ -51,8 +51,8 @@ def photo_of(path: Path, megapixels: float) -> np.ndarray:
 class OnnxRuntimeRunner:
     """`runner(batch) -> (logits, features, guide)` from ONNX Runtime, one session per input size."""
 
-    def __init__(self, model, folder: Path):
-        self.model, self.folder, self.sessions = model, folder, {}
+    def __init__(self, model):
+        self.model, self.sessions = model, {}
 
     def __call__(self, batch: torch.Tensor):
         import onnxruntime as ort
@@ -61,8 +61,9 @@ class OnnxRuntimeRunner:
         if size not in self.sessions:
             options = ort.SessionOptions()
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            path = cam.runtime.export_onnx(self.model, size, self.folder / f"{size[0]}x{size[1]}.onnx")
-            self.sessions[size] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            with tempfile.TemporaryDirectory(prefix="bench-onnx-") as scratch:  # the session keeps the model in memory
+                path = cam.runtime.export_onnx(self.model, size, Path(scratch) / "model.onnx")
+                self.sessions[size] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return tuple(torch.from_numpy(v) for v in self.sessions[size].run(None, {"x": batch.numpy()}))
 
 
@@ -185,41 +186,27 @@ def main() -> None:
     def ours_gradcam():  # our Grad-CAM: one forward and one backward batched over the 5 classes, with boxes
         return cam.localize(model, photo, topk=args.topk, method="gradcam", **plain)
 
+    def compiled_rows(runner_model, runtime: str) -> dict:
+        """The bare and `localize` rows of a compiled runtime."""
+        def bare_compiled():  # preprocessing + the compiled network (logits, features, guide out), as localize runs them
+            with cam.runtime.torch_yields_threads():
+                runner_model.runner(preprocess(runner_model, [photo], runner_model.input_size))
+
+        return {f"bare_model_{runtime}": bare_compiled,
+                f"localize_top5_{runtime}": lambda: cam.localize(runner_model, photo, topk=args.topk, **plain),
+                f"localize_top5_recommended_288px_refined_{runtime}": lambda: cam.localize(runner_model, photo,
+                                                                                             topk=args.topk)}
+
     compiled = cam.load_model("default", device="cpu", runtime="openvino")
-
-    def bare_openvino():  # preprocessing + the compiled network (logits, feature map and guide map out), as localize runs them
-        with cam.runtime.torch_yields_threads():
-            compiled.runner(preprocess(compiled, [photo], compiled.input_size))
-
-    def ours_openvino():
-        cam.localize(compiled, photo, topk=args.topk, **plain)
-
-    def ours_recommended_openvino():
-        cam.localize(compiled, photo, topk=args.topk)
-
     onnx = cam.load_model("default", device="cpu", runtime="torch")
-    onnx.runtime, onnx.runner = "onnxruntime", OnnxRuntimeRunner(onnx, Path(tempfile.mkdtemp(prefix="bench-onnx-")))
-
-    def bare_onnxruntime():
-        with cam.runtime.torch_yields_threads():
-            onnx.runner(preprocess(onnx, [photo], onnx.input_size))
-
-    def ours_onnxruntime():
-        cam.localize(onnx, photo, topk=args.topk, **plain)
-
-    def ours_recommended_onnxruntime():
-        cam.localize(onnx, photo, topk=args.topk)
-
+    onnx.runtime, onnx.runner = "onnxruntime", OnnxRuntimeRunner(onnx)
     methods = {"bare_model": bare, "bare_model_contiguous_weights": bare_contiguous, "localize_top5": ours,
                "localize_top5_all_maps_read": ours_all_maps_read, "maps_only_top5": ours_maps_only,
                "localize_top5_rendered": ours_rendered, "localize_top5_refined": ours_refined,
                "localize_top5_recommended_288px_refined": ours_recommended, "torchcam_cam_top5": torchcam_cam,
                "torchcam_cam_top5_our_upsampling": torchcam_cam_our_upsampling, "gradcam_top5": gradcam,
-               "localize_gradcam_top5": ours_gradcam, "bare_model_openvino": bare_openvino,
-               "localize_top5_openvino": ours_openvino,
-               "localize_top5_recommended_288px_refined_openvino": ours_recommended_openvino,
-               "bare_model_onnxruntime": bare_onnxruntime, "localize_top5_onnxruntime": ours_onnxruntime,
-               "localize_top5_recommended_288px_refined_onnxruntime": ours_recommended_onnxruntime}
+               "localize_gradcam_top5": ours_gradcam, **compiled_rows(compiled, "openvino"),
+               **compiled_rows(onnx, "onnxruntime")}
     for fn in methods.values():  # warm up
         fn()
     times = {name: [] for name in methods}
@@ -231,7 +218,7 @@ def main() -> None:
     median = {name: statistics.median(values) for name, values in times.items()}
     prepared = preprocess(model, [photo], model.input_size)
     back_to_back = {}  # each many times in a row: no other thread pool woken in between
-    for name, fn in (("bare_model", bare), ("bare_model_openvino", bare_openvino),
+    for name, fn in (("bare_model", bare), ("bare_model_openvino", methods["bare_model_openvino"]),
                      ("network_only", lambda: forward_features(model, prepared)),
                      ("network_only_openvino", lambda: compiled.runner(prepared)),
                      ("network_only_onnxruntime", lambda: onnx.runner(prepared))):
