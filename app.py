@@ -291,8 +291,8 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             gr.Markdown(ABOUT)
 
         with gr.Tab("Live"):
-            gr.Markdown(f"Point your webcam at something and press the record button: every frame is localized at "
-                        f"the recommended setting, its top classes boxed over the top class's heatmap (about 10 "
+            gr.Markdown(f"Click the webcam box, allow the camera, point it at something and press Record: every "
+                        f"frame is localized at the recommended setting, its top classes boxed over the top class's heatmap (about 10 "
                         f"frames/s on 2 CPU cores; the newest frame is always the one shown, none wait in a queue). "
                         f"A stream stops after {live_seconds} s, so that the server's {live_streams} live slots "
                         "come back to others; press record again to go on.")
