@@ -294,8 +294,8 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
             gr.Markdown(f"Click the webcam box, allow the camera, point it at something and press Record: every "
                         f"frame is localized at the recommended setting, its top classes boxed over the top class's heatmap (about 10 "
                         f"frames/s on 2 CPU cores; the newest frame is always the one shown, none wait in a queue). "
-                        f"A stream stops after {live_seconds} s, so that the server's {live_streams} live slots "
-                        "come back to others; press record again to go on.")
+                        f"A stream stops after {live_seconds} s, so that the server's live slots ({live_streams}) "
+                        "come back to others; press Record again to go on.")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=280):
                     webcam = LiveInput(label="Webcam", sources=["webcam"], streaming=True, elem_id="webcam")
