@@ -32,7 +32,8 @@ SIZES_KEPT = 4  # compiled input sizes per model
 @contextlib.contextmanager
 def torch_yields_threads():
     """The calling thread's PyTorch ops run on one thread while inside; its count comes back after
-    (PyTorch's OpenMP thread count is the calling thread's own; other threads keep theirs). Around
+    (PyTorch's OpenMP thread count is the calling thread's own; other threads keep theirs, but one
+    whose first parallel op falls inside starts with one thread, PyTorch's default then). Around
     a compiled runtime's calls: OpenVINO's threads and PyTorch's OpenMP threads each spin a while
     after their work, and alternating within a call they slow each other, as OpenVINO's documentation
     warns ("Composability of different threading runtimes", which recommends torch.set_num_threads).
