@@ -159,10 +159,9 @@ def live_frame(cache: ModelCache, choice: str, frame, topk: int = 3, opacity: fl
         image = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)),
                            interpolation=cv2.INTER_AREA)
     result = localize(model, image, topk=min(int(topk), len(model.class_names)))
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(render.heatmap_with_boxes(result, opacity), cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, 80])
+    picture = _jpeg_bytes(render.heatmap_with_boxes(result, opacity), quality=80)
     caption = " · ".join(f"**{p.label}** {p.score:.2f}" for p in result.predictions)
-    return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode("ascii"), caption
+    return "data:image/jpeg;base64," + base64.b64encode(picture).decode("ascii"), caption
 
 
 def _score_table(result: Result) -> list[list]:
@@ -178,11 +177,15 @@ def compare_views(result: Result, folder: Path, name: str, opacity: float = 0.5)
     return _jpeg(picture, folder / f"{name}.jpg"), _score_table(result)
 
 
-def _jpeg(rgb: np.ndarray, path: Path) -> str:
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+def _jpeg_bytes(rgb: np.ndarray, quality: int = 90) -> bytes:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("could not encode the picture")
-    path.write_bytes(data.tobytes())
+    return data.tobytes()
+
+
+def _jpeg(rgb: np.ndarray, path: Path) -> str:
+    path.write_bytes(_jpeg_bytes(rgb))
     return str(path)
 
 

@@ -62,8 +62,8 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
     augmentation, the backbone at a tenth of the learning rate. The best validation epoch is kept
     and written atomically to `out/experiment_YYYY-MM-DD_HH_MM[_N]`. Images are seen at
     `input_size` (default: `DEFAULT_INPUT_SIZE` of the mode), which becomes the checkpoint's own
-    input size. `progress(dict)` receives
-    stage, epoch, step, loss and accuracy; setting `cancel` stops the run without a checkpoint.
+    input size. `progress(dict)` receives stage, epoch, step, loss and accuracy; setting `cancel`
+    stops the run without a checkpoint.
     """
     if mode not in DEFAULT_EPOCHS:
         raise ValueError(f"mode must be 'head' or 'full', got {mode!r}")
