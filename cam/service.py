@@ -153,11 +153,7 @@ def live_frame(cache: ModelCache, choice: str, frame, topk: int = 3, opacity: fl
     class's heatmap with every box, as a JPEG data URL (a stream of frames writes no file), and a
     caption naming the top classes. Unreadable frames raise the ValueError of `load_image`."""
     model = cache.get(choice)
-    image = load_image(frame)
-    scale = LIVE_SIDE / max(image.shape[:2])
-    if scale < 1:
-        image = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)),
-                           interpolation=cv2.INTER_AREA)
+    image, _ = _shrunk(load_image(frame), LIVE_SIDE)
     result = localize(model, image, topk=min(int(topk), len(model.class_names)))
     picture = _jpeg_bytes(render.heatmap_with_boxes(result, opacity), quality=80)
     caption = " · ".join(f"**{p.label}** {p.score:.2f}" for p in result.predictions)
@@ -195,15 +191,24 @@ def compact(result: Result) -> Result:
     return replace(result, predictions=[replace(p) for p in result.predictions])
 
 
+def _shrunk(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """`image` at most `side` pixels on its longer side (area-averaged; unchanged if already) and
+    the scale it was shrunk by (at most 1)."""
+    scale = min(1.0, side / max(image.shape[:2]))
+    if scale == 1:
+        return image, scale
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
 def _scaled_result(result: Result, side: int) -> Result:
     """A copy of `result` at most `side` pixels on its longer side, for pictures on screen: the
     image shrunk, the maps upsampled from their feature-resolution versions straight to that size,
     the boxes scaled. A 12 MP photo's pictures then encode and travel in a fraction of the time."""
-    scale = side / max(result.width, result.height)
+    image, scale = _shrunk(result.image, side)
     if scale >= 1:
         return result
-    width, height = max(1, round(result.width * scale)), max(1, round(result.height * scale))
-    image = cv2.resize(result.image, (width, height), interpolation=cv2.INTER_AREA)
+    height, width = image.shape[:2]
     sx, sy = width / result.width, height / result.height
 
     def shrink(box):
@@ -284,10 +289,7 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
     def add_to_sheet(record: dict, item) -> None:
         if "error" in record or len(sheet) >= SHEET_PHOTOS:
             return
-        scale = min(1.0, GALLERY_SIDE / max(record["width"], record["height"]))
-        image = load_image(item.path)
-        image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
-                           interpolation=cv2.INTER_AREA)
+        image, scale = _shrunk(load_image(item.path), GALLERY_SIDE)
         shown = [SimpleNamespace(label=p["label"], score=p["score"],
                                  boxes=[tuple(max(round(v * scale), 0) for v in b) for b in p["boxes"]])
                  for p in record["predictions"]]
