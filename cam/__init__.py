@@ -2,10 +2,10 @@
 
 from .boxes import boxes_from_map, iou
 from .data import load_image
-from .localize import PLAIN, RECOMMENDED, Prediction, Result, localize, localize_batch
+from .localize import BEST, PLAIN, PRESETS, RECOMMENDED, Prediction, Result, localize, localize_batch
 from .models import CamModel, load_model
 
 __all__ = [
-    "CamModel", "PLAIN", "Prediction", "RECOMMENDED", "Result", "boxes_from_map", "iou", "load_image",
+    "BEST", "CamModel", "PLAIN", "PRESETS", "Prediction", "RECOMMENDED", "Result", "boxes_from_map", "iou", "load_image",
     "load_model", "localize", "localize_batch",
 ]

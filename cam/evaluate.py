@@ -24,8 +24,9 @@ import torch
 
 from .boxes import boxes_from_map, check_threshold, iou, region_boxes
 from .data import load_image
-from .localize import (RECOMMENDED, check_input_size, class_maps, forward_features, inference_batch_size,
-                       normalise_for_size, preprocess, refine_maps, upsample_map)
+from .localize import (RECOMMENDED, adapt_contrast, check_input_size, class_maps, forward_features,
+                       inference_batch_size, normalise_for_size, preprocess, preset_settings, refine_maps,
+                       upsample_map)
 from .methods import check_method, gradient_maps
 from .models import CamModel
 from .runtime import torch_yields_threads
@@ -118,15 +119,18 @@ class WsolScores:
 def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"],
              input_size: int | None = RECOMMENDED["input_size"], flip: bool = RECOMMENDED["flip"],
              refine: bool = RECOMMENDED["refine"], batch_size: int | None = None,
-             progress=None, method: str = "auto") -> tuple[dict, list[dict]]:
+             progress=None, method: str = "auto", adapt: bool = RECOMMENDED["adapt"],
+             quality: str | None = None) -> tuple[dict, list[dict]]:
     """Evaluate `model` on `folder`; returns (metrics, per-image rows).
 
     `progress(done, total)` is called after each batch (`batch_size` images; default:
     `inference_batch_size`). Metrics are fractions in [0, 1]; the
     `curve` entry holds GT-known box accuracy for every threshold and IoU level (for plotting).
-    Maps are made as `localize` makes them (`refine` applies when the model has a guide layer), by
-    `method` (`cam.methods`); on a compiled runtime PyTorch's own ops run on one thread meanwhile.
+    Maps are made as `localize` makes them (`refine` applies when the model has a guide layer, `adapt`
+    and `quality` as there), by `method` (`cam.methods`); on a compiled runtime PyTorch's own ops run
+    on one thread meanwhile.
     """
+    input_size, flip, refine, adapt = preset_settings(quality, input_size, flip, refine, adapt)
     method = check_method(method, model)
     scores = WsolScores(threshold)
     size = check_input_size(input_size, model)
@@ -153,7 +157,7 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
             else:
                 logits, _, maps, guide = gradient_maps(model, batch, pairs, method, flip, refine)
                 maps = maps if guide is None else refine_maps(maps, guide)
-            maps = maps.cpu().numpy()
+            maps = (adapt_contrast(maps) if adapt else maps).cpu().numpy()
             probs = logits.softmax(1)
             top1 = probs.argmax(1)
             for sample, array, pair, predicted, score in zip(chunk, arrays, maps, top1.tolist(), probs.max(1).values.tolist()):
@@ -163,6 +167,7 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
                 progress(len(scores.rows), len(samples))
     metrics = scores.metrics()
     metrics["refined"] = guide is not None  # a guide map comes only where the model has one
+    metrics["adapted"] = adapt
     metrics["method"] = method
     metrics["ms_per_image"] = (time.perf_counter() - start) * 1000 / len(samples)
     return metrics, scores.rows

@@ -89,6 +89,7 @@ class Settings:
     input_size: int | None = RECOMMENDED["input_size"]
     flip: bool = RECOMMENDED["flip"]
     refine: bool = RECOMMENDED["refine"]
+    adapt: bool = RECOMMENDED["adapt"]
     batch_size: int | None = None  # photos a forward pass (default: `inference_batch_size`)
     method: str = "auto"  # map maker (`cam.methods`)
 
@@ -200,7 +201,7 @@ def _label_decoded(model: CamModel, decoded, settings: Settings) -> list[tuple[s
     results = iter(localize_batch(model, arrays, topk=settings.topk, threshold=settings.threshold,
                                   all_regions=settings.all_regions, input_size=settings.input_size,
                                   flip=settings.flip, refine=settings.refine, batch_size=len(arrays) or 1,
-                                  method=settings.method)
+                                  method=settings.method, adapt=settings.adapt)
                    if arrays else [])
     lines = []
     for item, value in decoded:

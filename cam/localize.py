@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -19,10 +20,15 @@ from .models import CamModel
 from .runtime import torch_yields_threads
 
 # The paper's setting: the model's own input size, no augmentation, 20% of the max, largest region.
-PLAIN = {"input_size": None, "flip": False, "refine": False, "threshold": 0.2}
+PLAIN = {"input_size": None, "flip": False, "refine": False, "adapt": False, "threshold": 0.2}
 # The recommended setting, chosen on the whole dev set as one setting for all images (README,
 # "Localization quality"): a 288-pixel input (9x9 maps instead of 7x7), refined by feature affinity.
-RECOMMENDED = {"input_size": 288, "flip": False, "refine": True, "threshold": 0.2}
+RECOMMENDED = {"input_size": 288, "flip": False, "refine": True, "adapt": False, "threshold": 0.2}
+# The best setting: the recommended one averaged with the mirror image, each map's contrast adapted
+# (`adapt_contrast`); on a compiled runtime it takes less time than the recommended one on PyTorch.
+BEST = {"input_size": 288, "flip": True, "refine": True, "adapt": True, "threshold": 0.2}
+PRESETS = {"plain": PLAIN, "recommended": RECOMMENDED, "best": BEST}  # `quality=`'s names
+ADAPTED_HALF_MEAN = 0.04  # where `adapt_contrast` takes half a map's mean: a 0.2 cut then falls at sqrt(mean / 2)
 MAX_TOPK = 1000
 BAND_PIXELS = 1 << 21  # upsampled maps are made in bands of 8 MB of float32, which stay in the last-level cache
 
@@ -60,6 +66,7 @@ class Result:
     threshold: float = 0.2
     all_regions: bool = False
     refined: bool = False  # maps refined by feature affinity (`refine_maps`): no longer exact CAMs
+    adapted: bool = False  # each map's contrast adapted to its spread (`adapt_contrast`)
     method: str = "cam"  # which map maker ran (`cam.methods.METHODS`)
     runtime: str = "torch"  # what ran the network (`CamModel.runtime`; gradient methods: always torch)
 
@@ -74,7 +81,8 @@ class Result:
     def to_dict(self) -> dict:
         """Everything but the arrays, JSON-ready."""
         return {"model": self.model, "width": self.width, "height": self.height, "threshold": self.threshold,
-                "all_regions": self.all_regions, "refined": self.refined, "method": self.method,
+                "all_regions": self.all_regions, "refined": self.refined, "adapted": self.adapted,
+                "method": self.method,
                 "runtime": self.runtime,
                 "predictions": [p.to_dict() for p in self.predictions]}
 
@@ -89,7 +97,8 @@ class Result:
 
 def localize(model: CamModel, image, topk: int = 5, threshold: float = RECOMMENDED["threshold"],
              all_regions: bool = False, input_size: int | None = RECOMMENDED["input_size"],
-             flip: bool = RECOMMENDED["flip"], refine: bool = RECOMMENDED["refine"], method: str = "auto") -> Result:
+             flip: bool = RECOMMENDED["flip"], refine: bool = RECOMMENDED["refine"], method: str = "auto",
+             adapt: bool = RECOMMENDED["adapt"], quality: str | None = None) -> Result:
     """Classify `image` (path, PIL image or HxWx3 uint8) and localize its top-k classes.
 
     One forward pass gives the logits and the feature map; the maps of all top-k classes come from
@@ -97,33 +106,50 @@ def localize(model: CamModel, image, topk: int = 5, threshold: float = RECOMMEND
     to [0, 1] and boxed by `threshold` (fraction of the max). `input_size` overrides the model's
     square input side; `flip` averages the maps of the image and its mirror image; `refine` spreads
     each map over the pixels whose finer features look alike (`refine_maps`; `Result.refined` says
-    whether it was applied: a model without a finer stage keeps its exact CAMs). `method` picks the
-    map maker: "cam", or "gradcam", "gradcam++", "layercam" (one backward pass more, `cam.methods`);
-    "auto" is CAM where it is exact (`CamModel.cam_exact`), Grad-CAM elsewhere. `Result.method` says
-    which ran.
+    whether it was applied: a model without a finer stage keeps its exact CAMs). `adapt` adapts each
+    map's contrast to its spread (`adapt_contrast`). `method` picks the map maker: "cam", or
+    "gradcam", "gradcam++", "layercam" (one backward pass more, `cam.methods`); "auto" is CAM where
+    it is exact (`CamModel.cam_exact`), Grad-CAM elsewhere. `Result.method` says which ran.
+    `quality` names a preset ("plain", "recommended", "best"; `PRESETS`) whose input size, flip,
+    refine and adapt replace those arguments (README, "Localization quality").
     """
-    return localize_batch(model, [image], topk, threshold, all_regions, input_size, flip, refine, method=method)[0]
+    return localize_batch(model, [image], topk, threshold, all_regions, input_size, flip, refine, method=method,
+                          adapt=adapt, quality=quality)[0]
 
 
 def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RECOMMENDED["threshold"],
                    all_regions: bool = False, input_size: int | None = RECOMMENDED["input_size"],
                    flip: bool = RECOMMENDED["flip"], refine: bool = RECOMMENDED["refine"],
-                   batch_size: int | None = None, method: str = "auto") -> list[Result]:
+                   batch_size: int | None = None, method: str = "auto", adapt: bool = RECOMMENDED["adapt"],
+                   quality: str | None = None) -> list[Result]:
     """`localize` for many images, run through the network `batch_size` at a time
     (default: `inference_batch_size`). On a compiled runtime, PyTorch's own ops (resizing, maps,
     boxes) run on one thread meanwhile (`cam.runtime.torch_yields_threads`)."""
     if not isinstance(model, CamModel):
         raise TypeError(f"model must be a CamModel from cam.load_model, got {type(model).__name__}")
+    input_size, flip, refine, adapt = preset_settings(quality, input_size, flip, refine, adapt)
     topk = _check_topk(topk, len(model.class_names))
     method = check_method(method, model)
     threshold = check_threshold(threshold)
     size = check_input_size(input_size, model)
     batch_size = batch_size or inference_batch_size(model, size)
     with torch_yields_threads() if model.runner is not None and method == "cam" else contextlib.nullcontext():
-        return _localize_batches(model, images, topk, threshold, all_regions, size, flip, refine, batch_size, method)
+        return _localize_batches(model, images, topk, threshold, all_regions, size, flip, refine, adapt, batch_size,
+                                 method)
 
 
-def _localize_batches(model, images, topk, threshold, all_regions, size, flip, refine, batch_size, method) -> list[Result]:
+def preset_settings(quality: str | None, input_size, flip: bool, refine: bool, adapt: bool) -> tuple:
+    """(input_size, flip, refine, adapt): those given, or with `quality` the preset's of that name."""
+    if quality is None:
+        return input_size, bool(flip), bool(refine), bool(adapt)
+    if quality not in PRESETS:
+        raise ValueError(f"quality must be one of {', '.join(PRESETS)} (or None), got {quality!r}")
+    preset = PRESETS[quality]
+    return preset["input_size"], preset["flip"], preset["refine"], preset["adapt"]
+
+
+def _localize_batches(model, images, topk, threshold, all_regions, size, flip, refine, adapt, batch_size,
+                      method) -> list[Result]:
     results = []
     for start in range(0, len(images), batch_size):
         arrays = [load_image(im) for im in images[start:start + batch_size]]
@@ -131,19 +157,20 @@ def _localize_batches(model, images, topk, threshold, all_regions, size, flip, r
         if method == "cam":
             logits, features, guide = forward_features(model, batch, flip, refine)
             scores, indices = logits.softmax(1).topk(topk, dim=1)
-            small = class_maps(model, features, indices, guide).cpu().numpy()
+            small = class_maps(model, features, indices, guide)
         else:
             logits, indices, maps, guide = gradient_maps(model, batch, lambda z: z.topk(topk, dim=1).indices, method,
                                                          flip, refine)
             scores = logits.softmax(1).gather(1, indices)
-            small = (maps if guide is None else refine_maps(maps, guide)).cpu().numpy()
+            small = maps if guide is None else refine_maps(maps, guide)
+        small = (adapt_contrast(small) if adapt else small).cpu().numpy()
         for i, array in enumerate(arrays):
             maps = normalise_for_size(small[i], array.shape[:2])
             boxes = boxes_of_maps(maps, array.shape[:2], threshold, all_regions)
             predictions = [Prediction(int(c), model.class_names[int(c)], float(s), b, m, array.shape[:2])
                            for c, s, b, m in zip(indices[i].tolist(), scores[i].tolist(), boxes, maps)]
             results.append(Result(predictions, array, model.spec, threshold, bool(all_regions), guide is not None,
-                                  method, model.runtime if method == "cam" else "torch"))
+                                  adapt, method, model.runtime if method == "cam" else "torch"))
     return results
 
 
@@ -258,6 +285,21 @@ def refine_maps(maps: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         span = high - low
         scaled = torch.where(span > 1e-12, (refined - low) / span.clamp(min=1e-12), torch.zeros_like(refined))
         return scaled.square().view(*maps.shape[:2], height, width)
+
+
+def adapt_contrast(maps: torch.Tensor) -> torch.Tensor:
+    """Each (..., h, w) map min-max normalised, then raised to the power that takes half its mean to
+    `ADAPTED_HALF_MEAN`, 0.04: a 20% threshold then cuts it at sqrt(mean / 2), the geometric mean of its
+    peak and half its mean, instead of at 20% of its peak, so a map spread wide is cut higher and a
+    peaked one lower. The order of its pixels is kept; a flat map becomes all zeros. On the dev set,
+    with flip: MaxBoxAccV2 0.719 -> 0.735 (README, "Localization quality")."""
+    with torch.inference_mode():
+        maps = maps.float()
+        low, high = maps.amin((-2, -1), keepdim=True), maps.amax((-2, -1), keepdim=True)
+        span = high - low
+        scaled = torch.where(span > 1e-12, (maps - low) / span.clamp(min=1e-12), torch.zeros_like(maps))
+        half_mean = (scaled.mean((-2, -1), keepdim=True) / 2).clamp(1e-3, 0.999)
+        return scaled.pow(math.log(ADAPTED_HALF_MEAN) / half_mean.log())
 
 
 def upsample_map(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:

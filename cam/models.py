@@ -130,13 +130,16 @@ def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | 
     models and checkpoints always carry their weights. `device` defaults to CUDA when present.
     `runtime` runs CAM's forward passes: "torch", "openvino" (OpenVINO's compiled CPU runtime, float32)
     or "auto" (OpenVINO on a CPU where it is installed, else PyTorch); `model.runtime` says which.
-    Gradient methods and training always run on PyTorch.
+    Gradient methods and training always run on PyTorch. On glibc, the first call fixes malloc's
+    thresholds for the process (`cam.runtime.steady_allocator`), which keeps forward passes from
+    running 1.7x slower in some processes than in others.
     """
-    from .runtime import check_runtime, openvino_available
+    from .runtime import check_runtime, openvino_available, steady_allocator
 
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"spec must be a string or path, got {type(spec).__name__}")
     check_runtime(runtime)
+    steady_allocator()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if runtime == "openvino" and (device.type != "cpu" or not openvino_available()):
         raise ValueError("runtime 'openvino' runs on the CPU and needs the openvino and onnx packages "

@@ -84,8 +84,9 @@ METHOD_NAMES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", 
 
 
 def method_name(result: Result) -> str:
-    """How captions name the maker of a Result's maps, e.g. 'Grad-CAM, refined'."""
-    return METHOD_NAMES.get(result.method, result.method) + (", refined" if result.refined else "")
+    """How captions name the maker of a Result's maps, e.g. 'Grad-CAM, refined' or 'CAM, refined, adapted'."""
+    return (METHOD_NAMES.get(result.method, result.method) + (", refined" if result.refined else "")
+            + (", adapted" if result.adapted else ""))
 
 
 def heatmap_with_boxes(result: Result, opacity: float = 0.5) -> np.ndarray:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import functools
 import importlib.util
 import os
+import platform
 import tempfile
 import threading
 import warnings
@@ -27,6 +30,28 @@ from .extractor import FeatureExtractor
 RUNTIMES = ("auto", "torch", "openvino")
 CACHE = Path(os.environ.get("CAM_RUNTIME_CACHE", Path.home() / ".cache" / "cam-localizer" / "openvino"))
 SIZES_KEPT = 4  # compiled input sizes per model
+MMAP_THRESHOLD = 64 << 20  # blocks from this size up are mapped from the system anew (glibc's default: 128 KB, rising)
+TRIM_THRESHOLD = 256 << 20  # free memory kept at the top of the heap before it goes back to the system
+
+
+@functools.cache
+def steady_allocator() -> bool:
+    """On glibc, fix malloc's thresholds once per process (`MMAP_THRESHOLD`, `TRIM_THRESHOLD`); False elsewhere.
+
+    glibc maps every block over its mmap threshold from the system and unmaps it on free, and moves
+    the threshold as blocks come and go. Which way it has moved decides whether a forward pass's
+    activations (1-30 MB each) reuse freed memory or fault in fresh pages: PyTorch's Lite0 forward
+    of 3 photos at 288 px took 25 or 43 ms from one process to the next, and could switch within a
+    process. With the thresholds fixed it took 25 ms in every process (docs/experiments.md).
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(libc.mallopt(m_trim_threshold, TRIM_THRESHOLD))
 
 
 @contextlib.contextmanager

@@ -121,12 +121,13 @@ def _check_reachable(host: str, choice: str) -> None:
 
 
 def analyze(cache: ModelCache, choice: str, image, topk: int, threshold: float, all_regions: bool,
-            input_size: int | None, flip: bool, refine: bool, method: str = "auto") -> Result:
+            input_size: int | None, flip: bool, refine: bool, method: str = "auto", adapt: bool = False) -> Result:
     """Run the model once on `image` (a path or array) and keep every map for later re-boxing."""
     model = cache.get(choice)
     topk = min(int(topk), len(model.class_names))
     return localize(model, image, topk=topk, threshold=threshold, all_regions=all_regions,
-                    input_size=input_size or None, flip=bool(flip), refine=bool(refine), method=method or "auto")
+                    input_size=input_size or None, flip=bool(flip), refine=bool(refine), method=method or "auto",
+                    adapt=bool(adapt))
 
 
 def views(result: Result, opacity: float, folder: Path):

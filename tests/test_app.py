@@ -108,6 +108,9 @@ def test_api_localize_with_a_gradient_method_names_it(server):
     assert result["method"] == "gradcam" and result["predictions"][0]["label"] == "espresso"
     assert all(tile["caption"].endswith("· Grad-CAM, refined") for tile in gallery)
     assert _localize(client, EXAMPLES / "coffee.png", topk=1)[4]["method"] == "cam"  # auto, the default
+    _, _, gallery, _, result = client.predict(handle_file(str(EXAMPLES / "coffee.png")), "default", 2, 0.2, False, 0.5,
+                                              288, True, True, "auto", True, api_name="/localize")
+    assert result["adapted"] is True and all(tile["caption"].endswith("· CAM, refined, adapted") for tile in gallery)
     with pytest.raises(Exception, match="scorecam is not in the list of choices: .'auto', 'cam', 'gradcam'"):
         client.predict(handle_file(str(EXAMPLES / "coffee.png")), "default", 2, 0.2, False, 0.5, 288, False, True,
                        "scorecam", api_name="/localize")
@@ -199,6 +202,15 @@ def test_browser_example_upload_and_slider(server):
         slider.fill("0.8")
         expect(page.locator("#boxes img")).not_to_have_attribute("src", before)
         page.screenshot(path=str(ARTIFACTS / "localize_threshold.png"), full_page=True)
+
+        # The best quality ticks its options; the captions name them.
+        page.locator("#quality").get_by_text("Best").click()
+        page.get_by_role("button", name=re.compile("^Localization options")).click()
+        expect(page.get_by_label("Average with the mirror image (flip)")).to_be_checked()
+        expect(page.get_by_label(re.compile("Adapt each map's contrast"))).to_be_checked()
+        page.get_by_role("button", name="Localize", exact=True).click()
+        expect(page.locator("#gallery")).to_contain_text("refined, adapted")
+        page.screenshot(path=str(ARTIFACTS / "localize_best.png"), full_page=True)
 
         # Downloads appear once prepared.
         page.get_by_role("button", name="Prepare downloads at full size").click()

@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+import cam
+
 from .conftest import EXAMPLES, ROOT
 
 
@@ -87,6 +89,20 @@ def test_no_refine_and_plain_give_the_exact_cams():
     for flags in (["--no-refine"], ["--plain"]):
         proc = run_cli("localize", str(EXAMPLES / "coffee.png"), "--topk", "1", *flags)
         assert proc.returncode == 0 and json.loads(proc.stdout)["refined"] is False, proc.stderr
+
+
+def test_best_sets_its_options_and_each_flag_still_overrides():
+    from cam.__main__ import _cam_settings, build_parser
+
+    def settings(*flags):
+        return _cam_settings(build_parser().parse_args(["localize", "x.png", *flags]))
+
+    assert settings("--best") == {**cam.BEST, "method": "auto"}
+    assert settings("--best", "--no-adapt", "--input-size", "320") == {**cam.BEST, "adapt": False, "input_size": 320,
+                                                                       "method": "auto"}
+    assert settings()["adapt"] is False and settings("--adapt")["adapt"] is True
+    proc = run_cli("localize", str(EXAMPLES / "coffee.png"), "--plain", "--best")
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
 
 
 def test_bad_parameter_is_one_line():

@@ -84,6 +84,17 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
         evaluate(tiny_model, _dataset(tmp_path / "b", ["x.png,5000,0,0,1,1"]) if (tmp_path / "b").mkdir() is None else None)
 
 
+def test_evaluate_makes_the_maps_of_the_quality_preset(tiny_model, tmp_path, monkeypatch):
+    import cam.evaluate as evaluation
+
+    folder = _dataset(tmp_path, ["x.png,3,0,0,64,64"])
+    adapted = []
+    monkeypatch.setattr(evaluation, "adapt_contrast", lambda maps: adapted.append(maps.shape) or maps)
+    metrics, _ = evaluate(tiny_model, folder, quality="best")
+    assert metrics["adapted"] is True and adapted == [(1, 2, 18, 18)]  # the predicted and the true class, 288 px
+    assert evaluate(tiny_model, folder)[0]["adapted"] is False and len(adapted) == 1
+
+
 def test_cli_evaluate_writes_json_csv_and_plot(tmp_path):
     folder = _dataset(tmp_path, ["x.png,285,0,0,64,64"])
     proc = subprocess.run([sys.executable, "-m", "cam", "evaluate", str(folder), "--per-image", str(tmp_path / "rows.csv"),

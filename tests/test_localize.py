@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import cam
-from cam.boxes import iou
+from cam.boxes import iou, region_boxes
 
 from .conftest import EXAMPLES
 
@@ -56,6 +56,41 @@ def test_refine_spreads_a_map_over_the_pixels_whose_features_look_alike():
     smooth = refine_maps(torch.tensor([[[[0.0, 0.0, 1.0]] * 3]]), ramp)
     assert smooth.shape == (1, 1, 6, 6) and smooth.min() == 0 and smooth.max() == 1
     assert (smooth[0, 0].diff(dim=1) >= 0).all()  # still rising towards the peak
+
+
+def test_adapt_contrast_cuts_a_map_at_the_root_of_half_its_mean():
+    import torch
+
+    from cam.localize import adapt_contrast
+
+    ramp = torch.linspace(-1, 3, 16).view(1, 4, 4)  # min-max normalised: 0, 1/15, ..., 1; mean 0.5
+    adapted = adapt_contrast(torch.stack([ramp, torch.zeros(1, 4, 4), 2 * ramp + 5]))
+    scaled = (ramp - ramp.min()) / (ramp.max() - ramp.min())
+    expected = scaled ** (np.log(0.04) / np.log(0.25))  # half the mean, 0.25, goes to 0.04
+    torch.testing.assert_close(adapted[0], expected, atol=1e-6, rtol=0)
+    assert adapted[0].min() == 0 and adapted[0].max() == 1
+    assert torch.equal(adapted[0].flatten().argsort(), ramp.flatten().argsort())  # the order of the pixels is kept
+    torch.testing.assert_close(adapted[2], adapted[0], atol=1e-6, rtol=0)  # scale and offset do not matter
+    assert not adapted[1].any()  # a flat map stays without a location
+    # the 20% cut of the adapted map is the cut at sqrt(mean / 2) = 0.5 of the normalised one
+    assert cam.boxes_from_map(adapted[0, 0].numpy(), 0.2) == region_boxes(scaled[0].numpy(), 0.5) == [(0, 2, 4, 4)]
+
+    peaked = torch.zeros(1, 5, 5)
+    peaked[0, 2, 2] = 1  # mean 0.04: half of it goes up to 0.04, so the map is flattened, not sharpened
+    assert adapt_contrast(peaked)[0, 2, 2] == 1 and (adapt_contrast(torch.full((1, 5, 5), 0.5) + peaked) >= 0).all()
+
+
+def test_quality_presets_set_the_map_options(tiny_model, photo):
+    best = cam.localize(tiny_model, photo, topk=2, quality="best")
+    explicit = cam.localize(tiny_model, photo, topk=2, input_size=288, flip=True, refine=True, adapt=True)
+    assert best.adapted and best.to_dict()["adapted"] is True and best.refined
+    np.testing.assert_array_equal(best.predictions[0].small_cam, explicit.predictions[0].small_cam)
+    assert [p.boxes for p in best.predictions] == [p.boxes for p in explicit.predictions]
+    plain = cam.localize(tiny_model, photo, topk=2, quality="plain", refine=True, adapt=True)  # the preset wins
+    assert not plain.refined and not plain.adapted and plain.predictions[0].small_cam.shape == (5, 5)  # its own size
+    assert cam.localize(tiny_model, photo, topk=2).to_dict()["adapted"] is False  # the default: recommended
+    with pytest.raises(ValueError, match="quality must be one of plain, recommended, best"):
+        cam.localize(tiny_model, photo, quality="fast")
 
 
 def test_refine_off_or_without_a_guide_gives_the_exact_cams(tiny_model, photo):

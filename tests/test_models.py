@@ -1,3 +1,5 @@
+import ctypes
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -5,6 +7,7 @@ import pytest
 import torch
 
 import cam
+import cam.runtime
 from cam.localize import class_maps, forward_features, preprocess
 
 EXACT = [
@@ -157,3 +160,17 @@ def test_preprocessing_matches_pillows_resize_within_one_grey_level(default_mode
             difference = np.abs(grey_levels(preprocess(model, [big], side)) - pillow)
             # torch's fixed-point filter rounds a little differently from Pillow's
             assert difference.max() <= 1 and difference.mean() <= 0.05, (interpolation, width, height)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="fixes glibc's malloc only")
+def test_after_load_model_large_blocks_come_from_the_heap(tiny_model):
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = Mallinfo2
+    assert cam.runtime.steady_allocator() is True  # done once, by load_model
+    mapped = libc.mallinfo2().hblkhd
+    block = np.ones(4 << 20)  # 32 MB: mapped apart by glibc's default thresholds, and unmapped on free
+    assert libc.mallinfo2().hblkhd == mapped and block.sum() == 4 << 20
