@@ -39,7 +39,7 @@ By default each map is then refined: every pixel of the finer feature map one st
 the map's mean weighted by how alike its features are, which sharpens the boxes (MaxBoxAccV2 0.63
 -> 0.71 on ImageNet photos); untick it under "Localization options" for the paper's exact CAM.
 The "best" quality adds the mirror image and adapts each map's contrast to its spread, so that the
-box is cut relative to the map's mean rather than its peak (MaxBoxAccV2 0.735, top-1 loc 0.62).
+box is cut relative to the map's mean rather than its peak (MaxBoxAccV2 0.740, top-1 loc 0.621).
 Moving the threshold or opacity sliders re-draws from the kept maps, without running the network.
 For heads where CAM is not exact (ViT, Swin, ConvNeXt, MobileNetV3, VGG: type e.g. `timm:convnext_tiny`
 in the model menu, where the server reaches the model hub) the maps are Grad-CAM's, or Grad-CAM++'s

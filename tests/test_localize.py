@@ -58,7 +58,7 @@ def test_refine_spreads_a_map_over_the_pixels_whose_features_look_alike():
     assert (smooth[0, 0].diff(dim=1) >= 0).all()  # still rising towards the peak
 
 
-def test_adapt_contrast_cuts_a_map_at_the_root_of_half_its_mean():
+def test_adapt_contrast_cuts_a_map_relative_to_its_mean():
     import torch
 
     from cam.localize import adapt_contrast
@@ -66,18 +66,22 @@ def test_adapt_contrast_cuts_a_map_at_the_root_of_half_its_mean():
     ramp = torch.linspace(-1, 3, 16).view(1, 4, 4)  # min-max normalised: 0, 1/15, ..., 1; mean 0.5
     adapted = adapt_contrast(torch.stack([ramp, torch.zeros(1, 4, 4), 2 * ramp + 5]))
     scaled = (ramp - ramp.min()) / (ramp.max() - ramp.min())
-    expected = scaled ** (np.log(0.04) / np.log(0.25))  # half the mean, 0.25, goes to 0.04
+    expected = scaled ** (np.log(0.02) / np.log(0.15))  # 0.3 of the mean, 0.15, goes to 0.02
     torch.testing.assert_close(adapted[0], expected, atol=1e-6, rtol=0)
     assert adapted[0].min() == 0 and adapted[0].max() == 1
     assert torch.equal(adapted[0].flatten().argsort(), ramp.flatten().argsort())  # the order of the pixels is kept
     torch.testing.assert_close(adapted[2], adapted[0], atol=1e-6, rtol=0)  # scale and offset do not matter
     assert not adapted[1].any()  # a flat map stays without a location
-    # the 20% cut of the adapted map is the cut at sqrt(mean / 2) = 0.5 of the normalised one
-    assert cam.boxes_from_map(adapted[0, 0].numpy(), 0.2) == region_boxes(scaled[0].numpy(), 0.5) == [(0, 2, 4, 4)]
+    # the 20% cut of the adapted map is the cut at (0.3 * mean) ** 0.41 = 0.46 of the normalised one
+    cut = 0.15 ** (np.log(0.2) / np.log(0.02))
+    assert cam.boxes_from_map(adapted[0, 0].numpy(), 0.2) == region_boxes(scaled[0].numpy(), cut) == [(0, 1, 4, 4)]
 
-    peaked = torch.zeros(1, 5, 5)
-    peaked[0, 2, 2] = 1  # mean 0.04: half of it goes up to 0.04, so the map is flattened, not sharpened
-    assert adapt_contrast(peaked)[0, 2, 2] == 1 and (adapt_contrast(torch.full((1, 5, 5), 0.5) + peaked) >= 0).all()
+    assert (adapted[0] <= scaled).all()  # 0.15 goes down to 0.02: a map spread wide is sharpened
+    peaked = torch.zeros(1, 4, 4)
+    peaked[0, 0, 0], peaked[0, 1, 1] = 1, 1 / 15  # mean 1 / 15: 0.3 of it is 0.02 already, so the power is 1
+    torch.testing.assert_close(adapt_contrast(peaked), peaked, atol=1e-6, rtol=0)
+    peaked[0, 1, 1] = 0.03  # 0.3 of the mean under 0.02: a peaked map is flattened
+    assert adapt_contrast(peaked)[0, 1, 1] > 0.03 and adapt_contrast(peaked)[0, 0, 0] == 1
 
 
 def test_quality_presets_set_the_map_options(tiny_model, photo):
