@@ -309,16 +309,15 @@ def upsample_map(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     The map is upsampled along its rows first (map @ cols.T, h x W); then each run of output rows
     between the same two of those rows is one product and one sum over the run (`_band`), in bands
-    of rows (`_bands`), on one thread: 0.19 ms for 1 MP, against 0.37 ms for the product with the
+    of rows (`_bands`): on one thread 0.19 ms for 1 MP, against 0.37 ms for the product with the
     full (H, h) weight matrix, whose weights are mostly zeros (docs/experiments.md). The result goes
     into a numpy array: for 12 MP maps numpy's allocator made it 3x faster than a fresh torch tensor.
     """
     interpolators = _interpolators(small, size)
     out = np.empty(size, np.float32)
     target = torch.from_numpy(out)
-    with torch_yields_threads():
-        for start, stop in _bands(*size):
-            _band(interpolators, start, stop, target[start:stop])
+    for start, stop in _bands(*size):
+        _band(interpolators, start, stop, target[start:stop])
     return out
 
 
@@ -344,19 +343,18 @@ def boxes_of_maps(smalls, size: tuple[int, int], threshold: float, all_regions: 
     for small, (top_rows, top_cols) in zip(smalls, _peak_blocks(smalls, size)):
         interpolators = _interpolators(small, size)
         kept, peak = {}, -np.inf
-        with torch_yields_threads():
-            for start, stop in bands:
-                if start < top_rows.stop and top_rows.start < stop:
-                    kept[start] = _band(interpolators, start, stop, buffer(len(kept)))
-                    near = slice(max(top_rows.start - start, 0), top_rows.stop - start)
-                    peak = max(peak, float(kept[start][near, top_cols].max()))
-            if peak <= 0:  # as boxes_from_map: no location (a normalised flat map is all zeros)
-                boxes.append([])
-                continue
-            cutoff = np.float32(threshold * peak)
-            for start, stop in bands:
-                values = kept[start] if start in kept else _band(interpolators, start, stop, buffer(len(kept)))
-                np.greater_equal(values, cutoff, out=mask[start:stop])
+        for start, stop in bands:
+            if start < top_rows.stop and top_rows.start < stop:
+                kept[start] = _band(interpolators, start, stop, buffer(len(kept)))
+                near = slice(max(top_rows.start - start, 0), top_rows.stop - start)
+                peak = max(peak, float(kept[start][near, top_cols].max()))
+        if peak <= 0:  # as boxes_from_map: no location (a normalised flat map is all zeros)
+            boxes.append([])
+            continue
+        cutoff = np.float32(threshold * peak)
+        for start, stop in bands:
+            values = kept[start] if start in kept else _band(interpolators, start, stop, buffer(len(kept)))
+            np.greater_equal(values, cutoff, out=mask[start:stop])
         boxes.append(mask_boxes(mask, all_regions))
     return boxes
 
