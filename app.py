@@ -45,7 +45,7 @@ For heads where CAM is not exact (ViT, Swin, ConvNeXt, MobileNetV3, VGG: type e.
 in the model menu, where the server reaches the model hub) the maps are Grad-CAM's, or Grad-CAM++'s
 or LayerCAM's (under "Localization options"); the captions name the method that made them.
 """
-QUALITIES = [("Recommended", "recommended"), ("Best (about 1.5x the time)", "best"), ("The paper's CAM", "plain")]
+QUALITIES = [("Recommended", "recommended"), ("Best (about 1.4x the time)", "best"), ("The paper's CAM", "plain")]
 INPUT_SIZES = [("288 px (recommended)", 288), ("the model's own (the paper's CAM)", 0), ("320 px", 320), ("384 px", 384)]
 CURVES = {"loss": "training loss", "train_accuracy": "training accuracy", "val_accuracy": "validation accuracy"}
 # Gradio shows nothing when the webcam cannot be had; this wraps the browser's camera request to say why.

@@ -6,6 +6,6 @@ from .localize import BEST, PLAIN, PRESETS, RECOMMENDED, Prediction, Result, loc
 from .models import CamModel, load_model
 
 __all__ = [
-    "BEST", "CamModel", "PLAIN", "PRESETS", "Prediction", "RECOMMENDED", "Result", "boxes_from_map", "iou", "load_image",
-    "load_model", "localize", "localize_batch",
+    "BEST", "CamModel", "PLAIN", "PRESETS", "Prediction", "RECOMMENDED", "Result", "boxes_from_map", "iou",
+    "load_image", "load_model", "localize", "localize_batch",
 ]

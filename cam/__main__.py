@@ -34,7 +34,7 @@ def _add_cam_options(parser: argparse.ArgumentParser) -> None:
                          help="the paper's CAM exactly: model input size, no flip, no refinement, threshold 0.2, "
                               "largest region")
     presets.add_argument("--best", action="store_true",
-                         help="the best localization: input 288, flip, refinement and adapted contrast (about 1.5x "
+                         help="the best localization: input 288, flip, refinement and adapted contrast (about 1.4x "
                               "the default's time; README, 'Localization quality')")
 
 
