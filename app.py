@@ -21,8 +21,8 @@ from cam.methods import METHODS
 from cam.train import DEFAULT_EPOCHS, DEFAULT_LR
 from cam.render import method_name
 from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact, compare_views,
-                         confine_torch_threads, label_collection, limit_malloc_arenas, live_frame,
-                         private_gradio_cache, training_updates, validation_review, views, write_downloads)
+                         label_collection, limit_malloc_arenas, live_frame, private_gradio_cache, training_updates,
+                         validation_review, views, write_downloads)
 
 INTRO = """# Where does the classifier look?
 Upload a photo (or drop, paste, or take one with the webcam), or click an example below. One forward
@@ -438,7 +438,6 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     args = parser.parse_args()
     limit_malloc_arenas()
-    confine_torch_threads()
     private_gradio_cache()
     # A stop request (SIGTERM: what Spaces and process managers send) is handled as Ctrl-C: Gradio
     # closes its server, deleting the files it cached, and the app's own folders go at exit.

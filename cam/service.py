@@ -6,10 +6,8 @@ from __future__ import annotations
 import atexit
 import base64
 import collections
-import concurrent.futures
 import ctypes
 import ctypes.util
-import functools
 import itertools
 import json
 import os
@@ -25,14 +23,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from . import render
 from .boxes import check_threshold
 from .data import MAX_ARCHIVE_FILES, load_image, private_temp_folder, remove_orphaned_temp_folders
 from .export import read_log
 from .localize import RECOMMENDED, Result, localize
-from .methods import check_method
 from .models import DEFAULT_SPEC, CamModel, check_hub_spec, load_model
 from .runtime import check_runtime
 
@@ -124,48 +120,14 @@ def _check_reachable(host: str, choice: str) -> None:
                          "choose 'default' or a fine-tuned checkpoint from the menu") from None
 
 
-INFERENCE_THREADS = torch.get_num_threads()  # PyTorch threads of the inference thread: all, as at import
-_INFERENCE = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cam-inference",
-                                                   initializer=torch.set_num_threads, initargs=(INFERENCE_THREADS,))
-
-
-def on_inference_thread(fn):
-    """`fn` run on the app's one inference thread, which alone runs PyTorch on all cores; the
-    caller waits for its result or error. libgomp gives each thread that runs PyTorch in parallel
-    its own team of OpenMP threads, and once the teams outnumber the cores they sleep between
-    parallel regions instead of spinning: a web server's request threads then ran a forward pass
-    in 1.4-2x its time (docs/experiments.md). See `confine_torch_threads`."""
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        if threading.current_thread().name.startswith("cam-inference"):
-            return fn(*args, **kwargs)
-        return _INFERENCE.submit(fn, *args, **kwargs).result()
-    return run
-
-
-def localize_where_fastest(model: CamModel, image, **options) -> Result:
-    """`localize` on the calling thread where a compiled runtime runs the network (PyTorch's own ops
-    then run on one thread, and concurrent requests overlap), else on the inference thread."""
-    if model.runner is not None and check_method(options.get("method", "auto"), model) == "cam":
-        return localize(model, image, **options)
-    return on_inference_thread(localize)(model, image, **options)
-
-
-def confine_torch_threads() -> None:
-    """PyTorch on one thread in this thread and in every thread started after it (they take its
-    count), so that only the inference thread (`on_inference_thread`) forms a team of OpenMP
-    threads. Called by the app at start, before any request thread exists."""
-    torch.set_num_threads(1)
-
-
 def analyze(cache: ModelCache, choice: str, image, topk: int, threshold: float, all_regions: bool,
             input_size: int | None, flip: bool, refine: bool, method: str = "auto", adapt: bool = False) -> Result:
     """Run the model once on `image` (a path or array) and keep every map for later re-boxing."""
     model = cache.get(choice)
     topk = min(int(topk), len(model.class_names))
-    return localize_where_fastest(model, image, topk=topk, threshold=threshold, all_regions=all_regions,
-                                  input_size=input_size or None, flip=bool(flip), refine=bool(refine),
-                                  method=method or "auto", adapt=bool(adapt))
+    return localize(model, image, topk=topk, threshold=threshold, all_regions=all_regions,
+                    input_size=input_size or None, flip=bool(flip), refine=bool(refine), method=method or "auto",
+                    adapt=bool(adapt))
 
 
 def views(result: Result, opacity: float, folder: Path):
@@ -193,7 +155,7 @@ def live_frame(cache: ModelCache, choice: str, frame, topk: int = 3, opacity: fl
     caption naming the top classes. Unreadable frames raise the ValueError of `load_image`."""
     model = cache.get(choice)
     image, _ = _shrunk(load_image(frame), LIVE_SIDE)
-    result = localize_where_fastest(model, image, topk=min(int(topk), len(model.class_names)))
+    result = localize(model, image, topk=min(int(topk), len(model.class_names)))
     picture = _jpeg_bytes(render.heatmap_with_boxes(result, opacity), quality=80)
     caption = " · ".join(f"**{p.label}** {p.score:.2f}" for p in result.predictions)
     return "data:image/jpeg;base64," + base64.b64encode(picture).decode("ascii"), caption
@@ -384,7 +346,6 @@ def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPO
             job.wait(timeout=30)
 
 
-@on_inference_thread
 def validation_review(cache: ModelCache, choice: str, data, folder: Path, limit: int = SHEET_PHOTOS) -> list:
     """What a fine-tuned checkpoint learned: its validation photos (the split its training made,
     rebuilt from `data`, the same zip or folder) with the new model's heatmap and box, captioned with
