@@ -44,14 +44,19 @@ def steady_allocator() -> bool:
     of 3 photos at 288 px took 25 or 43 ms from one process to the next, and could switch within a
     process. With the thresholds fixed it took 25 ms in every process (docs/experiments.md).
     """
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    return glibc_mallopt(m_mmap_threshold, MMAP_THRESHOLD) and glibc_mallopt(m_trim_threshold, TRIM_THRESHOLD)
+
+
+def glibc_mallopt(parameter: int, value: int) -> bool:
+    """Set one of glibc malloc's parameters (`mallopt`, malloc.h's M_* numbers); False where the C
+    library is not glibc or refuses the value."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        return bool(ctypes.CDLL("libc.so.6").mallopt(parameter, value))
     except OSError:
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(libc.mallopt(m_trim_threshold, TRIM_THRESHOLD))
 
 
 @contextlib.contextmanager

@@ -6,8 +6,6 @@ from __future__ import annotations
 import atexit
 import base64
 import collections
-import ctypes
-import ctypes.util
 import itertools
 import json
 import os
@@ -30,7 +28,7 @@ from .data import MAX_ARCHIVE_FILES, load_image, private_temp_folder, remove_orp
 from .export import read_log
 from .localize import RECOMMENDED, Result, localize
 from .models import DEFAULT_SPEC, CamModel, check_hub_spec, load_model
-from .runtime import check_runtime
+from .runtime import check_runtime, glibc_mallopt
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = Path(os.environ.get("CAM_CHECKPOINTS", ROOT / "checkpoints"))
@@ -406,8 +404,5 @@ def private_gradio_cache() -> None:
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does): with many request threads the
     default of 8 per core lets a server's resident memory creep through fragmentation."""
-    name = ctypes.util.find_library("c")
-    if name and os.environ.get("MALLOC_ARENA_MAX") is None:
-        libc = ctypes.CDLL(name)
-        if hasattr(libc, "mallopt"):
-            libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    if os.environ.get("MALLOC_ARENA_MAX") is None:
+        glibc_mallopt(-8, arenas)  # M_ARENA_MAX
