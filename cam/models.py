@@ -130,7 +130,8 @@ def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | 
     models and checkpoints always carry their weights. `device` defaults to CUDA when present.
     `runtime` runs CAM's forward passes: "torch", "openvino" (OpenVINO's compiled CPU runtime, float32)
     or "auto" (OpenVINO on a CPU where it is installed, else PyTorch); `model.runtime` says which.
-    Gradient methods and training always run on PyTorch. On glibc, the first call fixes malloc's
+    Gradient methods and training always run on PyTorch. On CUDA, loading turns cuDNN's TF32 off for
+    the process, so convolutions run in full float32 as on the CPU. On glibc, the first call fixes malloc's
     thresholds for the process (`cam.runtime.steady_allocator`), which keeps forward passes from
     running 1.7x slower in some processes than in others.
     """
@@ -141,6 +142,10 @@ def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | 
     check_runtime(runtime)
     steady_allocator()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        # cuDNN's default TF32 convolutions moved Lite0's maps by up to 0.5% of their peak on an H200
+        # and a box edge by 29 px; in full float32 the GPU's maps and boxes are the CPU's (tests/test_cuda.py).
+        torch.backends.cudnn.allow_tf32 = False
     if runtime == "openvino" and (device.type != "cpu" or not openvino_available()):
         raise ValueError("runtime 'openvino' runs on the CPU and needs the openvino and onnx packages "
                          "(pip install openvino onnx)"
