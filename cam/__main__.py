@@ -27,6 +27,7 @@ def _add_cam_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino"],
                         help="what runs the network: auto (default: openvino on a CPU where it is installed, else "
                              "torch), torch, or openvino (the compiled CPU runtime)")
+    _add_device_option(parser)
     parser.add_argument("--method", default="auto", choices=["auto", "cam", "gradcam", "gradcam++", "layercam"],
                         help="map maker (default auto: CAM, exact for every model that loads)")
     presets = parser.add_mutually_exclusive_group()
@@ -36,6 +37,11 @@ def _add_cam_options(parser: argparse.ArgumentParser) -> None:
     presets.add_argument("--best", action="store_true",
                          help="the best localization: input 288, flip, refinement and adapted contrast (about 1.4x "
                               "the default's time; README, 'Localization quality')")
+
+
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: cuda where a GPU is present, else cpu)")
 
 
 def _cam_settings(args) -> dict:
@@ -66,7 +72,7 @@ def cmd_localize(args) -> int:
     from .models import load_model
 
     settings = _cam_settings(args)
-    model = load_model(args.model, runtime=args.runtime)
+    model = load_model(args.model, device=args.device, runtime=args.runtime)
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -121,8 +127,7 @@ def cmd_label(args) -> int:
     bar = _progress_bar("label", unit="photos") if sys.stderr.isatty() else None
     summary = label(args.inputs, args.out, model=args.model, settings=settings, formats=args.format,
                     engine=args.engine, ray_address=args.ray_address, ray_cpus_per_worker=args.ray_cpus_per_worker,
-                    runtime=args.runtime,
-                    progress=bar, on_record=lambda record, _: _emit(record))
+                    runtime=args.runtime, device=args.device, progress=bar, on_record=lambda record, _: _emit(record))
     _emit(summary)
     if summary["errors"]:
         _error(f"{summary['errors']} file(s) could not be read: see {Path(args.out) / 'errors.jsonl'}")
@@ -135,7 +140,7 @@ def cmd_evaluate(args) -> int:
     from .models import load_model
 
     settings = _cam_settings(args)
-    model = load_model(args.model, runtime=args.runtime)
+    model = load_model(args.model, device=args.device, runtime=args.runtime)
     metrics, rows = evaluate(model, args.folder, progress=_progress_bar("evaluate"), **settings)
     if args.per_image:
         write_rows(rows, args.per_image)
@@ -160,7 +165,7 @@ def cmd_train(args) -> int:
 
     summary = train(args.data, model_spec=args.model, mode=args.mode, epochs=args.epochs, lr=args.lr,
                     val_split=args.val_split, out=args.out, seed=args.seed, pretrained=not args.no_pretrained,
-                    input_size=args.input_size, progress=progress)
+                    input_size=args.input_size, device=args.device, progress=progress)
     _emit(summary)
     return 0
 
@@ -190,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     loc = sub.add_parser("localize", help="top classes, maps and boxes for images or folders of images")
     loc.add_argument("images", nargs="+", help="image files or folders (walked recursively)")
-    loc.add_argument("--topk", type=int, default=5)
+    loc.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     loc.add_argument("--all-boxes", action="store_true", help="a box for every region, not only the largest")
     loc.add_argument("--opacity", type=float, default=0.5, help="heatmap opacity of the saved overlay")
     loc.add_argument("--out", help="folder for overlay and box PNGs and a JSON file per image")
@@ -210,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="square side the images are trained at, and the checkpoint's own (default: 288 for head, the model's own for full)")
     tr.add_argument("--no-pretrained", action="store_true", help="timm/torchvision names: start from random weights")
     tr.add_argument("--out", default="checkpoints", help="folder that receives experiment_YYYY-MM-DD_HH_MM/")
+    _add_device_option(tr)
     tr.set_defaults(run=cmd_train)
 
     lab = sub.add_parser("label", help="boxes for a photo collection as COCO, YOLO and Pascal VOC files (resumable)")

@@ -96,26 +96,29 @@ class Settings:
 
 def label(inputs, out, model: str | CamModel = "default", settings: Settings = Settings(), formats=export.FORMATS,
           engine: str = "local", ray_address: str | None = None, ray_cpus_per_worker: int | None = None,
-          progress=None, on_record=None, runtime: str = "auto") -> dict:
+          progress=None, on_record=None, runtime: str = "auto", device: str | None = None) -> dict:
     """Localize every photo of `inputs` into the folder `out`: `predictions.jsonl` and `errors.jsonl`
     (appended batch by batch; a rerun resumes), then the `formats` among coco, yolo and voc,
     written from the whole log. Returns a summary. `progress(done, total)` follows the photos and
     `on_record(record, item)` gets each new line of the log (errors have an "error" key) with its
     `Item`, whose file is readable until `label` returns.
 
-    A `model` given as a CamModel is used as it is (local engine only); a spec is loaded here and,
-    with engine "ray", once per actor, on `runtime` (`cam.load_model`). Ray actors get `ray_cpus_per_worker` CPUs and as many torch
+    A `model` given as a CamModel is used as it is (local engine only); a spec is loaded here (onto
+    `device`, local engine only: Ray actors hold no GPU) and, with engine "ray", once per actor, on
+    `runtime` (`cam.load_model`). Ray actors get `ray_cpus_per_worker` CPUs and as many torch
     threads (default: this process's thread count, which keeps their bits those of the local engine).
     """
     formats = _check_formats(formats)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "ray" and device is not None:
+        raise ValueError("a device is for the local engine: the ray engine's actors run on their CPUs")
     ray = _connect_ray(ray_address) if engine == "ray" else None
     if isinstance(model, CamModel):
         if engine == "ray":
             raise ValueError("the ray engine loads the model in each actor: pass a model spec, not a CamModel")
     else:
-        model = load_model(_portable_spec(model), runtime=runtime)
+        model = load_model(_portable_spec(model), device=device, runtime=runtime)
     size = check_input_size(settings.input_size, model)
     settings = Settings(**{**settings.__dict__, "batch_size": settings.batch_size or inference_batch_size(model, size)})
     _check_settings(model, settings)

@@ -127,13 +127,14 @@ def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | 
     """Build a `CamModel` from a spec ('default', 'timm:NAME', 'torchvision:NAME' or a checkpoint folder).
 
     `pretrained` only concerns timm and torchvision names (hub weights need a network); the bundled
-    models and checkpoints always carry their weights. `device` defaults to CUDA when present.
-    `runtime` runs CAM's forward passes: "torch", "openvino" (OpenVINO's compiled CPU runtime, float32)
-    or "auto" (OpenVINO on a CPU where it is installed, else PyTorch); `model.runtime` says which.
-    Gradient methods and training always run on PyTorch. On CUDA, loading turns cuDNN's TF32 off for
-    the process, so convolutions run in full float32 as on the CPU. On glibc, the first call fixes malloc's
-    thresholds for the process (`cam.runtime.steady_allocator`), which keeps forward passes from
-    running 1.7x slower in some processes than in others.
+    models and checkpoints always carry their weights. `device` defaults to CUDA when present
+    (`check_device`). `runtime` runs CAM's forward passes: "torch", "openvino" (OpenVINO's compiled
+    CPU runtime, float32) or "auto" (OpenVINO on a CPU where it is installed, else PyTorch);
+    `model.runtime` says which. Gradient methods and training always run on PyTorch. On CUDA,
+    loading turns cuDNN's TF32 off for the process, so convolutions run in full float32 as on the
+    CPU. On glibc, the first call fixes malloc's thresholds for the process
+    (`cam.runtime.steady_allocator`), which keeps forward passes from running 1.7x slower in some
+    processes than in others.
     """
     from .runtime import check_runtime, openvino_available, steady_allocator
 
@@ -141,7 +142,7 @@ def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | 
         raise TypeError(f"spec must be a string or path, got {type(spec).__name__}")
     check_runtime(runtime)
     steady_allocator()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = check_device(device)
     if device.type == "cuda":
         # cuDNN's default TF32 convolutions moved Lite0's maps by up to 0.5% of their peak on an H200
         # and a box edge by 29 px; in full float32 the GPU's maps and boxes are the CPU's (tests/test_cuda.py).
@@ -170,6 +171,23 @@ def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | 
 
         model.runtime, model.runner = "openvino", OpenVinoRunner(model)
     return model
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The device to load onto: `device` ('cpu', 'cuda' or 'cuda:N'), else CUDA when present, else the
+    CPU; a ValueError naming what this machine has for one that cannot work here."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if chosen.type == "cuda" and (chosen.index or 0) >= gpus:
+        raise ValueError(f"device {str(chosen)!r} is not here: this machine has {gpus} CUDA GPU(s)")
+    return chosen
 
 
 def _suggest(text: str) -> str:

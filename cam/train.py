@@ -19,7 +19,7 @@ from torch import nn
 
 from .data import load_image, private_temp_folder, remove_orphaned_temp_folders, scan_dataset, unpack_zip
 from .localize import check_input_size, forward_features, inference_batch_size, preprocess
-from .models import CamModel, load_model
+from .models import CamModel, check_device, load_model
 
 DEFAULT_EPOCHS = {"head": 30, "full": 5}
 DEFAULT_LR = {"head": 1e-2, "full": 1e-3}
@@ -73,6 +73,7 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
         raise ValueError(f"epochs must be between 1 and 1000, got {epochs}")
     if not 0 < lr < 1:
         raise ValueError(f"lr must be between 0 and 1, got {lr}")
+    check_device(device)
     started = time.perf_counter()
     report = progress or (lambda _info: None)
     torch.manual_seed(seed)

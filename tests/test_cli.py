@@ -45,7 +45,7 @@ def test_localize_good_and_bad_images(tmp_path):
     bad.write_text("not an image")
     out = tmp_path / "out"
     proc = run_cli("localize", str(EXAMPLES / "chelsea.png"), str(bad), str(EXAMPLES / "coffee.png"),
-                   "--topk", "2", "--out", str(out))
+                   "--topk", "2", "--out", str(out), "--device", "cpu")
     assert proc.returncode == 1
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line["image"].split("/")[-1] for line in lines] == ["chelsea.png", "coffee.png"]
@@ -111,6 +111,12 @@ def test_bad_parameter_is_one_line():
     proc = run_cli("localize", str(EXAMPLES / "chelsea.png"), "--input-size", "5")  # checked before any batch
     assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.strip().splitlines() == [
         "error: input_size must be an integer between 32 and 1024 (or None), got 5"]
+    import torch
+
+    gpus = torch.cuda.device_count()
+    proc = run_cli("localize", str(EXAMPLES / "chelsea.png"), "--device", f"cuda:{gpus}")
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.strip().splitlines() == [
+        f"error: device 'cuda:{gpus}' is not here: this machine has {gpus} CUDA GPU(s)"]
 
 
 def test_hostile_images_each_get_one_line_and_the_rest_is_done(tmp_path):

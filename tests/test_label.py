@@ -225,6 +225,12 @@ def test_without_ray_the_ray_engine_says_what_to_install(tmp_path):
         "error: --engine ray needs Ray: pip install -r requirements-scale.txt"
 
 
+def test_the_ray_engine_refuses_a_device_before_starting_ray(tmp_path):
+    with pytest.raises(ValueError, match="local engine"):
+        label([tmp_path], tmp_path / "out", model="timm:test_resnet", engine="ray", device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_ray_engine_writes_the_same_files_as_the_local_one(tiny_checkpoint, tmp_path):
     ray = pytest.importorskip("ray")
     import cam

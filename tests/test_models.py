@@ -125,6 +125,16 @@ def test_bad_spec_lists_forms_and_close_names(spec, hint):
     assert "accepted forms" in message and hint in message
 
 
+@pytest.mark.parametrize("device", ["gpu", "mps", "meta", f"cuda:{torch.cuda.device_count()}"])
+def test_a_device_that_cannot_work_here_is_a_clear_error(device):
+    with pytest.raises(ValueError, match="device") as info:
+        cam.load_model("timm:test_resnet", pretrained=False, device=device)
+    assert device in str(info.value)
+    chosen = cam.load_model("timm:test_resnet", pretrained=False, device="cpu", runtime="torch").device
+    assert chosen.type == "cpu"
+    assert cam.models.check_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_spec_of_wrong_type():
     with pytest.raises(TypeError):
         cam.load_model(42)

@@ -105,6 +105,14 @@ def test_cancel_leaves_no_checkpoint(tmp_path):
     assert not (tmp_path / "c").exists() or os.listdir(tmp_path / "c") == []
 
 
+def test_a_device_that_is_not_here_is_refused_before_unpacking(tmp_path):
+    before = _temp_dirs()
+    with pytest.raises(ValueError, match="not here"):
+        train(dataset_zip(tmp_path / "d.zip"), model_spec=TINY, pretrained=False, out=tmp_path / "c",
+              device=f"cuda:{torch.cuda.device_count()}")
+    assert _temp_dirs() == before and not (tmp_path / "c").exists()
+
+
 def _zip(path, entries):
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in entries.items():
