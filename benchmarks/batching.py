@@ -2,9 +2,11 @@
 behind `cam.localize.inference_batch_size`.
 
     python benchmarks/batching.py ../shared/data/imagenet-val-dev [--photos 120] [--repeats 2]
+    python benchmarks/batching.py examples --photos 128 --device cuda
 
-Photos are decoded first; each row is the best of `--repeats` passes over them at top-1 with
-`refine` (the recommended setting's other options), on this machine's CPU.
+FOLDER holds images/ (a dev set) or is a folder of photos; they are decoded first, and repeated up
+to `--photos` if fewer. Each row is the best of `--repeats` passes over them at top-1 with `refine`
+(the recommended setting's other options), for batches of 1-4 on a CPU and 1-64 on a GPU.
 """
 
 from __future__ import annotations
@@ -26,12 +28,17 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=120)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino"])
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda where present)")
     args = parser.parse_args()
-    model = cam.load_model("default", runtime=args.runtime)
-    arrays = [cam.load_image(p) for p in sorted((args.folder / "images").iterdir())[:args.photos]]
+    model = cam.load_model("default", device=args.device, runtime=args.runtime)
+    folder = args.folder / "images" if (args.folder / "images").is_dir() else args.folder
+    photos = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    arrays = [cam.load_image(p) for p in photos[:args.photos]]
+    arrays = [arrays[i % len(arrays)] for i in range(args.photos)]
+    batches = (1, 2, 3, 4) if model.device.type == "cpu" else (1, 4, 16, 32, 64)
     for size in (224, 288, 320, 384):
         row = {}
-        for batch in (1, 2, 3, 4):
+        for batch in batches:
             localize_batch(model, arrays[:8], topk=1, input_size=size, batch_size=batch)  # warm-up of this shape
             best = float("inf")
             for _ in range(args.repeats):
@@ -39,7 +46,7 @@ def main() -> None:
                 localize_batch(model, arrays, topk=1, input_size=size, batch_size=batch)
                 best = min(best, time.perf_counter() - started)
             row[f"batch_{batch}_ms"] = round(best / len(arrays) * 1e3, 2)
-        print(json.dumps({"runtime": model.runtime, "input_size": size, **row, "default_batch": inference_batch_size(model, (size, size))}),
+        print(json.dumps({"device": str(model.device), "runtime": model.runtime, "input_size": size, **row, "default_batch": inference_batch_size(model, (size, size))}),
               flush=True)
 
 
