@@ -176,7 +176,8 @@ def _localize_batches(model, images, topk, threshold, all_regions, size, flip, r
 
 
 def inference_batch_size(model: CamModel, size: tuple[int, int]) -> int:
-    """Images per forward pass when only inferring: 16 on a GPU; on a CPU with PyTorch at most
+    """Images per forward pass when only inferring: 16 on a GPU (32 and 64 were faster for Lite0's
+    CAM on an H200; 16 bounds the gradient methods' memory on smaller GPUs); on a CPU with PyTorch at most
     250,000 input pixels (4 at 224 px, 3 at 288, 2 at 320, 1 at 384 and above): each was the fastest
     per image on 2 cores, and larger batches ran slower (README, "CLI"); on OpenVINO, whose time per
     image falls with the batch size (1 to 4, 224 to 384 px; 3 and 4 alike at 320 and 384), 4 up to
