@@ -103,16 +103,16 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings = S
     `on_record(record, item)` gets each new line of the log (errors have an "error" key) with its
     `Item`, whose file is readable until `label` returns.
 
-    A `model` given as a CamModel is used as it is (local engine only); a spec is loaded here (onto
-    `device`, local engine only: Ray actors hold no GPU) and, with engine "ray", once per actor, on
-    `runtime` (`cam.load_model`). Ray actors get `ray_cpus_per_worker` CPUs and as many torch
-    threads (default: this process's thread count, which keeps their bits those of the local engine).
+    A `model` given as a CamModel is used as it is (local engine only); a spec is loaded here, onto
+    `device`, and with engine "ray" once per actor, on `runtime` (`cam.load_model`). Ray actors ask
+    for no GPU: they run on `ray_cpus_per_worker` CPUs each, with as many torch threads (default:
+    this process's thread count, which keeps their bits those of the local engine).
     """
     formats = _check_formats(formats)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine == "ray" and device is not None:
-        raise ValueError("a device is for the local engine: the ray engine's actors run on their CPUs")
+    if engine == "ray" and device is not None and str(device) != "cpu":
+        raise ValueError(f"the ray engine's actors run on their CPUs: device {str(device)!r} is for the local engine")
     ray = _connect_ray(ray_address) if engine == "ray" else None
     if isinstance(model, CamModel):
         if engine == "ray":

@@ -227,7 +227,7 @@ def test_without_ray_the_ray_engine_says_what_to_install(tmp_path):
 
 def test_the_ray_engine_refuses_a_device_before_starting_ray(tmp_path):
     with pytest.raises(ValueError, match="local engine"):
-        label([tmp_path], tmp_path / "out", model="timm:test_resnet", engine="ray", device="cpu")
+        label([tmp_path], tmp_path / "out", model="timm:test_resnet", engine="ray", device="cuda")
     assert not (tmp_path / "out").exists()
 
 
