@@ -28,3 +28,12 @@ def dataset_zip(path, per_class: int = 6, top: str = "", extra: dict | None = No
         for name, data in (extra or {}).items():
             archive.writestr(name, data)
     return path
+
+
+def box_dataset(folder, rows: list[str]):
+    """An evaluation folder: images/x.png (a grey 64x64 photo) and boxes.csv with `rows`
+    ('file,label,x0,y0,x1,y1' lines)."""
+    (folder / "images").mkdir()
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(folder / "images" / "x.png")
+    (folder / "boxes.csv").write_text("file,label,x0,y0,x1,y1\n" + "\n".join(rows) + "\n")
+    return folder

@@ -15,8 +15,7 @@ from cam.localize import class_maps, forward_features, preprocess
 from cam.train import train
 
 from .conftest import EXAMPLES
-from .datasets import dataset_zip, square_image
-from .test_evaluate import _dataset
+from .datasets import box_dataset, dataset_zip, square_image
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -72,7 +71,7 @@ def test_gradient_methods_on_the_gpu_match_the_cpu_and_leave_no_hooks(gpu_model,
 
 
 def test_evaluate_on_the_gpu_scores_like_the_cpu(gpu_model, default_model, tmp_path):
-    folder = _dataset(tmp_path, ["x.png,281,0,0,64,64"])
+    folder = box_dataset(tmp_path, ["x.png,281,0,0,64,64"])
     on_gpu, rows_gpu = evaluate(gpu_model, folder, quality="best")
     on_cpu, rows_cpu = evaluate(default_model, folder, quality="best")
     assert on_gpu["max_box_acc_v2"] == on_cpu["max_box_acc_v2"]

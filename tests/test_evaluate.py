@@ -9,6 +9,7 @@ from PIL import Image
 from cam.evaluate import WsolScores, evaluate, read_dataset
 
 from .conftest import ROOT
+from .datasets import box_dataset
 
 
 def _blob(shape, box, value=1.0):
@@ -57,15 +58,8 @@ def test_all_regions_count_for_v2_only():
     assert metrics["max_box_acc_v2"] == 1.0  # the small region matches exactly at every IoU level
 
 
-def _dataset(tmp_path, rows):
-    (tmp_path / "images").mkdir()
-    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(tmp_path / "images" / "x.png")
-    (tmp_path / "boxes.csv").write_text("file,label,x0,y0,x1,y1\n" + "\n".join(rows) + "\n")
-    return tmp_path
-
-
 def test_read_dataset_groups_boxes_and_rejects_bad_rows(tmp_path):
-    folder = _dataset(tmp_path, ["x.png,3,0,0,10,10", "x.png,3,5,5,20,20"])
+    folder = box_dataset(tmp_path, ["x.png,3,0,0,10,10", "x.png,3,5,5,20,20"])
     samples = read_dataset(folder)
     assert len(samples) == 1 and samples[0].boxes == [(0, 0, 10, 10), (5, 5, 20, 20)]
     (folder / "boxes.csv").write_text("file,label,x0,y0,x1,y1\nx.png,cat,0,0,1,1\n")
@@ -76,18 +70,18 @@ def test_read_dataset_groups_boxes_and_rejects_bad_rows(tmp_path):
 
 
 def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
-    folder = _dataset(tmp_path, ["x.png,3,0,0,64,64"])
+    folder = box_dataset(tmp_path, ["x.png,3,0,0,64,64"])
     metrics, rows = evaluate(tiny_model, folder, threshold=0.0, input_size=None)
     assert metrics["images"] == 1 and len(rows) == 1
     assert metrics["gt_known_loc"] == 1.0  # threshold 0 boxes the whole image, which is the truth
     with pytest.raises(ValueError, match="not a class"):
-        evaluate(tiny_model, _dataset(tmp_path / "b", ["x.png,5000,0,0,1,1"]) if (tmp_path / "b").mkdir() is None else None)
+        evaluate(tiny_model, box_dataset(tmp_path / "b", ["x.png,5000,0,0,1,1"]) if (tmp_path / "b").mkdir() is None else None)
 
 
 def test_evaluate_makes_the_maps_of_the_quality_preset(tiny_model, tmp_path, monkeypatch):
     import cam.evaluate as evaluation
 
-    folder = _dataset(tmp_path, ["x.png,3,0,0,64,64"])
+    folder = box_dataset(tmp_path, ["x.png,3,0,0,64,64"])
     adapted = []
     monkeypatch.setattr(evaluation, "adapt_contrast", lambda maps: adapted.append(maps.shape) or maps)
     metrics, _ = evaluate(tiny_model, folder, quality="best")
@@ -96,7 +90,7 @@ def test_evaluate_makes_the_maps_of_the_quality_preset(tiny_model, tmp_path, mon
 
 
 def test_cli_evaluate_writes_json_csv_and_plot(tmp_path):
-    folder = _dataset(tmp_path, ["x.png,285,0,0,64,64"])
+    folder = box_dataset(tmp_path, ["x.png,285,0,0,64,64"])
     proc = subprocess.run([sys.executable, "-m", "cam", "evaluate", str(folder), "--per-image", str(tmp_path / "rows.csv"),
                            "--plot", str(tmp_path / "curve.png"), "--plain"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
