@@ -13,7 +13,6 @@ Supervised Object Localization Methods Right" (CVPR 2020).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import time
 from dataclasses import dataclass
@@ -25,11 +24,10 @@ import torch
 from .boxes import boxes_from_map, check_threshold, iou, region_boxes
 from .data import load_image
 from .localize import (RECOMMENDED, adapt_contrast, check_input_size, class_maps, forward_features,
-                       inference_batch_size, normalise_for_size, preprocess, preset_settings, refine_maps,
-                       upsample_map)
+                       inference_batch_size, inference_threads, normalise_for_size, preprocess, preset_settings,
+                       refine_maps, upsample_map)
 from .methods import check_method, gradient_maps
 from .models import CamModel
-from .runtime import torch_yields_threads
 
 THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # the cam_curve_interval of wsolevaluation
 IOU_LEVELS = (0.3, 0.5, 0.7)
@@ -141,7 +139,7 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
             raise ValueError(f"{sample.file}: label {sample.label} is not a class of this model")
     images_dir = Path(folder) / "images"
     start = time.perf_counter()
-    with torch_yields_threads() if model.runner is not None and method == "cam" else contextlib.nullcontext():
+    with inference_threads(model, method):
         for first in range(0, len(samples), batch_size):
             chunk = samples[first:first + batch_size]
             arrays = [load_image(images_dir / s.file) for s in chunk]

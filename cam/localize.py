@@ -134,9 +134,15 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
     threshold = check_threshold(threshold)
     size = check_input_size(input_size, model)
     batch_size = batch_size or inference_batch_size(model, size)
-    with torch_yields_threads() if model.runner is not None and method == "cam" else contextlib.nullcontext():
+    with inference_threads(model, method):
         return _localize_batches(model, images, topk, threshold, all_regions, size, flip, refine, adapt, batch_size,
                                  method)
+
+
+def inference_threads(model: CamModel, method: str):
+    """The context a batch loop runs in: `torch_yields_threads` where the compiled runtime runs the
+    network (CAM on a model with a runner), else nothing."""
+    return torch_yields_threads() if model.runner is not None and method == "cam" else contextlib.nullcontext()
 
 
 def preset_settings(quality: str | None, input_size, flip: bool, refine: bool, adapt: bool) -> tuple:
