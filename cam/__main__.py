@@ -67,7 +67,7 @@ def _error(message: str) -> None:
 
 def cmd_localize(args) -> int:
     from . import render
-    from .data import find_images, load_image
+    from .data import find_images, read_photo
     from .localize import check_input_size, inference_batch_size, localize_batch
     from .models import load_model
 
@@ -79,8 +79,8 @@ def cmd_localize(args) -> int:
     used_names: set[str] = set()
 
     def finish(batch: list) -> None:
-        """Localize the loaded (path, array) pairs in one forward pass and report each."""
-        results = localize_batch(model, [array for _, array in batch], topk=args.topk, all_regions=args.all_boxes,
+        """Localize the loaded (path, photo) pairs in one forward pass and report each."""
+        results = localize_batch(model, [photo for _, photo in batch], topk=args.topk, all_regions=args.all_boxes,
                                  **settings)
         for (path, _), result in zip(batch, results):
             record = {"image": str(path), **result.to_dict()}
@@ -89,20 +89,21 @@ def cmd_localize(args) -> int:
                 while stem in used_names:
                     stem += "_"
                 used_names.add(stem)
-                top = result.predictions[0]
-                render.save_png(render.overlay(result.image, top.cam, args.opacity), out / f"{stem}_overlay.png")
-                render.save_png(render.draw_boxes(result.image, result), out / f"{stem}_boxes.png")
+                top, image = result.predictions[0], result.image  # the photo at its own size
+                render.save_png(render.overlay(image, top.cam, args.opacity), out / f"{stem}_overlay.png")
+                render.save_png(render.draw_boxes(image, result), out / f"{stem}_boxes.png")
                 (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
             _emit(record)
 
     paths = find_images(args.images)
     # A progress bar only for a person watching a terminal: piped or logged stderr keeps one line per error.
     bar = _progress_bar("localize") if len(paths) > 1 and sys.stderr.isatty() else None
-    batch_size = inference_batch_size(model, check_input_size(settings["input_size"], model))
+    size = check_input_size(settings["input_size"], model)
+    batch_size = inference_batch_size(model, size)
     failures, batch = 0, []
     for done, path in enumerate(paths, start=1):
         try:
-            batch.append((path, load_image(path)))
+            batch.append((path, read_photo(path, cover=max(size))))
         except (ValueError, OSError) as exc:
             if bar:
                 print("\r\033[K", end="", file=sys.stderr)  # clear the bar's line for the error

@@ -71,6 +71,15 @@ def mask_boxes(mask: np.ndarray, all_regions: bool = False) -> list[Box]:
     return boxes
 
 
+def scale_box(box: Box, size: tuple[int, int], to: tuple[int, int]) -> Box:
+    """A box in an image of `size` (h, w) scaled to the same image at `to` (H, W): each pixel edge
+    to the nearest edge there, at least one pixel wide and tall."""
+    sy, sx = to[0] / size[0], to[1] / size[1]
+    x0, y0 = min(round(box[0] * sx), to[1] - 1), min(round(box[1] * sy), to[0] - 1)
+    x1, y1 = min(max(round(box[2] * sx), x0 + 1), to[1]), min(max(round(box[3] * sy), y0 + 1), to[0])
+    return x0, y0, x1, y1
+
+
 def iou(a, b) -> float:
     """Intersection over union of two boxes (x0, y0, x1, y1) in pixel edges."""
     iw = min(a[2], b[2]) - max(a[0], b[0])

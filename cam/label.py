@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from . import export
-from .data import find_images, load_image, private_temp_folder, remove_orphaned_temp_folders, unpack_zip
+from .data import find_images, map_threads, private_temp_folder, read_photo, remove_orphaned_temp_folders, unpack_zip
 from .localize import RECOMMENDED, check_input_size, inference_batch_size, localize_batch
 from .models import CamModel, load_model
 
@@ -185,27 +185,32 @@ def label_block(model: CamModel, items: list[Item], settings: Settings) -> list[
     """(name, JSON line, failed) for each photo of a block, in order: its record for
     `predictions.jsonl`, or, failed, `{"error", "file", "path"}` for `errors.jsonl`. One forward
     pass for the photos that decode."""
-    return _label_decoded(model, _decode(items), settings)
+    return _label_decoded(model, _decode(items, _cover(model, settings)), settings)
 
 
-def _decode(items: list[Item]) -> list[tuple[Item, object]]:
-    """Each photo as an array, or the message saying why it cannot be read."""
-    decoded = []
-    for item in items:
+def _cover(model: CamModel, settings: Settings) -> int:
+    """The side photos are decoded to cover (`cam.data.read_photo`): the network's input side."""
+    return max(check_input_size(settings.input_size, model))
+
+
+def _decode(items: list[Item], cover: int) -> list[tuple[Item, object]]:
+    """Each photo as a `Photo` at working size, or the message saying why it cannot be read."""
+    def decode(item: Item):
         try:
-            decoded.append((item, load_image(item.path)))
+            return item, read_photo(item.path, cover)
         except (ValueError, OSError) as exc:
-            decoded.append((item, str(exc).replace(item.path, item.shown)))
-    return decoded
+            return item, str(exc).replace(item.path, item.shown)
+
+    return map_threads(decode, items)
 
 
 def _label_decoded(model: CamModel, decoded, settings: Settings) -> list[tuple[str, str, bool]]:
-    arrays = [value for _, value in decoded if not isinstance(value, str)]
-    results = iter(localize_batch(model, arrays, topk=settings.topk, threshold=settings.threshold,
+    photos = [value for _, value in decoded if not isinstance(value, str)]
+    results = iter(localize_batch(model, photos, topk=settings.topk, threshold=settings.threshold,
                                   all_regions=settings.all_regions, input_size=settings.input_size,
-                                  flip=settings.flip, refine=settings.refine, batch_size=len(arrays) or 1,
+                                  flip=settings.flip, refine=settings.refine, batch_size=len(photos) or 1,
                                   method=settings.method, adapt=settings.adapt)
-                   if arrays else [])
+                   if photos else [])
     lines = []
     for item, value in decoded:
         failed = isinstance(value, str)
@@ -221,10 +226,11 @@ def _label_decoded(model: CamModel, decoded, settings: Settings) -> list[tuple[s
 def _local_blocks(model: CamModel, blocks, settings: Settings):
     """Label the blocks in this process, in order; a thread decodes the next block meanwhile."""
     with ThreadPoolExecutor(1, thread_name_prefix="cam-decode") as pool:
-        ahead = collections.deque(pool.submit(_decode, block) for block in blocks[:1])
+        cover = _cover(model, settings)
+        ahead = collections.deque(pool.submit(_decode, block, cover) for block in blocks[:1])
         for number in range(len(blocks)):
             if number + 1 < len(blocks):
-                ahead.append(pool.submit(_decode, blocks[number + 1]))
+                ahead.append(pool.submit(_decode, blocks[number + 1], cover))
             yield _label_decoded(model, ahead.popleft().result(), settings)
 
 

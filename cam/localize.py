@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .boxes import Box, check_threshold, mask_boxes
-from .data import load_image
+from .boxes import Box, check_threshold, mask_boxes, scale_box
+from .data import Photo, read_photos
 from .extractor import FeatureExtractor, ModeGuard
 from .methods import check_method, gradient_maps
 from .models import CamModel
@@ -36,9 +36,10 @@ BAND_PIXELS = 1 << 21  # upsampled maps are made in bands of 8 MB of float32, wh
 
 @dataclass
 class Prediction:
-    """One of the top-k classes: its probability, its boxes and its map, kept at feature resolution
-    (`small_cam`) and upsampled to the image's `size` on first read of `cam`: the boxes are cut
-    without it, and the CLI's JSON and the app's screen-sized pictures never read it."""
+    """One of the top-k classes: its probability, its boxes (in the photo's pixels) and its map,
+    kept at feature resolution (`small_cam`) and upsampled to the photo's `size` on first read of
+    `cam`: the boxes are cut without it, and the CLI's JSON and the app's screen-sized pictures
+    never read it."""
 
     class_index: int
     label: str
@@ -49,7 +50,8 @@ class Prediction:
 
     @functools.cached_property
     def cam(self) -> np.ndarray:
-        """The map at the image's own size, float32 in [0, 1]: exactly the map the boxes were cut from."""
+        """The map at the photo's own size, float32 in [0, 1]: the map the boxes were cut from, or,
+        for a photo worked on reduced (`Result.working_image`), its upsampling to the photo's size."""
         return upsample_map(self.small_cam, self.size)
 
     def to_dict(self) -> dict:
@@ -59,10 +61,12 @@ class Prediction:
 
 @dataclass
 class Result:
-    """The top-k predictions for one image (ranked by score) and the upright image they refer to."""
+    """The top-k predictions for one photo (ranked by score) and the photo they refer to: kept at
+    working size (`working_image`, `cam.data.read_photo`), at its own upright size as `image`,
+    decoded again on first read. Boxes and `width`/`height` are in the photo's own pixels."""
 
     predictions: list[Prediction]
-    image: np.ndarray = field(repr=False)
+    working_image: np.ndarray = field(repr=False)
     model: str = ""
     threshold: float = 0.2
     all_regions: bool = False
@@ -70,14 +74,25 @@ class Result:
     adapted: bool = False  # each map's contrast adapted to its spread (`adapt_contrast`)
     method: str = "cam"  # which map maker ran (`cam.methods.METHODS`)
     runtime: str = "torch"  # what ran the network (`CamModel.runtime`; gradient methods: always torch)
+    size: tuple[int, int] | None = None  # the photo's own (height, width); None: the working image's
+    source: object = field(default=None, repr=False)  # the path or bytes the full photo is decoded from
+
+    def __post_init__(self):
+        if self.size is None:
+            self.size = tuple(self.working_image.shape[:2])
+
+    @functools.cached_property
+    def image(self) -> np.ndarray:
+        """The upright photo at its own size: the working image itself, or decoded again in full."""
+        return Photo(self.working_image, self.size, self.source).full()
 
     @property
     def width(self) -> int:
-        return int(self.image.shape[1])
+        return int(self.size[1])
 
     @property
     def height(self) -> int:
-        return int(self.image.shape[0])
+        return int(self.size[0])
 
     def to_dict(self) -> dict:
         """Everything but the arrays, JSON-ready."""
@@ -91,7 +106,8 @@ class Result:
         """The same maps boxed at another threshold; no network is run."""
         threshold = check_threshold(threshold)
         all_regions = self.all_regions if all_regions is None else bool(all_regions)
-        boxes = boxes_of_maps([p.small_cam for p in self.predictions], self.image.shape[:2], threshold, all_regions)
+        boxes = photo_boxes([p.small_cam for p in self.predictions], self.working_image.shape[:2], self.size,
+                            threshold, all_regions)
         predictions = [replace(p, boxes=b) for p, b in zip(self.predictions, boxes)]
         return replace(self, predictions=predictions, threshold=threshold, all_regions=all_regions)
 
@@ -159,8 +175,8 @@ def _localize_batches(model, images, topk, threshold, all_regions, size, flip, r
                       method) -> list[Result]:
     results = []
     for start in range(0, len(images), batch_size):
-        arrays = [load_image(im) for im in images[start:start + batch_size]]
-        batch = preprocess(model, arrays, size)
+        photos = read_photos(images[start:start + batch_size], cover=max(size))
+        batch = preprocess(model, [photo.pixels for photo in photos], size)
         if method == "cam":
             logits, features, guide = forward_features(model, batch, flip, refine)
             scores, indices = logits.softmax(1).topk(topk, dim=1)
@@ -171,13 +187,14 @@ def _localize_batches(model, images, topk, threshold, all_regions, size, flip, r
             scores = logits.softmax(1).gather(1, indices)
             small = maps if guide is None else refine_maps(maps, guide)
         small = (adapt_contrast(small) if adapt else small).cpu().numpy()
-        for i, array in enumerate(arrays):
-            maps = normalise_for_size(small[i], array.shape[:2])
-            boxes = boxes_of_maps(maps, array.shape[:2], threshold, all_regions)
-            predictions = [Prediction(int(c), model.class_names[int(c)], float(s), b, m, array.shape[:2])
+        for i, photo in enumerate(photos):
+            maps = normalise_for_size(small[i], photo.size)
+            boxes = photo_boxes(maps, photo.pixels.shape[:2], photo.size, threshold, all_regions)
+            predictions = [Prediction(int(c), model.class_names[int(c)], float(s), b, m, photo.size)
                            for c, s, b, m in zip(indices[i].tolist(), scores[i].tolist(), boxes, maps)]
-            results.append(Result(predictions, array, model.spec, threshold, bool(all_regions), guide is not None,
-                                  adapt, method, model.runtime if method == "cam" else "torch"))
+            results.append(Result(predictions, photo.pixels, model.spec, threshold, bool(all_regions),
+                                  guide is not None, adapt, method, model.runtime if method == "cam" else "torch",
+                                  photo.size, photo.source))
     return results
 
 
@@ -364,6 +381,17 @@ def boxes_of_maps(smalls, size: tuple[int, int], threshold: float, all_regions: 
             np.greater_equal(values, cutoff, out=mask[start:stop])
         boxes.append(mask_boxes(mask, all_regions))
     return boxes
+
+
+def photo_boxes(smalls, working: tuple[int, int], size: tuple[int, int], threshold: float,
+                all_regions: bool = False) -> list[list[Box]]:
+    """`boxes_of_maps` cut at the `working` (h, w) resolution and scaled to the photo's own `size`
+    (H, W): a 12 MP photo's boxes cost what a 1 MP photo's do, within a working pixel of the boxes
+    cut at full size."""
+    boxes = boxes_of_maps(smalls, working, threshold, all_regions)
+    if tuple(working) == tuple(size):
+        return boxes
+    return [[scale_box(b, working, size) for b in found] for found in boxes]
 
 
 def normalise_for_size(small: np.ndarray, size: tuple[int, int], margin: float = 1e-6) -> np.ndarray:

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 
 from . import render
-from .boxes import check_threshold
-from .data import MAX_ARCHIVE_FILES, load_image, private_temp_folder, remove_orphaned_temp_folders
+from .boxes import check_threshold, scale_box
+from .data import MAX_ARCHIVE_FILES, load_image, private_temp_folder, read_photo, remove_orphaned_temp_folders
 from .export import read_log
 from .localize import RECOMMENDED, Result, localize
 from .models import DEFAULT_SPEC, CamModel, check_hub_spec, load_model
@@ -201,22 +201,16 @@ def _shrunk(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
 
 
 def _scaled_result(result: Result, side: int) -> Result:
-    """A copy of `result` at most `side` pixels on its longer side, for pictures on screen: the
-    image shrunk, the maps upsampled from their feature-resolution versions straight to that size,
-    the boxes scaled. A 12 MP photo's pictures then encode and travel in a fraction of the time."""
-    image, scale = _shrunk(result.image, side)
-    if scale >= 1:
+    """A copy of `result` for pictures on screen: its working image, at most `side` pixels on its
+    longer side, the maps upsampled from their feature-resolution versions straight to that size,
+    the boxes scaled to it. A 12 MP photo's pictures then are made, encoded and sent at screen size."""
+    image, _ = _shrunk(result.working_image, side)
+    size = image.shape[:2]
+    if size == result.size:
         return result
-    height, width = image.shape[:2]
-    sx, sy = width / result.width, height / result.height
-
-    def shrink(box):
-        x0, y0, x1, y1 = round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)
-        return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
-
-    predictions = [replace(p, size=(height, width), boxes=[shrink(b) for b in p.boxes])
+    predictions = [replace(p, size=size, boxes=[scale_box(b, result.size, size) for b in p.boxes])
                    for p in result.predictions]
-    return replace(result, image=image, predictions=predictions)
+    return replace(result, working_image=image, size=size, source=None, predictions=predictions)
 
 
 class OutputFolders:
@@ -253,8 +247,9 @@ def write_downloads(result: Result, folder: Path, opacity: float) -> list[str]:
     """At the photo's own size: overlay PNG, boxes PNG, boxes JSON and the raw maps (.npy, k x H x W
     float32) of a Result."""
     paths = [folder / name for name in ("overlay.png", "boxes.png", "boxes.json", "maps.npy")]
-    render.save_png(render.overlay(result.image, result.predictions[0].cam, opacity), paths[0])
-    render.save_png(render.draw_boxes(result.image, result), paths[1])
+    image = result.image  # the photo at its own size, decoded again if it was localized reduced
+    render.save_png(render.overlay(image, result.predictions[0].cam, opacity), paths[0])
+    render.save_png(render.draw_boxes(image, result), paths[1])
     paths[2].write_text(json.dumps(result.to_dict(), indent=2))
     np.save(paths[3], np.stack([p.cam for p in result.predictions]))
     return [str(p) for p in paths]
@@ -288,9 +283,10 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
     def add_to_sheet(record: dict, item) -> None:
         if "error" in record or len(sheet) >= SHEET_PHOTOS:
             return
-        image, scale = _shrunk(load_image(item.path), GALLERY_SIDE)
+        photo = read_photo(item.path)
+        image, _ = _shrunk(photo.pixels, GALLERY_SIDE)
         shown = [SimpleNamespace(label=p["label"], score=p["score"],
-                                 boxes=[tuple(max(round(v * scale), 0) for v in b) for b in p["boxes"]])
+                                 boxes=[scale_box(b, photo.size, image.shape[:2]) for b in p["boxes"]])
                  for p in record["predictions"]]
         top = record["predictions"][0] if record["predictions"] else None
         caption = f"{record['file']}: {top['label']} {top['score']:.2f}" if top else f"{record['file']}: no class above the minimum score"

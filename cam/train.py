@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import load_image, private_temp_folder, remove_orphaned_temp_folders, scan_dataset, unpack_zip
+from .data import private_temp_folder, read_photos, remove_orphaned_temp_folders, scan_dataset, unpack_zip
 from .localize import check_input_size, forward_features, inference_batch_size, preprocess
 from .models import CamModel, check_device, load_model
 
@@ -94,7 +94,7 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
             raise ValueError(f"fine-tuning keeps CAM exact, so it needs a model with global average pooling and one "
                              f"linear classifier; {why} in {model_spec!r}: pick e.g. 'default' or 'timm:resnet18'")
         report({"stage": "loading images", "images": len(items)})
-        arrays = [load_image(path) for path, _ in items]
+        arrays = [photo.pixels for photo in read_photos([path for path, _ in items], cover=max(size))]
         labels = [label for _, label in items]
         train_idx, val_idx = stratified_split(labels, val_split, seed)
         _replace_classifier(model, len(class_names))
