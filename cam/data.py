@@ -20,10 +20,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 64_000_000  # larger images are refused before they are decoded (decompression bombs)
 MIN_SIDE = 8  # smaller images carry too little to classify
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-# Photos read from files are worked on at most 2 x WORK_SIDE on their longer side (a 12 MP phone
-# photo at 1008 x 756): enough for the network, for boxes within a thousandth of the photo's side
-# and for a picture on screen; the full photo is decoded again only when asked for.
-WORK_SIDE = 1000
+# Photos read from files are worked on reduced where they are over twice what is needed: WORK_SIDE
+# on the longer side and the network's input on the shorter (a 12 MP phone photo at 504 x 378, a
+# JPEG's 1/8 DCT scale). Boxes then fall within half a percent of the photo's side and agree with
+# those of the full photo (benchmarks/photos.py); the full photo is decoded again only when read.
+WORK_SIDE = 500
 TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
@@ -73,11 +74,12 @@ class Photo:
 
 
 def read_photo(image, cover: int = 0) -> Photo:
-    """`image` as a `Photo`. Arrays, PIL images and photos up to 2 x WORK_SIDE on their longer side
-    are kept whole (`load_image`); a larger file is worked on between WORK_SIDE and 2 x WORK_SIDE,
-    at least `cover` pixels on its shorter side (the network's input side): a JPEG is decoded at
-    that size by DCT scaling (Pillow's draft mode: 5-8x faster at 12 MP), other formats are decoded
-    and then shrunk. Refuses what `load_image` refuses, decompression bombs before decoding."""
+    """`image` as a `Photo`. Arrays and PIL images are kept whole (`load_image`), and so are files
+    up to twice the working size: WORK_SIDE on the longer side and `cover` (the network's input
+    side) on the shorter. A larger JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8,
+    Pillow's draft mode: 8x faster at 12 MP) that keeps both; any other file still over twice that
+    size is decoded and then shrunk to it. Refuses what `load_image` refuses, decompression bombs
+    before decoding."""
     if isinstance(image, Photo):
         return image
     if not isinstance(image, (bytes, bytearray, str, Path)):
@@ -88,11 +90,17 @@ def read_photo(image, cover: int = 0) -> Photo:
         raise ValueError(f"{image}: no such file")
     source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image
     pixels, size = _open_and_convert(source, name, cover)
-    if max(pixels.shape[:2]) > 2 * WORK_SIDE:
-        scale = WORK_SIDE / max(pixels.shape[:2])
+    scale = _working_scale(pixels.shape[:2], cover)
+    if scale <= 0.5:
         pixels = cv2.resize(pixels, (max(round(pixels.shape[1] * scale), 1), max(round(pixels.shape[0] * scale), 1)),
                             interpolation=cv2.INTER_AREA)
     return Photo(pixels, size, bytes(image) if isinstance(image, bytearray) else image)
+
+
+def _working_scale(size: tuple[int, int], cover: int) -> float:
+    """The scale that takes an image of `size` to the working size: WORK_SIDE on its longer side and
+    `cover` on its shorter, whichever needs more (at most 1)."""
+    return min(1.0, max(WORK_SIDE / max(size), cover / min(size)))
 
 
 def read_photos(images, cover: int = 0) -> list[Photo]:
@@ -111,9 +119,9 @@ def map_threads(function, items) -> list:
 
 
 def _open_and_convert(source, name: str, cover: int | None = None):
-    """The upright RGB array of an image file; with `cover` (a number, 0 included), a JPEG larger
-    than 2 x WORK_SIDE is decoded reduced (`read_photo`) and the photo's own upright (height, width)
-    comes back beside it."""
+    """The upright RGB array of an image file; with `cover` (a number, 0 included), a JPEG over
+    twice the working size is decoded reduced (`read_photo`), and the photo's own upright (height,
+    width) comes back beside it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -128,9 +136,9 @@ def _open_and_convert(source, name: str, cover: int | None = None):
                     img.load()
                     return _check_size(_pil_to_rgb(img), name)
                 upright = (width, height) if img.getexif().get(0x0112) in TRANSPOSED else (height, width)
-                if img.format == "JPEG" and max(width, height) > 2 * WORK_SIDE:
-                    long_side, short_side = WORK_SIDE, min(max(cover, 1), min(width, height))
-                    img.draft("RGB", (long_side, short_side) if width >= height else (short_side, long_side))
+                scale = _working_scale((height, width), cover)
+                if img.format == "JPEG" and scale <= 0.5:  # the draft keeps at least the size asked for
+                    img.draft("RGB", (max(round(width * scale), 1), max(round(height * scale), 1)))
                 img.load()
                 return _check_size(_pil_to_rgb(img), name), upright
     except UnidentifiedImageError:
