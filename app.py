@@ -210,13 +210,13 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                "It is now selected in the Localize tab.", _curve_plot(curve), metrics, confusion,
                gr.Dropdown(choices=cache.choices(), value=name), review)
 
-    def run_labelling(files, choice, topk, min_score, threshold, progress=gr.Progress()):
+    def run_labelling(files, choice, topk, min_score, threshold, classes="", progress=gr.Progress()):
         def report(done, total):
             progress(done / max(total, 1), desc=f"{done}/{total} photos")
 
         try:
             sheet, summary, archive = label_collection(cache, choice, files, outputs_root.new(), topk, min_score,
-                                                       threshold, progress=report)
+                                                       threshold, classes, progress=report)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         status = (f"Labelled **{summary['labelled']}** photos in {summary['seconds']:.1f} s "
@@ -377,14 +377,18 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         with gr.Tab("Collection"):
             gr.Markdown("Boxes for a whole collection, in the formats detectors train on: upload **photos or a .zip "
                         "of photos** (folders inside are kept). Every photo gets the boxes of its top classes; the "
-                        "download holds `coco.json`, `yolo/` and `voc/` (and the logs). Weakly supervised: no box is "
-                        "ever drawn by hand. For large collections use `python -m cam label` (resumable, Ray).")
+                        "download holds `coco.json`, `yolo/` (Ultralytics' layout: `yolo detect train "
+                        "data=yolo/data.yaml`) and `voc/` (the VOCdevkit layout), with the photos and the logs. "
+                        "Weakly supervised: no box is ever drawn by hand. For large collections use "
+                        "`python -m cam label` (resumable, Ray).")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=280):
                     collection = gr.File(label="Photos or .zip", file_count="multiple", file_types=["image", ".zip"],
                                          type="filepath", elem_id="collection")
                     collection_model = gr.Dropdown(cache.choices(), value="default", label="Model",
                                                    elem_id="collection_model")
+                    collection_classes = gr.Textbox(label="Classes to box (comma-separated; empty: all the model's)",
+                                                    placeholder="e.g. ant, bee", elem_id="collection_classes")
                     collection_topk = gr.Slider(1, 5, value=1, step=1, label="Classes per photo")
                     min_score = gr.Slider(0, 1, value=0, step=0.01, label="Minimum score (drop classes below it)")
                     collection_threshold = gr.Slider(0, 1, value=RECOMMENDED["threshold"], step=0.01,
@@ -419,7 +423,8 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                              concurrency_limit=4, concurrency_id="infer")
         for dropdown in (sides[0], sides[3]):
             dropdown.focus(lambda: gr.Dropdown(choices=cache.choices()), None, dropdown, api_visibility="private")
-        label_button.click(run_labelling, [collection, collection_model, collection_topk, min_score, collection_threshold],
+        label_button.click(run_labelling, [collection, collection_model, collection_topk, min_score, collection_threshold,
+                                           collection_classes],
                            [collection_status, sheet, labels_file], api_name="label", concurrency_limit=1,
                            concurrency_id="label").success(lambda: gr.File(visible=True), None, labels_file,
                                                            api_visibility="private")

@@ -124,16 +124,28 @@ def cmd_label(args) -> int:
     cam = _cam_settings(args)
     settings = Settings(topk=args.topk, min_score=args.min_score, threshold=cam["threshold"],
                         all_regions=args.all_boxes, input_size=cam["input_size"], flip=cam["flip"],
-                        refine=cam["refine"], adapt=cam["adapt"], batch_size=args.batch_size, method=cam["method"])
+                        refine=cam["refine"], adapt=cam["adapt"], batch_size=args.batch_size, method=cam["method"],
+                        classes=_class_list(args.classes))
     bar = _progress_bar("label", unit="photos") if sys.stderr.isatty() else None
     summary = label(args.inputs, args.out, model=args.model, settings=settings, formats=args.format,
                     engine=args.engine, ray_address=args.ray_address, ray_cpus_per_worker=args.ray_cpus_per_worker,
-                    runtime=args.runtime, device=args.device, progress=bar, on_record=lambda record, _: _emit(record))
+                    runtime=args.runtime, device=args.device, progress=bar, on_record=lambda record, _: _emit(record),
+                    val_fraction=args.val_fraction, copy_images=args.copy_images)
     _emit(summary)
     if summary["errors"]:
         _error(f"{summary['errors']} file(s) could not be read: see {Path(args.out) / 'errors.jsonl'}")
         return 1
     return 0
+
+
+def _class_list(value: str | None) -> tuple | None:
+    """`--classes`: a file of class names, one a line, or names separated by commas; a number is a
+    class index."""
+    if value is None:
+        return None
+    text = Path(value).read_text() if Path(value).is_file() else value.replace(",", "\n")
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    return tuple(int(name) if name.isdigit() else name for name in names)
 
 
 def cmd_evaluate(args) -> int:
@@ -226,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--min-score", type=float, default=0.0, help="drop predictions whose probability is below this")
     lab.add_argument("--all-boxes", action="store_true", help="a box for every region, not only the largest")
     lab.add_argument("--format", default="coco,yolo,voc", help="comma-separated among coco, yolo, voc (default: all)")
+    lab.add_argument("--classes", default=None,
+                     help="box only these classes, the exported ids in this order: names separated by commas, or a "
+                          "file with one name a line (a number is a class index; default: every class of the model)")
+    lab.add_argument("--val-fraction", type=float, default=0.1,
+                     help="photos in the YOLO and VOC validation split, chosen by a stable hash of each path (default 0.1)")
+    lab.add_argument("--copy-images", action="store_true",
+                     help="copy the photos into yolo/images and the VOC JPEGImages instead of linking them")
     lab.add_argument("--engine", choices=["local", "ray"], default="local",
                      help="local: this process; ray: a Ray Data actor pool (pip install -r requirements-scale.txt)")
     lab.add_argument("--ray-address", default=None,

@@ -1,5 +1,6 @@
-"""Detection annotations from a labelling run's log: COCO, YOLO and Pascal VOC writers, and readers
-of the YOLO and VOC files back to boxes (for checks and tests; pycocotools reads COCO).
+"""Detection annotations from a labelling run's log: COCO, YOLO (Ultralytics' layout) and Pascal VOC
+(the devkit's layout) writers, the photos placed beside them, and readers of the YOLO and VOC
+files back to boxes (for checks and tests; pycocotools reads COCO).
 
 The log is `predictions.jsonl`: one JSON object a photo, `{"file": relative path, "width",
 "height", "predictions": [{"class_index", "label", "score", "boxes": [[x0, y0, x1, y1], ...]}]}`,
@@ -9,6 +10,7 @@ number of photos, and replaces its output in one rename, so a reader never sees 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,8 +19,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
 
 import yaml
+from PIL import Image
+
+from .data import load_image
 
 FORMATS = ("coco", "yolo", "voc")
+SPLITS = ("train", "val")
+VOC_DEVKIT = Path("VOCdevkit", "VOC2012")
 
 
 def read_log(path):
@@ -32,120 +39,176 @@ def read_log(path):
                 yield json.loads(line)
 
 
-def coco_category_id(class_index: int) -> int:
-    """COCO ids start at 1 (many detection trainers keep 0 for the background): class index + 1."""
-    return class_index + 1
+def coco_category_id(class_id: int) -> int:
+    """COCO ids start at 1 (many detection trainers keep 0 for the background): class id + 1."""
+    return class_id + 1
 
 
-def _annotations(record: dict):
-    """(category id, [x, y, w, h], score) for every box of a photo's record."""
+def flat_stem(name: str) -> str:
+    """What a photo's exported files are named: its relative path without its suffix, folders joined
+    by '__' (`ants/x.jpg` -> `ants__x`). Flat, so that no folder of the photo's own path (one called
+    `images`, say) changes where a trainer looks for its label."""
+    return PurePosixPath(name).with_suffix("").as_posix().replace("/", "__")
+
+
+def split_of(name: str, val_fraction: float) -> str:
+    """'val' or 'train' for a photo, by a stable hash of its relative path: the same photo lands in
+    the same split in every run and on every machine, whatever else the collection holds."""
+    position = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+    return "val" if position < val_fraction else "train"
+
+
+def _class_ids(classes: list[tuple[int, str]]) -> dict[int, int]:
+    """The exported class id of each model class index: its position in `classes`."""
+    return {index: position for position, (index, _) in enumerate(classes)}
+
+
+def _annotations(record: dict, ids: dict[int, int]):
+    """(class id, [x, y, w, h], score) for every box of a photo's record."""
     for p in record["predictions"]:
         for x0, y0, x1, y1 in p["boxes"]:
-            yield coco_category_id(p["class_index"]), [x0, y0, x1 - x0, y1 - y0], p["score"]
+            if p["class_index"] in ids:
+                yield ids[p["class_index"]], [x0, y0, x1 - x0, y1 - y0], p["score"]
 
 
-def write_coco(log, class_names: list[str], path) -> None:
-    """`coco.json`: images (id = position in the log, from 1), categories (every class of the model)
-    and annotations whose `[x, y, w, h]` boxes carry a score, so the list also loads as a results
-    file (`COCO.loadRes`). Written in two passes over the log, never holding it whole."""
-    path = Path(path)
+def write_coco(log, classes: list[tuple[int, str]], path) -> None:
+    """`coco.json`: images (id = position in the log, from 1), categories (`classes`, the exported
+    ones: (model class index, name), ids in that order from 1) and annotations whose `[x, y, w, h]`
+    boxes carry a score, so the list also loads as a results file (`COCO.loadRes`). Written in two
+    passes over the log, never holding it whole."""
+    path, ids = Path(path), _class_ids(classes)
     with _atomic_file(path) as out:
         out.write('{"info": {"description": "boxes from class activation maps (cam label)"},\n"images": [')
         for image_id, record in enumerate(read_log(log), start=1):
             out.write(("," if image_id > 1 else "") + "\n" + json.dumps(
                 {"id": image_id, "file_name": record["file"], "width": record["width"], "height": record["height"]}))
         out.write('],\n"categories": ' + json.dumps(
-            [{"id": coco_category_id(i), "name": name} for i, name in enumerate(class_names)]))
+            [{"id": coco_category_id(i), "name": name} for i, (_, name) in enumerate(classes)]))
         out.write(',\n"annotations": [')
         annotation_id = 0
         for image_id, record in enumerate(read_log(log), start=1):
-            for category_id, bbox, score in _annotations(record):
+            for class_id, bbox, score in _annotations(record, ids):
                 annotation_id += 1
                 out.write(("," if annotation_id > 1 else "") + "\n" + json.dumps(
-                    {"id": annotation_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
-                     "area": bbox[2] * bbox[3], "score": score, "iscrowd": 0}))
+                    {"id": annotation_id, "image_id": image_id, "category_id": coco_category_id(class_id),
+                     "bbox": bbox, "area": bbox[2] * bbox[3], "score": score, "iscrowd": 0}))
         out.write("]}\n")
 
 
-def write_yolo(log, class_names: list[str], folder) -> None:
-    """`yolo/`: `classes.txt` (one name a line, line number = class id), `data.yaml` naming them, and
-    `labels/<relative path>.txt` per photo with `class cx cy w h` in [0, 1] (empty: no box)."""
-    with _atomic_folder(folder) as root:
-        (root / "classes.txt").write_text("".join(f"{name}\n" for name in class_names))
-        (root / "data.yaml").write_text(yaml.safe_dump(
-            {"nc": len(class_names), "names": dict(enumerate(class_names))}, allow_unicode=True, sort_keys=False))
+def write_yolo(log, classes: list[tuple[int, str]], folder, val_fraction: float) -> None:
+    """`yolo/` as Ultralytics reads it: `data.yaml` (`path`, `train`, `val`, `nc`, `names`),
+    `classes.txt`, and `labels/{train,val}/<flat stem>.txt` per photo with `class cx cy w h` in
+    [0, 1] (empty: no box), beside the photos in `images/{train,val}/` (`place_photos`). With no
+    validation photo, `val` is the training set."""
+    folder, ids = Path(folder), _class_ids(classes)
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = set()
+    with _atomic_folder(folder / "labels") as root:
+        for split in SPLITS:
+            (root / split).mkdir()
         for record in read_log(log):
             width, height = record["width"], record["height"]
-            lines = [f"{p['class_index']} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} "
-                     f"{(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}\n"
-                     for p in record["predictions"] for x0, y0, x1, y1 in p["boxes"]]
-            target = root / "labels" / _with_suffix(record["file"], ".txt")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text("".join(lines))
+            lines = [f"{c} {(x + w / 2) / width:.6f} {(y + h / 2) / height:.6f} {w / width:.6f} {h / height:.6f}\n"
+                     for c, (x, y, w, h), _ in _annotations(record, ids)]
+            split = split_of(record["file"], val_fraction)
+            splits.add(split)
+            (root / split / f"{flat_stem(record['file'])}.txt").write_text("".join(lines))
+    with _atomic_file(folder / "classes.txt") as out:
+        out.write("".join(f"{name}\n" for _, name in classes))
+    with _atomic_file(folder / "data.yaml") as out:
+        out.write(yaml.safe_dump({"path": str(folder.resolve()), "train": "images/train",
+                                  "val": "images/val" if "val" in splits else "images/train",
+                                  "nc": len(classes), "names": {i: name for i, (_, name) in enumerate(classes)}},
+                                 allow_unicode=True, sort_keys=False))
 
 
-def write_voc(log, folder) -> None:
-    """`voc/<relative path>.xml`: one Pascal VOC annotation per photo. VOC counts pixels from 1 and
-    its corners are inclusive: a box over columns x0..x1-1 is xmin = x0 + 1, xmax = x1."""
-    with _atomic_folder(folder) as root:
+def write_voc(log, classes: list[tuple[int, str]], folder, val_fraction: float) -> None:
+    """`voc/VOCdevkit/VOC2012/`, the devkit layout (torchvision's `VOCDetection(root=voc, year="2012")`):
+    `Annotations/<flat stem>.xml` per photo, `ImageSets/Main/{train,val,trainval}.txt` and the
+    photos in `JPEGImages/` (`place_photos`). VOC counts pixels from 1 and its corners are
+    inclusive: a box over columns x0..x1-1 is xmin = x0 + 1, xmax = x1."""
+    devkit, ids = Path(folder) / VOC_DEVKIT, _class_ids(classes)
+    (devkit / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
+    names = [name for _, name in classes]
+    sets: dict[str, list[str]] = {split: [] for split in SPLITS}
+    with _atomic_folder(devkit / "Annotations") as root:
         for record in read_log(log):
+            stem = flat_stem(record["file"])
+            sets[split_of(record["file"], val_fraction)].append(stem)
             annotation = ET.Element("annotation")
-            name = PurePosixPath(record["file"])
-            _child(annotation, "folder", str(name.parent) if str(name.parent) != "." else "")
-            _child(annotation, "filename", name.name)
+            _child(annotation, "folder", "VOC2012")
+            _child(annotation, "filename", f"{stem}.jpg")
             size = _child(annotation, "size")
             for tag, value in (("width", record["width"]), ("height", record["height"]), ("depth", 3)):
                 _child(size, tag, value)
             _child(annotation, "segmented", 0)
-            for p in record["predictions"]:
-                for x0, y0, x1, y1 in p["boxes"]:
-                    obj = _child(annotation, "object")
-                    for tag, value in (("name", p["label"]), ("pose", "Unspecified"), ("truncated", 0), ("difficult", 0)):
-                        _child(obj, tag, value)
-                    box = _child(obj, "bndbox")
-                    for tag, value in (("xmin", x0 + 1), ("ymin", y0 + 1), ("xmax", x1), ("ymax", y1)):
-                        _child(box, tag, value)
+            for class_id, (x, y, w, h), _ in _annotations(record, ids):
+                obj = _child(annotation, "object")
+                for tag, value in (("name", names[class_id]), ("pose", "Unspecified"), ("truncated", 0),
+                                   ("difficult", 0)):
+                    _child(obj, tag, value)
+                box = _child(obj, "bndbox")
+                for tag, value in (("xmin", x + 1), ("ymin", y + 1), ("xmax", x + w), ("ymax", y + h)):
+                    _child(box, tag, value)
             ET.indent(annotation)
-            target = root / _with_suffix(record["file"], ".xml")
+            ET.ElementTree(annotation).write(root / f"{stem}.xml", encoding="unicode")
+    sets["trainval"] = sorted(sets["train"] + sets["val"])
+    for name, stems in sets.items():
+        with _atomic_file(devkit / "ImageSets" / "Main" / f"{name}.txt") as out:
+            out.write("".join(f"{stem}\n" for stem in stems))
+
+
+def place_photos(out, photos, formats, val_fraction: float, copy: bool = False) -> None:
+    """Put the labelled photos where the trainers look: `yolo/images/{split}/` and the VOC devkit's
+    `JPEGImages/` (as JPEG: other formats are converted). `photos` holds (relative name, path,
+    must copy) for each; a link to the photo's absolute path unless `copy` or the photo must be
+    copied (one unpacked from a zip goes when the run ends). Photos already in place are kept."""
+    out = Path(out)
+    for name, path, must_copy in photos:
+        stem, suffix = flat_stem(name), PurePosixPath(name).suffix.lower()
+        targets = []
+        if "yolo" in formats:
+            targets.append((out / "yolo" / "images" / split_of(name, val_fraction) / f"{stem}{suffix}", False))
+        if "voc" in formats:
+            targets.append((out / "voc" / VOC_DEVKIT / "JPEGImages" / f"{stem}.jpg", suffix not in (".jpg", ".jpeg")))
+        for target, convert in targets:
+            if target.exists() or target.is_symlink():
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            ET.ElementTree(annotation).write(target, encoding="unicode")
+            partial = target.with_name(f".{target.name}.partial")
+            if convert:
+                Image.fromarray(load_image(path)).save(partial, format="JPEG", quality=95)
+            elif copy or must_copy:
+                shutil.copyfile(path, partial)
+            else:
+                partial.unlink(missing_ok=True)
+                os.symlink(os.path.abspath(path), partial)
+            os.replace(partial, target)
 
 
 def read_yolo(folder) -> dict[str, list[tuple[int, tuple[float, float, float, float]]]]:
-    """{label file relative to labels/, without .txt: [(class id, (cx, cy, w, h))]} of a `yolo/` folder."""
-    labels = Path(folder) / "labels"
+    """{flat stem: [(class id, (cx, cy, w, h))]} of a `yolo/` folder's labels, both splits."""
     found = {}
-    for path in sorted(labels.rglob("*.txt")):
+    for path in sorted((Path(folder) / "labels").glob("*/*.txt")):
         rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
-        found[path.relative_to(labels).with_suffix("").as_posix()] = [
-            (int(row[0]), tuple(float(v) for v in row[1:5])) for row in rows]
+        found[path.stem] = [(int(row[0]), tuple(float(v) for v in row[1:5])) for row in rows]
     return found
 
 
 def read_voc(folder) -> dict[str, dict]:
-    """{annotation relative to voc/, without .xml: {"width", "height", "objects": [(name, (x0, y0, x1, y1))]}}
-    with boxes back in pixel edges (the inverse of `write_voc`)."""
-    root = Path(folder)
+    """{flat stem: {"width", "height", "objects": [(name, (x0, y0, x1, y1))]}} of a `voc/` folder,
+    boxes back in pixel edges (the inverse of `write_voc`)."""
     found = {}
-    for path in sorted(root.rglob("*.xml")):
+    for path in sorted((Path(folder) / VOC_DEVKIT / "Annotations").glob("*.xml")):
         tree = ET.parse(path).getroot()
         objects = []
         for obj in tree.iter("object"):
             box = obj.find("bndbox")
             xmin, ymin, xmax, ymax = (int(box.findtext(tag)) for tag in ("xmin", "ymin", "xmax", "ymax"))
             objects.append((obj.findtext("name"), (xmin - 1, ymin - 1, xmax, ymax)))
-        found[path.relative_to(root).with_suffix("").as_posix()] = {
-            "width": int(tree.findtext("size/width")), "height": int(tree.findtext("size/height")), "objects": objects}
+        found[path.stem] = {"width": int(tree.findtext("size/width")), "height": int(tree.findtext("size/height")),
+                            "objects": objects}
     return found
-
-
-def label_stem(name: str) -> str:
-    """What a photo's YOLO and VOC files are named after: its relative path without its suffix."""
-    return PurePosixPath(name).with_suffix("").as_posix()
-
-
-def _with_suffix(name: str, suffix: str) -> Path:
-    return Path(*PurePosixPath(label_stem(name) + suffix).parts)
 
 
 def _child(parent: ET.Element, tag: str, text=None) -> ET.Element:

@@ -28,7 +28,7 @@ import torch
 
 from . import export
 from .data import find_images, map_threads, private_temp_folder, read_photo, remove_orphaned_temp_folders, unpack_zip
-from .localize import RECOMMENDED, check_input_size, inference_batch_size, localize_batch
+from .localize import RECOMMENDED, check_input_size, class_indices, inference_batch_size, localize_batch
 from .models import CamModel, load_model
 
 LOG, ERRORS, RUN = "predictions.jsonl", "errors.jsonl", "run.json"
@@ -70,7 +70,7 @@ def collect(inputs, unpack_root: Path) -> list[Item]:
             raise ValueError(f"{source}: no such file or folder")
     seen: dict[str, Item] = {}
     for item in items:
-        stem = export.label_stem(item.name)
+        stem = export.flat_stem(item.name)
         if stem in seen:
             raise ValueError(f"{seen[stem].shown} and {item.shown} would share the output name {stem!r} (relative "
                              "paths are kept from each input root): rename one, or pass their common parent folder")
@@ -92,11 +92,13 @@ class Settings:
     adapt: bool = RECOMMENDED["adapt"]
     batch_size: int | None = None  # photos a forward pass (default: `inference_batch_size`)
     method: str = "auto"  # map maker (`cam.methods`)
+    classes: tuple[str, ...] | None = None  # the classes to box, in the exported ids' order (default: all the model's)
 
 
 def label(inputs, out, model: str | CamModel = "default", settings: Settings = Settings(), formats=export.FORMATS,
           engine: str = "local", ray_address: str | None = None, ray_cpus_per_worker: int | None = None,
-          progress=None, on_record=None, runtime: str = "auto", device: str | None = None) -> dict:
+          progress=None, on_record=None, runtime: str = "auto", device: str | None = None,
+          val_fraction: float = 0.1, copy_images: bool = False) -> dict:
     """Localize every photo of `inputs` into the folder `out`: `predictions.jsonl` and `errors.jsonl`
     (appended batch by batch; a rerun resumes), then the `formats` among coco, yolo and voc,
     written from the whole log. Returns a summary. `progress(done, total)` follows the photos and
@@ -107,6 +109,11 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings = S
     `device`, and with engine "ray" once per actor, on `runtime` (`cam.load_model`). Ray actors ask
     for no GPU: they run on `ray_cpus_per_worker` CPUs each, with as many torch threads (default:
     this process's thread count, which keeps their bits those of the local engine).
+
+    `settings.classes` restricts the boxes to those classes (top-k among them) and makes them the
+    exported classes, in that order. YOLO and VOC split the photos into train and val by a stable
+    hash of each photo's relative path (`val_fraction` of them in val) and link the photos beside
+    their labels (copies with `copy_images`; photos from zips are always copied).
     """
     formats = _check_formats(formats)
     if engine not in ENGINES:
@@ -120,12 +127,16 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings = S
     else:
         model = load_model(_portable_spec(model), device=device, runtime=runtime)
     size = check_input_size(settings.input_size, model)
-    settings = Settings(**{**settings.__dict__, "batch_size": settings.batch_size or inference_batch_size(model, size)})
+    classes = _export_classes(model, settings.classes)
+    settings = Settings(**{**settings.__dict__, "batch_size": settings.batch_size or inference_batch_size(model, size),
+                           "classes": None if settings.classes is None else tuple(name for _, name in classes)})
     _check_settings(model, settings)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _claim(out / RUN, {"model": model.spec, "weights": model.weights_digest(), "runtime": model.runtime,
-                       **settings.__dict__})  # the runtime too: its float32 results differ in the last bits
+                       **settings.__dict__, "val_fraction": val_fraction})  # the runtime too: its float32 results differ in the last bits
 
     remove_orphaned_temp_folders("cam-label-")  # zips unpacked by runs that were killed
     unpacked = private_temp_folder("cam-label-")
@@ -156,29 +167,40 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings = S
                         on_record(json.loads(line), item)
                 if progress:
                     progress(finished, total)
+        labelled = _logged_names(out / LOG)
+        export.place_photos(out, [(item.name, item.path, Path(item.path).is_relative_to(unpacked))
+                                  for item in items if item.name in labelled], formats, val_fraction, copy_images)
     finally:
         shutil.rmtree(unpacked, ignore_errors=True)
     seconds = time.perf_counter() - started
-    written = write_exports(out, model.class_names, formats)
+    written = write_exports(out, classes, formats, val_fraction)
     return {"out": str(out), "photos": total, "new": new, "skipped": total - new,
             "labelled": _count_lines(out / LOG), "errors": _count_lines(out / ERRORS),
             "seconds": round(seconds, 3), "photos_per_second": round(new / seconds, 2) if seconds > 0 else None,
             "engine": engine, "files": written}
 
 
-def write_exports(out: Path, class_names: list[str], formats) -> list[str]:
+def write_exports(out: Path, classes: list[tuple[int, str]], formats, val_fraction: float) -> list[str]:
     """Write the chosen formats from the folder's whole log, each replacing its old version at once."""
     log, written = out / LOG, []
     if "coco" in formats:
-        export.write_coco(log, class_names, out / "coco.json")
+        export.write_coco(log, classes, out / "coco.json")
         written.append("coco.json")
     if "yolo" in formats:
-        export.write_yolo(log, class_names, out / "yolo")
+        export.write_yolo(log, classes, out / "yolo", val_fraction)
         written.append("yolo/")
     if "voc" in formats:
-        export.write_voc(log, out / "voc")
+        export.write_voc(log, classes, out / "voc", val_fraction)
         written.append("voc/")
     return written + [LOG, ERRORS]
+
+
+def _export_classes(model: CamModel, classes) -> list[tuple[int, str]]:
+    """(model class index, name) of the exported classes: `classes` (names or indices) in the order
+    given, or every class of the model."""
+    if classes is None:
+        return list(enumerate(model.class_names))
+    return [(i, model.class_names[i]) for i in class_indices(model, list(classes))]
 
 
 def label_block(model: CamModel, items: list[Item], settings: Settings) -> list[tuple[str, str, bool]]:
@@ -209,7 +231,7 @@ def _label_decoded(model: CamModel, decoded, settings: Settings) -> list[tuple[s
     results = iter(localize_batch(model, photos, topk=settings.topk, threshold=settings.threshold,
                                   all_regions=settings.all_regions, input_size=settings.input_size,
                                   flip=settings.flip, refine=settings.refine, batch_size=len(photos) or 1,
-                                  method=settings.method, adapt=settings.adapt)
+                                  method=settings.method, adapt=settings.adapt, classes=settings.classes)
                    if photos else [])
     lines = []
     for item, value in decoded:
@@ -318,8 +340,9 @@ def _check_formats(formats) -> tuple[str, ...]:
 
 
 def _check_settings(model: CamModel, settings: Settings) -> None:
-    if isinstance(settings.topk, bool) or not isinstance(settings.topk, int) or not 1 <= settings.topk <= len(model.class_names):
-        raise ValueError(f"topk must be between 1 and {len(model.class_names)}, got {settings.topk!r}")
+    ranked = len(settings.classes) if settings.classes else len(model.class_names)
+    if isinstance(settings.topk, bool) or not isinstance(settings.topk, int) or not 1 <= settings.topk <= ranked:
+        raise ValueError(f"topk must be between 1 and {ranked}, got {settings.topk!r}")
     if not 0.0 <= settings.min_score <= 1.0:
         raise ValueError(f"min_score must be in [0, 1], got {settings.min_score!r}")
     if settings.batch_size < 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import logging
 import math
@@ -115,7 +116,7 @@ class Result:
 def localize(model: CamModel, image, topk: int = 5, threshold: float = RECOMMENDED["threshold"],
              all_regions: bool = False, input_size: int | None = RECOMMENDED["input_size"],
              flip: bool = RECOMMENDED["flip"], refine: bool = RECOMMENDED["refine"], method: str = "auto",
-             adapt: bool = RECOMMENDED["adapt"], quality: str | None = None) -> Result:
+             adapt: bool = RECOMMENDED["adapt"], quality: str | None = None, classes=None) -> Result:
     """Classify `image` (path, PIL image or HxWx3 uint8) and localize its top-k classes.
 
     One forward pass gives the logits and the feature map; the maps of all top-k classes come from
@@ -128,31 +129,34 @@ def localize(model: CamModel, image, topk: int = 5, threshold: float = RECOMMEND
     "gradcam", "gradcam++", "layercam" (one backward pass more, `cam.methods`); "auto" is CAM where
     it is exact (`CamModel.cam_exact`), Grad-CAM elsewhere. `Result.method` says which ran.
     `quality` names a preset ("plain", "recommended", "best"; `PRESETS`) whose input size, flip,
-    refine and adapt replace those arguments (README, "Localization quality").
+    refine and adapt replace those arguments (README, "Localization quality"). `classes` (class
+    indices or names of the model) ranks only those: the top-k among them, with their probabilities
+    among all the model's classes.
     """
     return localize_batch(model, [image], topk, threshold, all_regions, input_size, flip, refine, method=method,
-                          adapt=adapt, quality=quality)[0]
+                          adapt=adapt, quality=quality, classes=classes)[0]
 
 
 def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RECOMMENDED["threshold"],
                    all_regions: bool = False, input_size: int | None = RECOMMENDED["input_size"],
                    flip: bool = RECOMMENDED["flip"], refine: bool = RECOMMENDED["refine"],
                    batch_size: int | None = None, method: str = "auto", adapt: bool = RECOMMENDED["adapt"],
-                   quality: str | None = None) -> list[Result]:
+                   quality: str | None = None, classes=None) -> list[Result]:
     """`localize` for many images, run through the network `batch_size` at a time
     (default: `inference_batch_size`). On a compiled runtime, PyTorch's own ops (resizing, maps,
     boxes) run on one thread meanwhile (`cam.runtime.torch_yields_threads`)."""
     if not isinstance(model, CamModel):
         raise TypeError(f"model must be a CamModel from cam.load_model, got {type(model).__name__}")
     input_size, flip, refine, adapt = preset_settings(quality, input_size, flip, refine, adapt)
-    topk = _check_topk(topk, len(model.class_names))
+    chosen = None if classes is None else torch.tensor(class_indices(model, classes), device=model.device)
+    topk = _check_topk(topk, len(model.class_names) if chosen is None else len(chosen))
     method = check_method(method, model)
     threshold = check_threshold(threshold)
     size = check_input_size(input_size, model)
     batch_size = batch_size or inference_batch_size(model, size)
     with inference_threads(model, method):
         return _localize_batches(model, images, topk, threshold, all_regions, size, flip, refine, adapt, batch_size,
-                                 method)
+                                 method, chosen)
 
 
 def inference_threads(model: CamModel, method: str):
@@ -171,21 +175,55 @@ def preset_settings(quality: str | None, input_size, flip: bool, refine: bool, a
     return preset["input_size"], preset["flip"], preset["refine"], preset["adapt"]
 
 
+def class_indices(model: CamModel, classes) -> list[int]:
+    """The model's class indices of `classes` (indices, or names as in `model.class_names`, any case),
+    in the order given; a name or index the model lacks is a ValueError that says what it has."""
+    names: dict[str, list[int]] = {}
+    for i, name in enumerate(model.class_names):
+        names.setdefault(name.lower(), []).append(i)
+    indices = []
+    for value in classes:
+        if isinstance(value, str):
+            found = names.get(value.strip().lower(), [])
+            if not found:
+                close = difflib.get_close_matches(value.strip().lower(), names, n=3)
+                hint = f"; did you mean {', '.join(repr(model.class_names[names[c][0]]) for c in close)}?" if close else ""
+                raise ValueError(f"{value!r} is not a class of {model.spec}{hint}")
+            if len(found) > 1:
+                raise ValueError(f"{value!r} names {len(found)} classes of {model.spec} ({', '.join(map(str, found))}): "
+                                 "give the index of the one you mean")
+            indices.append(found[0])
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < len(model.class_names):
+            indices.append(int(value))
+        else:
+            raise ValueError(f"classes holds {value!r}: a class name or an index below {len(model.class_names)}")
+    if not indices or len(set(indices)) != len(indices):
+        raise ValueError("classes must name at least one class, each once")
+    return indices
+
+
+def _ranked(logits: torch.Tensor, topk: int, chosen: torch.Tensor | None) -> torch.Tensor:
+    """The class indices (B, k) of the top-k logits, among the `chosen` classes only if given."""
+    if chosen is None:
+        return logits.topk(topk, dim=1).indices
+    return chosen[logits[:, chosen].topk(topk, dim=1).indices]
+
+
 def _localize_batches(model, images, topk, threshold, all_regions, size, flip, refine, adapt, batch_size,
-                      method) -> list[Result]:
+                      method, chosen=None) -> list[Result]:
     results = []
     for start in range(0, len(images), batch_size):
         photos = read_photos(images[start:start + batch_size], cover=max(size))
         batch = preprocess(model, [photo.pixels for photo in photos], size)
         if method == "cam":
             logits, features, guide = forward_features(model, batch, flip, refine)
-            scores, indices = logits.softmax(1).topk(topk, dim=1)
+            indices = _ranked(logits, topk, chosen)
             small = class_maps(model, features, indices, guide)
         else:
-            logits, indices, maps, guide = gradient_maps(model, batch, lambda z: z.topk(topk, dim=1).indices, method,
+            logits, indices, maps, guide = gradient_maps(model, batch, lambda z: _ranked(z, topk, chosen), method,
                                                          flip, refine)
-            scores = logits.softmax(1).gather(1, indices)
             small = maps if guide is None else refine_maps(maps, guide)
+        scores = logits.softmax(1).gather(1, indices)
         small = (adapt_contrast(small) if adapt else small).cpu().numpy()
         for i, photo in enumerate(photos):
             maps = normalise_for_size(small[i], photo.size)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 
 from . import render
 from .boxes import check_threshold, scale_box
@@ -259,10 +260,11 @@ SHEET_PHOTOS = 48  # photos shown on the contact sheet; the download holds every
 
 
 def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: int = 1, min_score: float = 0.0,
-                     threshold: float = RECOMMENDED["threshold"], progress=None) -> tuple[list, dict, str]:
+                     threshold: float = RECOMMENDED["threshold"], classes: str = "", progress=None) -> tuple[list, dict, str]:
     """Label uploaded photos and zips (`cam.label.label`, the recommended setting) into `folder`:
     the contact sheet (boxed thumbnails of the first SHEET_PHOTOS photos, captioned), the run's
-    summary with the first errors, and a zip of the COCO, YOLO and VOC files and the logs."""
+    summary with the first errors, and a zip of the COCO, YOLO and VOC files, their photos and the
+    logs. `classes`, comma-separated names (empty: all), are the classes boxed and exported."""
     from types import SimpleNamespace
 
     from .label import Settings, label
@@ -273,9 +275,10 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
     if len(files) > MAX_ARCHIVE_FILES:
         raise ValueError(f"{len(files):,} files is over the limit of {MAX_ARCHIVE_FILES:,}; upload a zip of fewer photos")
     model = cache.get(choice)
+    chosen = tuple(name.strip() for name in str(classes or "").split(",") if name.strip()) or None
     try:
-        settings = Settings(topk=min(int(topk), len(model.class_names)), min_score=float(min_score),
-                            threshold=check_threshold(threshold))
+        settings = Settings(topk=min(int(topk), len(chosen or model.class_names)), min_score=float(min_score),
+                            threshold=check_threshold(threshold), classes=chosen)
     except (TypeError, ValueError):
         raise ValueError("top-k, minimum score and threshold must be numbers") from None
     sheet = []
@@ -300,8 +303,18 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
     out = folder / "labels"
     summary = label(files, out, model=model, settings=settings, progress=report, on_record=add_to_sheet)
     summary["first_errors"] = [f"{e['file']}: {e['error']}" for e in itertools.islice(read_log(out / "errors.jsonl"), 5)]
-    archive = shutil.make_archive(str(folder / "labels"), "zip", root_dir=out)
+    portable_data_yaml(out / "yolo" / "data.yaml")
+    archive = shutil.make_archive(str(folder / "labels"), "zip", root_dir=out)  # links are followed: photos included
     return sheet, summary, archive
+
+
+def portable_data_yaml(path: Path) -> None:
+    """Empty the `path` of a YOLO data.yaml that travels in a download: Ultralytics then takes the
+    folder the file is in as the dataset root, wherever it is unpacked."""
+    if not path.is_file():
+        return
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "path": ""}, allow_unicode=True, sort_keys=False))
 
 
 def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPOINTS, model_spec: str = DEFAULT_SPEC):

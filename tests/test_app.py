@@ -15,6 +15,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
+
+from cam.export import split_of
 
 from .conftest import EXAMPLES, ROOT
 from .datasets import COLOURS, dataset_zip
@@ -347,7 +350,11 @@ def test_api_label_a_collection_and_refuse_a_hostile_zip(server, tmp_path):
     with zipfile.ZipFile(archive_path) as packed:
         names = set(packed.namelist())
         coco = json.loads(packed.read("coco.json"))
-    assert {"coco.json", "yolo/classes.txt", "yolo/labels/kitchen/coffee.txt", "voc/chelsea.xml"} <= names
+        data = yaml.safe_load(packed.read("yolo/data.yaml"))
+    assert data["path"] == "" and data["train"] == "images/train"  # Ultralytics: the folder data.yaml is in
+    assert {"coco.json", "yolo/classes.txt", f"yolo/labels/{split_of('kitchen/coffee.png', 0.1)}/kitchen__coffee.txt",
+            f"yolo/images/{split_of('chelsea.png', 0.1)}/chelsea.png", "voc/VOCdevkit/VOC2012/Annotations/chelsea.xml",
+            "voc/VOCdevkit/VOC2012/JPEGImages/kitchen__coffee.jpg"} <= names
     assert [image["file_name"] for image in coco["images"]] == ["chelsea.png", "kitchen/coffee.png"]
     assert len(coco["annotations"]) == 4  # two classes a photo, one box each
 
@@ -380,7 +387,8 @@ def test_browser_collection_tab_labels_three_photos_and_downloads_the_zip(server
     with zipfile.ZipFile(saved) as packed:
         coco = json.loads(packed.read("coco.json"))
         assert sorted(i["file_name"] for i in coco["images"]) == ["chelsea.png", "coffee.png", "rocket.jpg"]
-        assert {"yolo/labels/rocket.txt", "voc/coffee.xml"} <= set(packed.namelist())
+        split = split_of("rocket.jpg", 0.1)
+        assert {f"yolo/labels/{split}/rocket.txt", "voc/VOCdevkit/VOC2012/Annotations/coffee.xml"} <= set(packed.namelist())
 
 
 def _cached_files(server) -> set[Path]:

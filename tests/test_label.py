@@ -38,8 +38,10 @@ def _photos(folder: Path, count: int, size: int = 64) -> list[Path]:
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    """Every visible file under `folder` by relative path, with its bytes."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+    """Every visible file under `folder` by relative path, with its bytes (the folder's own absolute
+    path, which YOLO's data.yaml names, as OUT)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes().replace(str(folder.resolve()).encode(), b"OUT")
+            for p in sorted(folder.rglob("*"))
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
 
 
@@ -77,9 +79,10 @@ def test_formats_read_back_to_the_logged_boxes(tiny_model, tmp_path):
     results = coco.loadRes(coco.dataset["annotations"])  # the annotations, as they are, are a results file
     assert len(results.anns) == len(boxes)
 
+    file_of = {export.flat_stem(r["file"]): r["file"] for r in records}
     yolo = export.read_yolo(out / "yolo")
-    from_yolo = sorted((name + ".png", c, tuple(round(v) for v in ((cx - w / 2) * 80, (cy - h / 2) * 80,
-                                                                  (cx + w / 2) * 80, (cy + h / 2) * 80)))
+    from_yolo = sorted((file_of[name], c, tuple(round(v) for v in ((cx - w / 2) * 80, (cy - h / 2) * 80,
+                                                                   (cx + w / 2) * 80, (cy + h / 2) * 80)))
                        for name, rows in yolo.items() for c, (cx, cy, w, h) in rows)
     assert from_yolo == sorted(boxes)
     assert (out / "yolo" / "classes.txt").read_text().splitlines() == tiny_model.class_names
@@ -88,7 +91,7 @@ def test_formats_read_back_to_the_logged_boxes(tiny_model, tmp_path):
 
     voc = export.read_voc(out / "voc")
     names = {c: name for c, name in enumerate(tiny_model.class_names)}
-    from_voc = sorted((file + ".png", box) for file, annotation in voc.items() for _, box in annotation["objects"])
+    from_voc = sorted((file_of[stem], box) for stem, annotation in voc.items() for _, box in annotation["objects"])
     assert from_voc == sorted((f, b) for f, _, b in boxes)
     assert {o[0] for a in voc.values() for o in a["objects"]} <= set(names.values())
     assert all((a["width"], a["height"]) == (80, 80) for a in voc.values())
@@ -119,11 +122,15 @@ def test_paths_stay_relative_to_their_input_roots(tmp_path):
 
     with pytest.raises(ValueError, match="would share the output name 'img1'"):
         collect([tmp_path / "root" / "a", tmp_path / "root" / "b"], tmp_path / "unpacked2")
-    (tmp_path / "root" / "a" / "img1.jpg").write_bytes(photo)  # its YOLO and VOC files would be a/img1 too
-    with pytest.raises(ValueError, match="'a/img1'"):
+    (tmp_path / "root" / "a" / "img1.jpg").write_bytes(photo)  # its YOLO and VOC files would be a__img1 too
+    with pytest.raises(ValueError, match="'a__img1'"):
         collect([tmp_path / "root"], tmp_path / "unpacked3")
+    (tmp_path / "root" / "a" / "img1.jpg").unlink()
+    (tmp_path / "root" / "a__img1.png").write_bytes(photo)  # flattened, the same name as a/img1.png
+    with pytest.raises(ValueError, match="'a__img1'"):
+        collect([tmp_path / "root"], tmp_path / "unpacked4")
     with pytest.raises(ValueError, match="no such file or folder"):
-        collect([tmp_path / "missing"], tmp_path / "unpacked4")
+        collect([tmp_path / "missing"], tmp_path / "unpacked5")
 
 
 def test_a_hostile_zip_is_refused_before_anything_is_written(tiny_model, tmp_path):
