@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     loc = sub.add_parser("localize", help="top classes, maps and boxes for images or folders of images")
     loc.add_argument("images", nargs="+", help="image files or folders (walked recursively)")
-    loc.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    loc.add_argument("--topk", type=int, default=None,
+                     help="classes per image (default 5, or the model's class count if it has fewer)")
     loc.add_argument("--all-boxes", action="store_true", help="a box for every region, not only the largest")
     loc.add_argument("--opacity", type=float, default=0.5, help="heatmap opacity of the saved overlay")
     loc.add_argument("--out", help="folder for overlay and box PNGs and a JSON file per image")

@@ -32,6 +32,7 @@ PRESETS = {"plain": PLAIN, "recommended": RECOMMENDED, "best": BEST}  # `quality
 # `adapt_contrast` takes 0.3 of a map's mean to 0.02: a 20% cut then falls at (0.3 * mean) ** 0.41.
 ADAPT_MEAN_FRACTION, ADAPT_LEVEL = 0.3, 0.02
 MAX_TOPK = 1000
+DEFAULT_TOPK = 5  # classes localized when topk is not given (fewer where the model ranks fewer)
 BAND_PIXELS = 1 << 21  # upsampled maps are made in bands of 8 MB of float32, which stay in the last-level cache
 
 
@@ -113,7 +114,7 @@ class Result:
         return replace(self, predictions=predictions, threshold=threshold, all_regions=all_regions)
 
 
-def localize(model: CamModel, image, topk: int = 5, threshold: float = RECOMMENDED["threshold"],
+def localize(model: CamModel, image, topk: int | None = None, threshold: float = RECOMMENDED["threshold"],
              all_regions: bool = False, input_size: int | None = RECOMMENDED["input_size"],
              flip: bool = RECOMMENDED["flip"], refine: bool = RECOMMENDED["refine"], method: str = "auto",
              adapt: bool = RECOMMENDED["adapt"], quality: str | None = None, classes=None) -> Result:
@@ -128,6 +129,7 @@ def localize(model: CamModel, image, topk: int = 5, threshold: float = RECOMMEND
     map's contrast to its spread (`adapt_contrast`). `method` picks the map maker: "cam", or
     "gradcam", "gradcam++", "layercam" (one backward pass more, `cam.methods`); "auto" is CAM where
     it is exact (`CamModel.cam_exact`), Grad-CAM elsewhere. `Result.method` says which ran.
+    `topk` defaults to `DEFAULT_TOPK` or the number of classes ranked, whichever is smaller.
     `quality` names a preset ("plain", "recommended", "best"; `PRESETS`) whose input size, flip,
     refine and adapt replace those arguments (README, "Localization quality"). `classes` (class
     indices or names of the model) ranks only those: the top-k among them, with their probabilities
@@ -137,7 +139,7 @@ def localize(model: CamModel, image, topk: int = 5, threshold: float = RECOMMEND
                           adapt=adapt, quality=quality, classes=classes)[0]
 
 
-def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RECOMMENDED["threshold"],
+def localize_batch(model: CamModel, images, topk: int | None = None, threshold: float = RECOMMENDED["threshold"],
                    all_regions: bool = False, input_size: int | None = RECOMMENDED["input_size"],
                    flip: bool = RECOMMENDED["flip"], refine: bool = RECOMMENDED["refine"],
                    batch_size: int | None = None, method: str = "auto", adapt: bool = RECOMMENDED["adapt"],
@@ -149,7 +151,8 @@ def localize_batch(model: CamModel, images, topk: int = 5, threshold: float = RE
         raise TypeError(f"model must be a CamModel from cam.load_model, got {type(model).__name__}")
     input_size, flip, refine, adapt = preset_settings(quality, input_size, flip, refine, adapt)
     chosen = None if classes is None else torch.tensor(class_indices(model, classes), device=model.device)
-    topk = _check_topk(topk, len(model.class_names) if chosen is None else len(chosen))
+    ranked = len(model.class_names) if chosen is None else len(chosen)
+    topk = _check_topk(min(DEFAULT_TOPK, ranked) if topk is None else topk, ranked)
     method = check_method(method, model)
     threshold = check_threshold(threshold)
     size = check_input_size(input_size, model)

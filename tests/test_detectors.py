@@ -148,6 +148,8 @@ def test_localize_ranks_only_the_chosen_classes(tiny_model, photo):
         assert [p.score for p in result.predictions] == pytest.approx([probability[c] for c in expected], abs=1e-6)
     with pytest.raises(ValueError, match="topk must be between 1 and 1"):
         cam.localize(tiny_model, photo, topk=2, classes=[3])
+    assert len(cam.localize(tiny_model, photo).predictions) == 5  # topk not given: 5, or fewer where fewer are ranked
+    assert [p.class_index for p in cam.localize(tiny_model, photo, classes=[3]).predictions] == [3]
     for bad in ([], [3, 3], [10_000], [True]):
         with pytest.raises(ValueError):
             cam.localize(tiny_model, photo, topk=1, classes=bad)
