@@ -387,7 +387,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                                          type="filepath", elem_id="collection")
                     collection_model = gr.Dropdown(cache.choices(), value="default", label="Model",
                                                    elem_id="collection_model")
-                    collection_classes = gr.Textbox(label="Classes to box (comma-separated; empty: all the model's)",
+                    collection_classes = gr.Textbox("", label="Classes to box (comma-separated; empty: all the model's)",
                                                     placeholder="e.g. ant, bee", elem_id="collection_classes")
                     collection_topk = gr.Slider(1, 5, value=1, step=1, label="Classes per photo")
                     min_score = gr.Slider(0, 1, value=0, step=0.01, label="Minimum score (drop classes below it)")

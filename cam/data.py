@@ -69,7 +69,8 @@ class Photo:
             return self.pixels
         image = load_image(self.source)
         if image.shape[:2] != self.size:
-            raise ValueError(f"{self.source}: the photo changed since it was localized")
+            name = "image data" if isinstance(self.source, bytes) else self.source
+            raise ValueError(f"{name}: the photo changed since it was localized")
         return image
 
 

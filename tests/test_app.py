@@ -358,6 +358,13 @@ def test_api_label_a_collection_and_refuse_a_hostile_zip(server, tmp_path):
     assert [image["file_name"] for image in coco["images"]] == ["chelsea.png", "kitchen/coffee.png"]
     assert len(coco["annotations"]) == 4  # two classes a photo, one box each
 
+    _, _, chosen_path = client.predict([handle_file(str(EXAMPLES / "chelsea.png"))], "default", 1, 0.0, 0.2,
+                                       "espresso, Egyptian cat", api_name="/label")
+    with zipfile.ZipFile(chosen_path) as packed:
+        chosen = json.loads(packed.read("coco.json"))
+    assert chosen["categories"] == [{"id": 1, "name": "espresso"}, {"id": 2, "name": "Egyptian cat"}]
+    assert [a["category_id"] for a in chosen["annotations"]] == [2]  # the cat, the better of the two
+
     escape = tmp_path / "escape.zip"
     with zipfile.ZipFile(escape, "w") as archive:
         archive.writestr("../evil.png", b"x")

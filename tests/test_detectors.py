@@ -1,6 +1,7 @@
 """From photos to a detector: the YOLO export in Ultralytics' layout, the VOC export in the devkit's
 (read by torchvision's VOCDetection), COCO read by pycocotools, and the classes a user chooses."""
 
+import io
 import json
 import os
 import subprocess
@@ -8,9 +9,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 import cam
 from cam import export
@@ -30,8 +31,6 @@ def _collection(folder: Path, count: int = 12) -> list[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = square_image(list(COLOURS.values())[i % 3], seed=i, size=72)
         if name.endswith(".jpg"):
-            from PIL import Image
-            import io
             Image.open(io.BytesIO(data)).convert("RGB").save(path, quality=95)
         else:
             path.write_bytes(data)
@@ -73,7 +72,7 @@ def test_yolo_is_in_the_layout_ultralytics_reads(labelled, tiny_model):
             for row in rows:
                 assert len(row) == 5 and 0 <= int(row[0]) < data["nc"]
                 cx, cy, w, h = map(float, row[1:])
-                assert 0 <= cx - w / 2 and cx + w / 2 <= 1 + 1e-6 and 0 <= cy - h / 2 and cy + h / 2 <= 1 + 1e-6
+                assert -1e-6 <= cx - w / 2 and cx + w / 2 <= 1 + 1e-6 and -1e-6 <= cy - h / 2 and cy + h / 2 <= 1 + 1e-6
     records = {r["file"]: r for r in export.read_log(out / LOG)}
     for stem, rows in export.read_yolo(out / "yolo").items():
         record = records[next(n for n in names if export.flat_stem(n) == stem)]
