@@ -16,8 +16,8 @@ import gradio as gr
 import pandas as pd
 from gradio.data_classes import ImageData
 
-from cam.localize import PRESETS, RECOMMENDED
 from cam.methods import METHODS
+from cam.settings import PRESETS, RECOMMENDED, Settings
 from cam.train import DEFAULT_EPOCHS, DEFAULT_LR
 from cam.render import method_name
 from cam.service import (EXAMPLES, OutputFolders, ModelCache, analyze, checkpoint_archive, compact, compare_views,
@@ -149,8 +149,10 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         if image is None:
             raise gr.Error("Add a photo first: upload, drop, paste, use the webcam, or click an example.")
         try:
-            result = analyze(cache, choice, image, topk, threshold, all_regions, input_size, flip, refine, method,
-                             adapt)
+            settings = Settings(topk=int(topk), threshold=threshold, all_regions=all_regions,
+                                input_size=int(input_size or 0) or None, flip=flip, refine=refine, method=method or "auto",
+                                adapt=adapt)
+            result = analyze(cache, choice, image, settings)
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
         return (*views(result, opacity, outputs_root.new()), compact(result))
@@ -158,7 +160,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
     def preset_controls(name):
         """The option controls' values for a quality preset (input size 0: the model's own)."""
         preset = PRESETS[name]
-        return preset["input_size"] or 0, preset["flip"], preset["refine"], preset["adapt"]
+        return preset.input_size or 0, preset.flip, preset.refine, preset.adapt
 
     def rerender(result, threshold, all_regions, opacity):
         if result is None:
@@ -233,8 +235,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         folder, outputs = outputs_root.new(), []
         for side, (choice, method, refine) in zip("ab", ((choice_a, method_a, refine_a), (choice_b, method_b, refine_b))):
             try:
-                result = analyze(cache, choice, image, topk, RECOMMENDED["threshold"], False, RECOMMENDED["input_size"],
-                                 False, refine, method)
+                result = analyze(cache, choice, image, Settings(topk=int(topk), refine=refine, method=method))
             except ValueError as exc:
                 raise gr.Error(f"{side.upper()}: {exc}") from None
             picture, table = compare_views(result, folder, side)
@@ -268,18 +269,18 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                                             scale=4, elem_id="model", allow_custom_value=True)
                         refresh = gr.Button("↻ Refresh", scale=1, min_width=60)
                     topk = gr.Slider(1, 10, value=5, step=1, label="Top-k classes")
-                    threshold = gr.Slider(0, 1, value=RECOMMENDED["threshold"], step=0.01,
+                    threshold = gr.Slider(0, 1, value=RECOMMENDED.threshold, step=0.01,
                                           label="Box threshold (fraction of the map's maximum)")
                     all_regions = gr.Checkbox(False, label="A box for every region (not only the largest)")
                     opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
                     quality = gr.Radio(QUALITIES, value="recommended", label="Quality (sets the options below)",
                                        elem_id="quality")
                     with gr.Accordion("Localization options", open=False):
-                        input_size = gr.Dropdown(INPUT_SIZES, value=RECOMMENDED["input_size"] or 0, label="Input size")
-                        flip = gr.Checkbox(RECOMMENDED["flip"], label="Average with the mirror image (flip)")
-                        refine = gr.Checkbox(RECOMMENDED["refine"], label="Refine the maps by feature similarity "
+                        input_size = gr.Dropdown(INPUT_SIZES, value=RECOMMENDED.input_size or 0, label="Input size")
+                        flip = gr.Checkbox(RECOMMENDED.flip, label="Average with the mirror image (flip)")
+                        refine = gr.Checkbox(RECOMMENDED.refine, label="Refine the maps by feature similarity "
                                              "(sharper boxes; off: the paper's exact CAM)")
-                        adapt = gr.Checkbox(RECOMMENDED["adapt"], label="Adapt each map's contrast to its spread "
+                        adapt = gr.Checkbox(RECOMMENDED.adapt, label="Adapt each map's contrast to its spread "
                                             "(boxes cut relative to the map's mean, not only its peak)")
                         method = gr.Dropdown(["auto", *METHODS], value="auto", label="Map method (auto: CAM where it is exact, "
                                              "Grad-CAM for other heads: ViT, Swin, ConvNeXt, MobileNetV3, VGG)",
@@ -391,7 +392,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
                                                     placeholder="e.g. ant, bee", elem_id="collection_classes")
                     collection_topk = gr.Slider(1, 5, value=1, step=1, label="Classes per photo")
                     min_score = gr.Slider(0, 1, value=0, step=0.01, label="Minimum score (drop classes below it)")
-                    collection_threshold = gr.Slider(0, 1, value=RECOMMENDED["threshold"], step=0.01,
+                    collection_threshold = gr.Slider(0, 1, value=RECOMMENDED.threshold, step=0.01,
                                                      label="Box threshold (fraction of the map's maximum)")
                     label_button = gr.Button("Label the collection", variant="primary")
                 with gr.Column(scale=2, min_width=320):

@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cam  # noqa: E402
-from cam.localize import inference_batch_size, localize_batch  # noqa: E402
+from cam.preprocess import inference_batch_size  # noqa: E402
+from cam.localize import localize_batch  # noqa: E402
 
 
 def main() -> None:

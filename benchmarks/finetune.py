@@ -40,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cam  # noqa: E402
 from cam.evaluate import evaluate  # noqa: E402
-from cam.localize import RECOMMENDED  # noqa: E402
+from cam.settings import RECOMMENDED  # noqa: E402
 from cam.train import train  # noqa: E402
 
 BIRDS = set(range(7, 25)) | set(range(80, 101)) | set(range(127, 147))
@@ -113,7 +113,7 @@ def run(zip_path: Path, test, mode: str, out: Path, input_size: int) -> dict:
         row.update({"test_images": metrics["images"], "test_accuracy": round(metrics["top1_cls"], 3),
                     "test_top1_loc": round(metrics["top1_loc"], 3), "test_gt_known_loc": round(metrics["gt_known_loc"], 3),
                     "test_max_box_acc_v2": round(metrics["max_box_acc_v2"], 3),
-                    "localization_setting": RECOMMENDED})
+                    "localization_setting": RECOMMENDED.to_dict()})
     return row
 
 

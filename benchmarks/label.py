@@ -31,8 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cam  # noqa: E402
-from cam.label import Settings, label  # noqa: E402
-from cam.localize import RECOMMENDED  # noqa: E402
+from cam.label import label  # noqa: E402
+from cam.settings import RECOMMENDED, Settings  # noqa: E402
 
 
 def loop_seconds(model, paths, topk: int) -> float:
@@ -162,7 +162,7 @@ def run(args) -> None:
     for path in paths[:4]:
         cam.localize(model, path)  # warm-up
     inputs = copies_of(images, args.copies)
-    print(json.dumps({"photos": len(paths) * args.copies, "setting": RECOMMENDED}), flush=True)
+    print(json.dumps({"photos": len(paths) * args.copies, "setting": RECOMMENDED.to_dict()}), flush=True)
     for topk in (1, 5):
         engines = {"label_local": (model, {})}
         if not args.no_ray:

@@ -39,8 +39,9 @@ import cam  # noqa: E402
 import cam.runtime  # noqa: E402
 from cam import render  # noqa: E402
 from cam.data import load_image  # noqa: E402
-from cam.localize import (class_maps, forward_features, normalise_for_size, preprocess,  # noqa: E402
-                          upsample_map)
+from cam.methods import class_maps, forward_features  # noqa: E402
+from cam.preprocess import preprocess  # noqa: E402
+from cam.upsample import normalise_for_size, upsample_map  # noqa: E402
 
 
 def photo_of(path: Path, megapixels: float) -> np.ndarray:

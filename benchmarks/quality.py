@@ -25,22 +25,24 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dataclasses import replace  # noqa: E402
+
 import cam  # noqa: E402
 from cam.evaluate import best_iou, evaluate, read_dataset  # noqa: E402
-from cam.localize import BEST, PLAIN, RECOMMENDED  # noqa: E402
+from cam.settings import BEST, PLAIN, RECOMMENDED  # noqa: E402
 
 SETTINGS = [
     ("plain CAM (paper)", "default", PLAIN),
-    ("threshold 0.3 (MaxBoxAcc's tau)", "default", {**PLAIN, "threshold": 0.3}),
-    ("flip", "default", {**PLAIN, "flip": True}),
-    ("input 256", "default", {**PLAIN, "input_size": 256}),
-    ("input 288", "default", {**PLAIN, "input_size": 288}),
-    ("input 320", "default", {**PLAIN, "input_size": 320}),
-    ("input 288 + flip", "default", {**PLAIN, "input_size": 288, "flip": True}),
-    ("refine", "default", {**PLAIN, "refine": True}),
+    ("threshold 0.3 (MaxBoxAcc's tau)", "default", replace(PLAIN, threshold=0.3)),
+    ("flip", "default", replace(PLAIN, flip=True)),
+    ("input 256", "default", replace(PLAIN, input_size=256)),
+    ("input 288", "default", replace(PLAIN, input_size=288)),
+    ("input 320", "default", replace(PLAIN, input_size=320)),
+    ("input 288 + flip", "default", replace(PLAIN, input_size=288, flip=True)),
+    ("refine", "default", replace(PLAIN, refine=True)),
     ("input 288 + refine (recommended)", "default", RECOMMENDED),
-    ("input 288 + refine + flip", "default", {**RECOMMENDED, "flip": True}),
-    ("input 288 + refine + adapt", "default", {**RECOMMENDED, "adapt": True}),
+    ("input 288 + refine + flip", "default", replace(RECOMMENDED, flip=True)),
+    ("input 288 + refine + adapt", "default", replace(RECOMMENDED, adapt=True)),
     ("input 288 + refine + flip + adapt (best)", "default", BEST),
     ("EfficientNet-Lite1 backbone", "efficientnet-lite1", PLAIN),
     ("EfficientNet-Lite2 backbone", "efficientnet-lite2", PLAIN),
@@ -49,7 +51,7 @@ SETTINGS = [
 ]
 
 # `--methods`: each map maker (cam.methods) at the paper's setting and at the recommended one.
-METHOD_SETTINGS = [(f"{method}{suffix}", "default", {**base, "method": method})
+METHOD_SETTINGS = [(f"{method}{suffix}", "default", replace(base, method=method))
                    for suffix, base in (("", PLAIN), (", input 288 + refine", RECOMMENDED))
                    for method in ("cam", "gradcam", "gradcam++", "layercam")]
 
@@ -58,13 +60,12 @@ CV_SETTINGS = ["plain CAM (paper)", "input 288", "input 288 + refine (recommende
 CV_THRESHOLDS = np.round(np.arange(0.05, 0.65, 0.05), 2)
 
 
-def threshold_cross_validation(model, folder, settings: dict, splits: int, seed: int = 0) -> dict:
+def threshold_cross_validation(model, folder, settings: cam.Settings, splits: int, seed: int = 0) -> dict:
     """Held-out top-1 loc when the threshold is picked on the other half (mean over 2 x `splits`)."""
     samples = read_dataset(folder)
     hits = np.zeros((len(samples), len(CV_THRESHOLDS)), dtype=bool)  # top-1 right and IoU >= 0.5
-    options = {k: v for k, v in settings.items() if k != "threshold"}
     for i, sample in enumerate(samples):
-        top = cam.localize(model, Path(folder) / "images" / sample.file, topk=1, **options).predictions[0]
+        top = cam.localize(model, Path(folder) / "images" / sample.file, settings, topk=1).predictions[0]
         if top.class_index == sample.label:
             hits[i] = [best_iou(cam.boxes_from_map(top.cam, tau), sample.boxes) >= 0.5 for tau in CV_THRESHOLDS]
     rng = np.random.default_rng(seed)
@@ -81,7 +82,7 @@ def threshold_cross_validation(model, folder, settings: dict, splits: int, seed:
             "held_out_top1_loc_range": [round(min(held_out), 3), round(max(held_out), 3)],
             "thresholds_chosen": dict(chosen.most_common()),
             "whole_set_top1_loc_by_threshold": dict(zip(CV_THRESHOLDS.tolist(), whole.round(3).tolist())),
-            "whole_set_at_default": round(float(whole[np.isclose(CV_THRESHOLDS, settings["threshold"])][0]), 3)}
+            "whole_set_at_default": round(float(whole[np.isclose(CV_THRESHOLDS, settings.threshold)][0]), 3)}
 
 
 def compare_runtimes(folder, rounds: int) -> None:
@@ -94,7 +95,7 @@ def compare_runtimes(folder, rounds: int) -> None:
     for _ in range(rounds):  # every setting in every round, so that the machine's drift hits all alike
         for name, options in settings.items():
             for runtime, model in models.items():
-                metrics[name, runtime], _ = evaluate(model, folder, **options)
+                metrics[name, runtime], _ = evaluate(model, folder, options)
                 times[name, runtime].append(metrics[name, runtime].pop("ms_per_image"))
     median = {key: round(statistics.median(values), 2) for key, values in times.items()}
     for name in settings:
@@ -129,10 +130,10 @@ def main() -> None:
         except ValueError as exc:  # an optional backbone package is not installed
             print(json.dumps({"setting": name, "skipped": str(exc)}), flush=True)
             continue
-        metrics, _ = evaluate(model, args.folder, **settings)
+        metrics, _ = evaluate(model, args.folder, settings)
         metrics.pop("curve")
         base_ms = base_ms or metrics["ms_per_image"]
-        row = {"setting": name, "model": spec, **settings,
+        row = {"setting": name, "model": spec, **settings.to_dict(),
                **{k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()},
                "latency_ratio_to_plain": round(metrics["ms_per_image"] / base_ms, 2)}
         print(json.dumps(row), flush=True)

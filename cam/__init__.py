@@ -2,10 +2,11 @@
 
 from .boxes import boxes_from_map, iou
 from .data import load_image
-from .localize import BEST, PLAIN, PRESETS, RECOMMENDED, Prediction, Result, localize, localize_batch
+from .localize import Prediction, Result, localize, localize_batch
 from .models import CamModel, load_model
+from .settings import BEST, PLAIN, PRESETS, RECOMMENDED, Settings
 
 __all__ = [
-    "BEST", "CamModel", "PLAIN", "PRESETS", "Prediction", "RECOMMENDED", "Result", "boxes_from_map", "iou",
+    "BEST", "CamModel", "PLAIN", "PRESETS", "Prediction", "RECOMMENDED", "Result", "Settings", "boxes_from_map", "iou",
     "load_image", "load_model", "localize", "localize_batch",
 ]

@@ -7,36 +7,41 @@ import json
 import os
 import sys
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 
-def _add_cam_options(parser: argparse.ArgumentParser) -> None:
-    from .localize import RECOMMENDED
+def _add_cam_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """The model, runtime and device options, and one option for each field of `cam.Settings`
+    (its flag, help and default from the field) but those in `skip`, with the presets."""
+    from .settings import PLAIN, RECOMMENDED, Settings
 
     parser.add_argument("--model", default="default", help="model spec (default: the bundled EfficientNet-Lite0)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help=f"box threshold, fraction of the map's max (default {RECOMMENDED['threshold']})")
-    parser.add_argument("--input-size", type=int, default=None,
-                        help=f"square input side (default {RECOMMENDED['input_size']}; --plain: the model's own)")
-    parser.add_argument("--flip", action="store_true", default=None, help="average the maps of the image and its mirror")
-    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
-                        help="refine the maps by the similarity of the finer features (default: on; --plain: off)")
-    parser.add_argument("--adapt", action=argparse.BooleanOptionalAction, default=None,
-                        help="adapt each map's contrast to its spread, so boxes are cut relative to its mean "
-                             "(default: off; --best: on)")
+    parser.add_argument("--no-pretrained", action="store_true",
+                        help="timm/torchvision names: random weights instead of the hub's (no network needed)")
+    for option in fields(Settings):
+        if option.name in skip:
+            continue
+        meta, default = option.metadata, getattr(RECOMMENDED, option.name)
+        if meta.get("boolean"):
+            parser.add_argument(meta["flag"], dest=option.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{meta['help']} (default: {'on' if default else 'off'}"
+                                     f"{'; --plain: off' if getattr(PLAIN, option.name) != default else ''})")
+        else:
+            shown = {"input_size": f"{default}; 0 or --plain: the model's own", "topk": "5", "classes": "all"}
+            parser.add_argument(meta["flag"], dest=option.name, type=meta.get("type", str), choices=meta.get("choices"),
+                                default=None, help=f"{meta['help']} (default {shown.get(option.name, default)})")
     parser.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino"],
                         help="what runs the network: auto (default: openvino on a CPU where it is installed, else "
                              "torch), torch, or openvino (the compiled CPU runtime)")
     _add_device_option(parser)
-    parser.add_argument("--method", default="auto", choices=["auto", "cam", "gradcam", "gradcam++", "layercam"],
-                        help="map maker (default auto: CAM, exact for every model that loads)")
     presets = parser.add_mutually_exclusive_group()
     presets.add_argument("--plain", action="store_true",
                          help="the paper's CAM exactly: model input size, no flip, no refinement, threshold 0.2, "
                               "largest region")
     presets.add_argument("--best", action="store_true",
-                         help="the best localization: input 288, flip, refinement and adapted contrast (about 1.4x "
-                              "the default's time; README, 'Localization quality')")
+                         help="input 288, flip, refinement and adapted contrast (about 1.4x the default's time; "
+                              "README, 'Localization quality')")
 
 
 def _add_device_option(parser: argparse.ArgumentParser) -> None:
@@ -44,17 +49,26 @@ def _add_device_option(parser: argparse.ArgumentParser) -> None:
                         help="cpu, cuda or cuda:N (default: cuda where a GPU is present, else cpu)")
 
 
-def _cam_settings(args) -> dict:
-    """Localization settings from the command line: the recommended ones unless --plain, --best or overridden."""
-    from .localize import PRESETS
+def _cam_settings(args):
+    """The `cam.Settings` of the command line: the recommended ones unless --plain or --best, each
+    option given replacing its field."""
+    from .settings import PRESETS, Settings
 
-    settings = dict(PRESETS["plain" if args.plain else "best" if args.best else "recommended"])
-    for key in ("threshold", "input_size", "flip", "refine", "adapt"):
-        value = getattr(args, key)
-        if value is not None:
-            settings[key] = value
-    settings["method"] = args.method
-    return settings
+    base = PRESETS["plain" if args.plain else "best" if args.best else "recommended"]
+    given = {option.name: getattr(args, option.name) for option in fields(Settings)
+             if getattr(args, option.name, None) is not None}
+    if "classes" in given:
+        given["classes"] = _class_list(given["classes"])
+    if given.get("input_size") == 0:
+        given["input_size"] = None
+    return replace(base, **given)
+
+
+def _load(args):
+    """The model the command line names, on its runtime and device."""
+    from .models import load_model
+
+    return load_model(args.model, pretrained=not args.no_pretrained, device=args.device, runtime=args.runtime)
 
 
 def _emit(obj: dict) -> None:
@@ -68,11 +82,11 @@ def _error(message: str) -> None:
 def cmd_localize(args) -> int:
     from . import render
     from .data import find_images, read_photo
-    from .localize import check_input_size, inference_batch_size, localize_batch
-    from .models import load_model
+    from .localize import localize_batch
+    from .preprocess import check_input_size, inference_batch_size
 
     settings = _cam_settings(args)
-    model = load_model(args.model, device=args.device, runtime=args.runtime)
+    model = _load(args)
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -80,8 +94,7 @@ def cmd_localize(args) -> int:
 
     def finish(batch: list) -> None:
         """Localize the loaded (path, photo) pairs in one forward pass and report each."""
-        results = localize_batch(model, [photo for _, photo in batch], topk=args.topk, all_regions=args.all_boxes,
-                                 **settings)
+        results = localize_batch(model, [photo for _, photo in batch], settings)
         for (path, _), result in zip(batch, results):
             record = {"image": str(path), **result.to_dict()}
             if out:
@@ -98,7 +111,7 @@ def cmd_localize(args) -> int:
     paths = find_images(args.images)
     # A progress bar only for a person watching a terminal: piped or logged stderr keeps one line per error.
     bar = _progress_bar("localize") if len(paths) > 1 and sys.stderr.isatty() else None
-    size = check_input_size(settings["input_size"], model)
+    size = check_input_size(settings.input_size, model)
     batch_size = inference_batch_size(model, size)
     failures, batch = 0, []
     for done, path in enumerate(paths, start=1):
@@ -119,15 +132,12 @@ def cmd_localize(args) -> int:
 
 
 def cmd_label(args) -> int:
-    from .label import Settings, label
+    from .label import label
 
-    cam = _cam_settings(args)
-    settings = Settings(topk=args.topk, min_score=args.min_score, threshold=cam["threshold"],
-                        all_regions=args.all_boxes, input_size=cam["input_size"], flip=cam["flip"],
-                        refine=cam["refine"], adapt=cam["adapt"], batch_size=args.batch_size, method=cam["method"],
-                        classes=_class_list(args.classes))
+    settings = _cam_settings(args)
     bar = _progress_bar("label", unit="photos") if sys.stderr.isatty() else None
     summary = label(args.inputs, args.out, model=args.model, settings=settings, formats=args.format,
+                    batch_size=args.batch_size, pretrained=not args.no_pretrained,
                     engine=args.engine, ray_address=args.ray_address, ray_cpus_per_worker=args.ray_cpus_per_worker,
                     runtime=args.runtime, device=args.device, progress=bar, on_record=lambda record, _: _emit(record),
                     val_fraction=args.val_fraction, copy_images=args.copy_images)
@@ -150,17 +160,16 @@ def _class_list(value: str | None) -> tuple | None:
 
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate, plot_curve, write_rows
-    from .models import load_model
 
     settings = _cam_settings(args)
-    model = load_model(args.model, device=args.device, runtime=args.runtime)
-    metrics, rows = evaluate(model, args.folder, progress=_progress_bar("evaluate"), **settings)
+    model = _load(args)
+    metrics, rows = evaluate(model, args.folder, settings, progress=_progress_bar("evaluate"))
     if args.per_image:
         write_rows(rows, args.per_image)
     if args.plot:
         plot_curve(metrics, args.plot)
     metrics.pop("curve")
-    _emit({"model": model.spec, "runtime": model.runtime, **settings, **metrics})
+    _emit({"model": model.spec, "settings": settings.to_dict(), **metrics})
     return 0
 
 
@@ -208,9 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     loc = sub.add_parser("localize", help="top classes, maps and boxes for images or folders of images")
     loc.add_argument("images", nargs="+", help="image files or folders (walked recursively)")
-    loc.add_argument("--topk", type=int, default=None,
-                     help="classes per image (default 5, or the model's class count if it has fewer)")
-    loc.add_argument("--all-boxes", action="store_true", help="a box for every region, not only the largest")
     loc.add_argument("--opacity", type=float, default=0.5, help="heatmap opacity of the saved overlay")
     loc.add_argument("--out", help="folder for overlay and box PNGs and a JSON file per image")
     _add_cam_options(loc)
@@ -235,13 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab = sub.add_parser("label", help="boxes for a photo collection as COCO, YOLO and Pascal VOC files (resumable)")
     lab.add_argument("inputs", nargs="+", help="image files, folders (walked recursively) and zips")
     lab.add_argument("--out", required=True, help="output folder; rerunning the same command there resumes the run")
-    lab.add_argument("--topk", type=int, default=1, help="classes per photo (default 1)")
-    lab.add_argument("--min-score", type=float, default=0.0, help="drop predictions whose probability is below this")
-    lab.add_argument("--all-boxes", action="store_true", help="a box for every region, not only the largest")
     lab.add_argument("--format", default="coco,yolo,voc", help="comma-separated among coco, yolo, voc (default: all)")
-    lab.add_argument("--classes", default=None,
-                     help="box only these classes, the exported ids in this order: names separated by commas, or a "
-                          "file with one name a line (a number is a class index; default: every class of the model)")
     lab.add_argument("--val-fraction", type=float, default=0.1,
                      help="photos in the YOLO and VOC validation split, chosen by a stable hash of each path (default 0.1)")
     lab.add_argument("--copy-images", action="store_true",
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("folder")
     ev.add_argument("--per-image", help="write one CSV row per image here")
     ev.add_argument("--plot", help="write a PNG of box accuracy against threshold here")
-    _add_cam_options(ev)
+    _add_cam_options(ev, skip=("topk", "classes", "min_score", "all_regions"))  # the metrics fix these
     ev.set_defaults(run=cmd_evaluate)
     return parser
 

@@ -23,11 +23,11 @@ import torch
 
 from .boxes import boxes_from_map, check_threshold, iou, region_boxes
 from .data import load_image
-from .localize import (RECOMMENDED, adapt_contrast, check_input_size, class_maps, forward_features,
-                       inference_batch_size, inference_threads, normalise_for_size, preprocess, preset_settings,
-                       refine_maps, upsample_map)
-from .methods import check_method, gradient_maps
+from .methods import check_method, make_maps
 from .models import CamModel
+from .preprocess import check_input_size, inference_batch_size, inference_threads, preprocess
+from .settings import Settings, settings_of
+from .upsample import normalise_for_size, upsample_map
 
 THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # the cam_curve_interval of wsolevaluation
 IOU_LEVELS = (0.3, 0.5, 0.7)
@@ -114,24 +114,22 @@ class WsolScores:
         }
 
 
-def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"],
-             input_size: int | None = RECOMMENDED["input_size"], flip: bool = RECOMMENDED["flip"],
-             refine: bool = RECOMMENDED["refine"], batch_size: int | None = None,
-             progress=None, method: str = "auto", adapt: bool = RECOMMENDED["adapt"],
-             quality: str | None = None) -> tuple[dict, list[dict]]:
+def evaluate(model: CamModel, folder, settings: Settings | str | None = None, batch_size: int | None = None,
+             progress=None, **options) -> tuple[dict, list[dict]]:
     """Evaluate `model` on `folder`; returns (metrics, per-image rows).
 
     `progress(done, total)` is called after each batch (`batch_size` images; default:
     `inference_batch_size`). Metrics are fractions in [0, 1]; the
     `curve` entry holds GT-known box accuracy for every threshold and IoU level (for plotting).
-    Maps are made as `localize` makes them (`refine` applies when the model has a guide layer, `adapt`
-    and `quality` as there), by `method` (`cam.methods`); on a compiled runtime PyTorch's own ops run
-    on one thread meanwhile.
+    Maps are made as `localize` makes them, by the same path (`cam.methods.make_maps`), from
+    `settings` and keyword `options` as there (`cam.Settings`; its topk, classes, min_score and
+    all_regions do not apply: the metrics fix them). On a compiled runtime PyTorch's own ops run on
+    one thread meanwhile.
     """
-    input_size, flip, refine, adapt = preset_settings(quality, input_size, flip, refine, adapt)
-    method = check_method(method, model)
-    scores = WsolScores(threshold)
-    size = check_input_size(input_size, model)
+    settings = settings_of(settings, **options)
+    method = check_method(settings.method, model)
+    scores = WsolScores(settings.threshold)
+    size = check_input_size(settings.input_size, model)
     batch_size = batch_size or inference_batch_size(model, size)
     samples = read_dataset(folder)
     for sample in samples:
@@ -149,13 +147,9 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
                 return torch.stack([z.argmax(1), labels], 1)
 
             batch = preprocess(model, arrays, size)
-            if method == "cam":
-                logits, features, guide = forward_features(model, batch, flip, refine)
-                maps = class_maps(model, features, pairs(logits), guide)
-            else:
-                logits, _, maps, guide = gradient_maps(model, batch, pairs, method, flip, refine)
-                maps = maps if guide is None else refine_maps(maps, guide)
-            maps = (adapt_contrast(maps) if adapt else maps).cpu().numpy()
+            logits, _, maps, refined, ran = make_maps(model, batch, method, pairs, settings.flip, settings.refine,
+                                                      settings.adapt)
+            maps = maps.cpu().numpy()
             probs = logits.softmax(1)
             top1 = probs.argmax(1)
             for sample, array, pair, predicted, score in zip(chunk, arrays, maps, top1.tolist(), probs.max(1).values.tolist()):
@@ -164,9 +158,10 @@ def evaluate(model: CamModel, folder, threshold: float = RECOMMENDED["threshold"
             if progress:
                 progress(len(scores.rows), len(samples))
     metrics = scores.metrics()
-    metrics["refined"] = guide is not None  # a guide map comes only where the model has one
-    metrics["adapted"] = adapt
+    metrics["refined"] = refined  # a guide map comes only where the model has one
+    metrics["adapted"] = settings.adapt
     metrics["method"] = method
+    metrics["runtime"] = ran
     metrics["ms_per_image"] = (time.perf_counter() - start) * 1000 / len(samples)
     return metrics, scores.rows
 

@@ -21,14 +21,17 @@ import socket
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from . import export
 from .data import find_images, map_threads, private_temp_folder, read_photo, remove_orphaned_temp_folders, unpack_zip
-from .localize import RECOMMENDED, check_input_size, class_indices, inference_batch_size, localize_batch
+from .localize import class_indices, localize_batch
+from .preprocess import check_input_size, inference_batch_size
+from .settings import Settings, settings_of
+from .methods import check_method
 from .models import CamModel, load_model
 
 LOG, ERRORS, RUN = "predictions.jsonl", "errors.jsonl", "run.json"
@@ -78,27 +81,11 @@ def collect(inputs, unpack_root: Path) -> list[Item]:
     return items
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What a run computes: stored in `run.json`, and a restart with other values is refused."""
-
-    topk: int = 1
-    min_score: float = 0.0
-    threshold: float = RECOMMENDED["threshold"]
-    all_regions: bool = False
-    input_size: int | None = RECOMMENDED["input_size"]
-    flip: bool = RECOMMENDED["flip"]
-    refine: bool = RECOMMENDED["refine"]
-    adapt: bool = RECOMMENDED["adapt"]
-    batch_size: int | None = None  # photos a forward pass (default: `inference_batch_size`)
-    method: str = "auto"  # map maker (`cam.methods`)
-    classes: tuple[str, ...] | None = None  # the classes to box, in the exported ids' order (default: all the model's)
-
-
-def label(inputs, out, model: str | CamModel = "default", settings: Settings = Settings(), formats=export.FORMATS,
+def label(inputs, out, model: str | CamModel = "default", settings: Settings | str | None = None,
+          formats=export.FORMATS, batch_size: int | None = None,
           engine: str = "local", ray_address: str | None = None, ray_cpus_per_worker: int | None = None,
           progress=None, on_record=None, runtime: str = "auto", device: str | None = None,
-          val_fraction: float = 0.1, copy_images: bool = False) -> dict:
+          val_fraction: float = 0.1, copy_images: bool = False, pretrained: bool = True) -> dict:
     """Localize every photo of `inputs` into the folder `out`: `predictions.jsonl` and `errors.jsonl`
     (appended batch by batch; a rerun resumes), then the `formats` among coco, yolo and voc,
     written from the whole log. Returns a summary. `progress(done, total)` follows the photos and
@@ -106,11 +93,14 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings = S
     `Item`, whose file is readable until `label` returns.
 
     A `model` given as a CamModel is used as it is (local engine only); a spec is loaded here, onto
-    `device`, and with engine "ray" once per actor, on `runtime` (`cam.load_model`). Ray actors ask
+    `device`, and with engine "ray" once per actor, on `runtime`, with hub weights unless not
+    `pretrained` (`cam.load_model`). Ray actors ask
     for no GPU: they run on `ray_cpus_per_worker` CPUs each, with as many torch threads (default:
     this process's thread count, which keeps their bits those of the local engine).
 
-    `settings.classes` restricts the boxes to those classes (top-k among them) and makes them the
+    `settings` (a `cam.Settings` or a preset's name; default: the recommended one, top-1) are the
+    localization settings, recorded in `run.json` with `batch_size` (photos a forward pass, default
+    `inference_batch_size`): a run resumes only with the same. `settings.classes` restricts the boxes to those classes (top-k among them) and makes them the
     exported classes, in that order. YOLO and VOC split the photos into train and val by a stable
     hash of each photo's relative path (`val_fraction` of them in val) and link the photos beside
     their labels (copies with `copy_images`; photos from zips are always copied).
@@ -120,23 +110,28 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings = S
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "ray" and device is not None and str(device) != "cpu":
         raise ValueError(f"the ray engine's actors run on their CPUs: device {str(device)!r} is for the local engine")
+    if engine == "ray" and not pretrained:
+        raise ValueError("the ray engine loads the model in each actor, and untrained weights would differ between "
+                         "them: save the model as a checkpoint and pass its folder")
     ray = _connect_ray(ray_address) if engine == "ray" else None
     if isinstance(model, CamModel):
         if engine == "ray":
             raise ValueError("the ray engine loads the model in each actor: pass a model spec, not a CamModel")
     else:
-        model = load_model(_portable_spec(model), device=device, runtime=runtime)
+        model = load_model(_portable_spec(model), pretrained=pretrained, device=device, runtime=runtime)
+    settings = settings_of(settings)
     size = check_input_size(settings.input_size, model)
     classes = _export_classes(model, settings.classes)
-    settings = Settings(**{**settings.__dict__, "batch_size": settings.batch_size or inference_batch_size(model, size),
-                           "classes": None if settings.classes is None else tuple(name for _, name in classes)})
-    _check_settings(model, settings)
+    settings = replace(settings, topk=settings.topk or 1,
+                       classes=None if settings.classes is None else tuple(name for _, name in classes))
+    batch_size = batch_size or inference_batch_size(model, size)
+    _check_settings(model, settings, batch_size)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _claim(out / RUN, {"model": model.spec, "weights": model.weights_digest(), "runtime": model.runtime,
-                       **settings.__dict__, "val_fraction": val_fraction})  # the runtime too: its float32 results differ in the last bits
+                       **settings.to_dict(), "batch_size": batch_size, "val_fraction": val_fraction})  # the runtime too: its float32 results differ in the last bits
 
     remove_orphaned_temp_folders("cam-label-")  # zips unpacked by runs that were killed
     unpacked = private_temp_folder("cam-label-")
@@ -144,8 +139,7 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings = S
     try:
         items = collect(inputs, unpacked)
         done = _logged_names(out / LOG) | _logged_names(out / ERRORS)
-        size = settings.batch_size
-        blocks = [items[i:i + size] for i in range(0, len(items), size)]
+        blocks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
         blocks = [b for b in blocks if any(item.name not in done for item in b)]
         total, finished, new = len(items), sum(item.name in done for item in items), 0
         if progress:
@@ -228,11 +222,7 @@ def _decode(items: list[Item], cover: int) -> list[tuple[Item, object]]:
 
 def _label_decoded(model: CamModel, decoded, settings: Settings) -> list[tuple[str, str, bool]]:
     photos = [value for _, value in decoded if not isinstance(value, str)]
-    results = iter(localize_batch(model, photos, topk=settings.topk, threshold=settings.threshold,
-                                  all_regions=settings.all_regions, input_size=settings.input_size,
-                                  flip=settings.flip, refine=settings.refine, batch_size=len(photos) or 1,
-                                  method=settings.method, adapt=settings.adapt, classes=settings.classes)
-                   if photos else [])
+    results = iter(localize_batch(model, photos, settings, batch_size=len(photos) or 1) if photos else [])
     lines = []
     for item, value in decoded:
         failed = isinstance(value, str)
@@ -240,7 +230,6 @@ def _label_decoded(model: CamModel, decoded, settings: Settings) -> list[tuple[s
             record = {"error": value, "file": item.name, "path": item.shown}
         else:
             record = {"file": item.name, **next(results).to_dict()}
-            record["predictions"] = [p for p in record["predictions"] if p["score"] >= settings.min_score]
         lines.append((item.name, json.dumps(record) + "\n", failed))
     return lines
 
@@ -262,7 +251,7 @@ class _RayLabeller:
     def __init__(self, spec: str, runtime: str, settings: dict, threads: int):
         torch.set_num_threads(threads)
         self.model = load_model(spec, runtime=runtime)
-        self.settings = Settings(**settings)
+        self.settings = Settings(**settings)  # from its dict: the fields, classes as a list
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -288,7 +277,7 @@ def _ray_blocks(ray, spec: str, runtime: str, blocks, settings: Settings, cpus_p
     # Ray blocks of about 32 rows (a Ray task each: fewer tasks, less overhead), at least 4 per actor.
     ray_blocks = max(1, min(len(rows), max(4 * workers, len(rows) // 32)))
     dataset = ray.data.from_items(rows, override_num_blocks=ray_blocks).map_batches(
-        _RayLabeller, fn_constructor_kwargs={"spec": spec, "runtime": runtime, "settings": settings.__dict__,
+        _RayLabeller, fn_constructor_kwargs={"spec": spec, "runtime": runtime, "settings": settings.to_dict(),
                                              "threads": cpus},
         batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers), num_cpus=cpus)
     sizes = iter(len(block) for block in blocks)
@@ -339,14 +328,13 @@ def _check_formats(formats) -> tuple[str, ...]:
     return chosen
 
 
-def _check_settings(model: CamModel, settings: Settings) -> None:
+def _check_settings(model: CamModel, settings: Settings, batch_size) -> None:
     ranked = len(settings.classes) if settings.classes else len(model.class_names)
-    if isinstance(settings.topk, bool) or not isinstance(settings.topk, int) or not 1 <= settings.topk <= ranked:
+    if not settings.topk <= ranked:
         raise ValueError(f"topk must be between 1 and {ranked}, got {settings.topk!r}")
-    if not 0.0 <= settings.min_score <= 1.0:
-        raise ValueError(f"min_score must be in [0, 1], got {settings.min_score!r}")
-    if settings.batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {settings.batch_size}")
+    check_method(settings.method, model)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
 
 
 def _claim(path: Path, run: dict) -> None:

@@ -310,8 +310,9 @@ def _create(factory, spec: str, pretrained: bool) -> nn.Module:
     except (OSError, RuntimeError, ConnectionError) as exc:
         if pretrained:
             raise ValueError(
-                f"could not fetch pretrained weights for {spec!r} ({type(exc).__name__}); without a network "
-                "pass pretrained=False, or use 'default', which ships its ImageNet weights"
+                f"could not fetch pretrained weights for {spec!r} ({type(exc).__name__}); without a network, load "
+                "it untrained (pretrained=False; on the command line --no-pretrained), or use 'default', which "
+                "ships its ImageNet weights"
             ) from exc
         raise
 

@@ -3,7 +3,8 @@
 `OpenVinoRunner` converts the network once per input size (the batch stays dynamic; through an
 ONNX export) into a model whose outputs are the logits, the feature map entering the pooling and
 the guide map of `refine`, compiles it for the CPU in float32 and keeps a few sizes. Converted models are cached on disk,
-keyed by the weights' SHA-256 and the size, so a new process compiles in a fraction of a second.
+keyed by the weights' SHA-256, the runtime's version, the output layers and the size, so a new process
+compiles in a fraction of a second.
 Sizes are compiled one by one because some networks' padding depends on the input size (timm's
 "same" padding is computed in Python and traced as constants).
 """
@@ -14,7 +15,9 @@ import collections
 import contextlib
 import ctypes
 import functools
+import hashlib
 import importlib.util
+import logging
 import os
 import platform
 import tempfile
@@ -77,6 +80,40 @@ def torch_yields_threads():
         torch.set_num_threads(saved)
 
 
+class ConversionError(RuntimeError):
+    """A compiled runtime cannot convert or compile the model (as opposed to one call failing)."""
+
+
+_FALLBACK = threading.Lock()
+
+
+def run_compiled(model, x: torch.Tensor):
+    """The compiled runtime's (logits, features, guide) for the batch `x`, or None where PyTorch must
+    run it: the model has no compiled runner, or its runner failed. A model that cannot be converted
+    switches to PyTorch for good, once (under a lock, one log line); any other failure is this
+    call's alone, run again on PyTorch and logged, and the next call tries the runtime again."""
+    runner = model.runner
+    if runner is None:
+        return None
+    log = logging.getLogger("cam.runtime")
+    try:
+        return runner(x)
+    except ConversionError as exc:
+        with _FALLBACK:
+            if model.runner is runner:
+                log.warning("%s cannot convert %s (%s); using PyTorch", model.runtime, model.spec, _first_line(exc))
+                model.runtime, model.runner = "torch", None
+    except Exception as exc:  # a call's failure can be any error; that call still gets its answer
+        log.warning("%s failed on a batch of %s (%s: %s); this batch runs on PyTorch", model.runtime, model.spec,
+                    type(exc).__name__, _first_line(exc))
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def check_runtime(runtime: str) -> str:
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
@@ -122,7 +159,10 @@ class OpenVinoRunner:
         self._lock = threading.Lock()
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        compiled = self._compiled_for(tuple(batch.shape[2:]))
+        try:
+            compiled = self._compiled_for(tuple(batch.shape[2:]))
+        except Exception as exc:  # a converter's failure can be any error
+            raise ConversionError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
         outputs = compiled.create_infer_request().infer({0: batch.detach().cpu().contiguous().numpy()})
         values = [torch.from_numpy(outputs[port]) for port in compiled.outputs]
         return values[0], values[1], values[2] if len(values) > 2 else None
@@ -134,7 +174,7 @@ class OpenVinoRunner:
                 return self._compiled[size]
             import openvino as ov
 
-            path = CACHE / f"{self.digest[:32]}_{size[0]}x{size[1]}.xml"
+            path = self.cache_path(size, ov.__version__)
             core = ov.Core()
             if path.is_file():
                 converted = core.read_model(path)
@@ -147,6 +187,13 @@ class OpenVinoRunner:
             while len(self._compiled) > SIZES_KEPT:
                 self._compiled.popitem(last=False)
             return compiled
+
+    def cache_path(self, size: tuple[int, int], version: str) -> Path:
+        """Where the model converted at `size` is kept: named by the weights' digest and by what else
+        decides the converted model (the runtime's version, the layers whose maps are outputs)."""
+        made_by = f"openvino {version}|{self.model.feature_layer}|{self.model.guide_layer}"
+        return CACHE / f"{self.digest[:32]}_{hashlib.sha256(made_by.encode()).hexdigest()[:12]}_{size[0]}x{size[1]}.xml"
+
 
 def export_onnx(model, size: tuple[int, int], path: Path) -> Path:
     """`model`'s network at `size`, with a dynamic batch and the outputs of `_Outputs`, as an ONNX

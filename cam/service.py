@@ -27,7 +27,8 @@ from . import render
 from .boxes import check_threshold, scale_box
 from .data import MAX_ARCHIVE_FILES, load_image, private_temp_folder, read_photo, remove_orphaned_temp_folders
 from .export import read_log
-from .localize import RECOMMENDED, Result, localize
+from .localize import Result, localize
+from .settings import RECOMMENDED, Settings
 from .models import DEFAULT_SPEC, CamModel, check_hub_spec, load_model
 from .runtime import check_runtime, glibc_mallopt
 
@@ -119,14 +120,13 @@ def _check_reachable(host: str, choice: str) -> None:
                          "choose 'default' or a fine-tuned checkpoint from the menu") from None
 
 
-def analyze(cache: ModelCache, choice: str, image, topk: int, threshold: float, all_regions: bool,
-            input_size: int | None, flip: bool, refine: bool, method: str = "auto", adapt: bool = False) -> Result:
-    """Run the model once on `image` (a path or array) and keep every map for later re-boxing."""
+def analyze(cache: ModelCache, choice: str, image, settings: Settings) -> Result:
+    """Run the model once on `image` (a path or array) at `settings`, its top-k at most the model's
+    class count, and keep every map for later re-boxing."""
     model = cache.get(choice)
-    topk = min(int(topk), len(model.class_names))
-    return localize(model, image, topk=topk, threshold=threshold, all_regions=all_regions,
-                    input_size=input_size or None, flip=bool(flip), refine=bool(refine), method=method or "auto",
-                    adapt=bool(adapt))
+    if settings.topk is not None:
+        settings = replace(settings, topk=min(settings.topk, len(model.class_names)))
+    return localize(model, image, settings)
 
 
 def views(result: Result, opacity: float, folder: Path):
@@ -154,7 +154,7 @@ def live_frame(cache: ModelCache, choice: str, frame, topk: int = 3, opacity: fl
     caption naming the top classes. Unreadable frames raise the ValueError of `load_image`."""
     model = cache.get(choice)
     image, _ = _shrunk(load_image(frame), LIVE_SIDE)
-    result = localize(model, image, topk=min(int(topk), len(model.class_names)))
+    result = localize(model, image, topk=min(int(topk), len(model.class_names)))  # the recommended setting
     picture = _jpeg_bytes(render.heatmap_with_boxes(result, opacity), quality=80)
     caption = " · ".join(f"**{p.label}** {p.score:.2f}" for p in result.predictions)
     return "data:image/jpeg;base64," + base64.b64encode(picture).decode("ascii"), caption
@@ -260,14 +260,14 @@ SHEET_PHOTOS = 48  # photos shown on the contact sheet; the download holds every
 
 
 def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: int = 1, min_score: float = 0.0,
-                     threshold: float = RECOMMENDED["threshold"], classes: str = "", progress=None) -> tuple[list, dict, str]:
+                     threshold: float = RECOMMENDED.threshold, classes: str = "", progress=None) -> tuple[list, dict, str]:
     """Label uploaded photos and zips (`cam.label.label`, the recommended setting) into `folder`:
     the contact sheet (boxed thumbnails of the first SHEET_PHOTOS photos, captioned), the run's
     summary with the first errors, and a zip of the COCO, YOLO and VOC files, their photos and the
     logs. `classes`, comma-separated names (empty: all), are the classes boxed and exported."""
     from types import SimpleNamespace
 
-    from .label import Settings, label
+    from .label import label
 
     files = [str(f) for f in files or []]
     if not files:

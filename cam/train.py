@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .data import private_temp_folder, read_photos, remove_orphaned_temp_folders, scan_dataset, unpack_zip
-from .localize import check_input_size, forward_features, inference_batch_size, preprocess
+from .preprocess import check_input_size, inference_batch_size, preprocess
+from .methods import forward_features
 from .models import CamModel, check_device, load_model
 
 DEFAULT_EPOCHS = {"head": 30, "full": 5}

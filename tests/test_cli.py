@@ -1,6 +1,8 @@
 import json
+import re
 import subprocess
 import sys
+from dataclasses import fields, replace
 
 import pytest
 
@@ -97,10 +99,10 @@ def test_best_sets_its_options_and_each_flag_still_overrides():
     def settings(*flags):
         return _cam_settings(build_parser().parse_args(["localize", "x.png", *flags]))
 
-    assert settings("--best") == {**cam.BEST, "method": "auto"}
-    assert settings("--best", "--no-adapt", "--input-size", "320") == {**cam.BEST, "adapt": False, "input_size": 320,
-                                                                       "method": "auto"}
-    assert settings()["adapt"] is False and settings("--adapt")["adapt"] is True
+    assert settings("--best") == cam.BEST and settings() == cam.RECOMMENDED and settings("--plain") == cam.PLAIN
+    assert settings("--best", "--no-adapt", "--input-size", "320") == replace(cam.BEST, adapt=False, input_size=320)
+    assert settings().adapt is False and settings("--adapt").adapt is True
+    assert settings("--input-size", "0").input_size is None and settings("--classes", "ant,7").classes == ("ant", 7)
     proc = run_cli("localize", str(EXAMPLES / "coffee.png"), "--plain", "--best")
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
 
@@ -134,3 +136,65 @@ def test_hostile_images_each_get_one_line_and_the_rest_is_done(tmp_path):
     errors = proc.stderr.strip().splitlines()
     assert len(errors) == len(names) and all(line.startswith("error: ") for line in errors)
     assert [json.loads(line)["predictions"][0]["label"] for line in proc.stdout.splitlines()] == ["espresso"]
+
+
+def _docs() -> str:
+    return (ROOT / "README.md").read_text() + "".join(p.read_text() for p in sorted((ROOT / "docs").glob("*.md")))
+
+
+def test_the_settings_options_are_built_from_the_settings_and_every_option_is_documented():
+    from cam.__main__ import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    evaluate_skips = {"topk", "classes", "min_score", "all_regions"}
+    for name, parser in commands.items():
+        dests = {action.dest for action in parser._actions}
+        if name != "train":
+            expected = {f.name for f in fields(cam.Settings)} - (evaluate_skips if name == "evaluate" else set())
+            assert expected <= dests, (name, expected - dests)
+        undocumented = [action.option_strings[0] for action in parser._actions
+                        if action.option_strings and action.option_strings[0] != "-h"
+                        and action.option_strings[0] not in _docs()]
+        assert not undocumented, (name, undocumented)
+
+
+def test_every_option_the_readme_shows_exists():
+    from cam.__main__ import build_parser
+
+    known = {flag for parser in build_parser()._subparsers._group_actions[0].choices.values()
+             for action in parser._actions for flag in action.option_strings}
+    usage = [line for line in (ROOT / "README.md").read_text().splitlines()
+             if line.lstrip().startswith(("python -m cam", "[", "SETTINGS:"))]
+    shown = {flag.split("/")[0] for line in usage for flag in re.findall(r"--[a-z][a-z-]*(?:/--[a-z-]+)?", line)}
+    assert shown and shown <= known, shown - known
+
+
+def test_the_readme_python_example_runs_as_pasted(monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Python\n\n```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(ROOT)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # offline, the bundled model, the example photos
+    assert namespace["p"].label and namespace["result"].predictions[0].boxes
+
+
+def test_a_two_class_checkpoint_localizes_both_classes_by_default(tmp_path):
+    from cam.train import _replace_classifier, save_checkpoint
+
+    model = cam.load_model("timm:test_resnet", pretrained=False, device="cpu")
+    _replace_classifier(model, 2)
+    model.class_names = ["ants", "bees"]
+    folder = save_checkpoint(model, tmp_path, {}, {})
+    proc = run_cli("localize", str(EXAMPLES / "coffee.png"), "--model", str(folder))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p["label"] for p in json.loads(proc.stdout)["predictions"]) == ["ants", "bees"]
+    proc = run_cli("localize", str(EXAMPLES / "coffee.png"), "--model", str(folder), "--topk", "3")
+    assert proc.returncode == 2 and "topk must be between 1 and 2, got 3" in proc.stderr  # an explicit value stays checked
+
+
+def test_hub_names_take_no_pretrained_and_errors_name_the_flag():
+    proc = run_cli("localize", str(EXAMPLES / "coffee.png"), "--model", "timm:test_resnet", "--no-pretrained", "--topk", "1")
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("localize", str(EXAMPLES / "coffee.png"), "--model", "timm:test_resnet")
+    last = proc.stderr.strip().splitlines()[-1]  # before it, the hub client's own retry warnings
+    assert proc.returncode == 2 and last.startswith("error: ") and "--no-pretrained" in last

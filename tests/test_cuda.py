@@ -11,7 +11,8 @@ import torch
 import cam
 from cam.evaluate import evaluate
 from cam.label import label
-from cam.localize import class_maps, forward_features, preprocess
+from cam.methods import class_maps, forward_features
+from cam.preprocess import preprocess
 from cam.train import train
 
 from .conftest import EXAMPLES

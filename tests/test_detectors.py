@@ -14,8 +14,8 @@ import yaml
 from PIL import Image
 
 import cam
-from cam import export
-from cam.label import LOG, Settings, label
+from cam import Settings, export
+from cam.label import LOG, label
 
 from .conftest import ROOT
 from .datasets import COLOURS, square_image

@@ -79,11 +79,11 @@ def test_evaluate_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
 
 
 def test_evaluate_makes_the_maps_of_the_quality_preset(tiny_model, tmp_path, monkeypatch):
-    import cam.evaluate as evaluation
+    import cam.methods as methods
 
     folder = box_dataset(tmp_path, ["x.png,3,0,0,64,64"])
     adapted = []
-    monkeypatch.setattr(evaluation, "adapt_contrast", lambda maps: adapted.append(maps.shape) or maps)
+    monkeypatch.setattr(methods, "adapt_contrast", lambda maps: adapted.append(maps.shape) or maps)
     metrics, _ = evaluate(tiny_model, folder, quality="best")
     assert metrics["adapted"] is True and adapted == [(1, 2, 18, 18)]  # the predicted and the true class, 288 px
     assert evaluate(tiny_model, folder)[0]["adapted"] is False and len(adapted) == 1

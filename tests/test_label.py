@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cam import export
-from cam.label import ERRORS, LOG, Settings, collect, label
+from cam import Settings, export
+from cam.label import ERRORS, LOG, collect, label
 from cam.train import save_checkpoint
 
 from .conftest import ROOT
@@ -244,12 +244,13 @@ def test_the_ray_engine_writes_the_same_files_as_the_local_one(tiny_checkpoint, 
 
     _photos(tmp_path / "in", 13)
     (tmp_path / "in" / "broken.png").write_text("not a photo")
-    settings = Settings(topk=2, all_regions=True, batch_size=3)
-    local = label([tmp_path / "in"], tmp_path / "local", model=tiny_checkpoint, settings=settings)
+    settings = Settings(topk=2, all_regions=True)
+    local = label([tmp_path / "in"], tmp_path / "local", model=tiny_checkpoint, settings=settings, batch_size=3)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"py_modules": [str(Path(cam.__file__).parent)]})
     try:
-        distributed = label([tmp_path / "in"], tmp_path / "ray", model=tiny_checkpoint, settings=settings, engine="ray")
+        distributed = label([tmp_path / "in"], tmp_path / "ray", model=tiny_checkpoint, settings=settings, batch_size=3,
+                            engine="ray")
     finally:
         ray.shutdown()
     assert distributed["engine"] == "ray" and distributed["labelled"] == local["labelled"] == 13

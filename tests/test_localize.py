@@ -31,7 +31,7 @@ def test_result_contract(tiny_model, photo):
 def test_refine_spreads_a_map_over_the_pixels_whose_features_look_alike():
     import torch
 
-    from cam.localize import refine_maps
+    from cam.methods import refine_maps
 
     guide = torch.zeros(1, 2, 4, 4)
     guide[0, 0, :, :2] = 1.0  # left half: one feature direction
@@ -61,7 +61,7 @@ def test_refine_spreads_a_map_over_the_pixels_whose_features_look_alike():
 def test_adapt_contrast_cuts_a_map_relative_to_its_mean():
     import torch
 
-    from cam.localize import adapt_contrast
+    from cam.methods import adapt_contrast
 
     ramp = torch.linspace(-1, 3, 16).view(1, 4, 4)  # min-max normalised: 0, 1/15, ..., 1; mean 0.5
     adapted = adapt_contrast(torch.stack([ramp, torch.zeros(1, 4, 4), 2 * ramp + 5]))
@@ -90,11 +90,16 @@ def test_quality_presets_set_the_map_options(tiny_model, photo):
     assert best.adapted and best.to_dict()["adapted"] is True and best.refined
     np.testing.assert_array_equal(best.predictions[0].small_cam, explicit.predictions[0].small_cam)
     assert [p.boxes for p in best.predictions] == [p.boxes for p in explicit.predictions]
-    plain = cam.localize(tiny_model, photo, topk=2, quality="plain", refine=True, adapt=True)  # the preset wins
+    plain = cam.localize(tiny_model, photo, topk=2, quality="plain")
     assert not plain.refined and not plain.adapted and plain.predictions[0].small_cam.shape == (5, 5)  # its own size
+    adapted = cam.localize(tiny_model, photo, "plain", topk=2, adapt=True)  # a keyword replaces the preset's field
+    assert adapted.adapted and not adapted.refined
+    assert cam.localize(tiny_model, photo, cam.BEST, topk=2).predictions[0].boxes == best.predictions[0].boxes
     assert cam.localize(tiny_model, photo, topk=2).to_dict()["adapted"] is False  # the default: recommended
     with pytest.raises(ValueError, match="quality must be one of plain, recommended, best"):
         cam.localize(tiny_model, photo, quality="fast")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'treshold'"):
+        cam.localize(tiny_model, photo, treshold=0.3)
 
 
 def test_refine_off_or_without_a_guide_gives_the_exact_cams(tiny_model, photo):
@@ -102,7 +107,9 @@ def test_refine_off_or_without_a_guide_gives_the_exact_cams(tiny_model, photo):
 
     import torch
 
-    from cam.localize import class_maps, forward_features, normalise_for_size, preprocess
+    from cam.methods import class_maps, forward_features
+    from cam.upsample import normalise_for_size
+    from cam.preprocess import preprocess
 
     plain = cam.localize(tiny_model, photo, topk=3, refine=False)
     no_guide = cam.localize(dataclasses.replace(tiny_model, guide_layer=None), photo, topk=3, refine=True)
@@ -235,7 +242,7 @@ def test_upsampling_is_torchs_bilinear_with_pixel_centres_aligned():
     import torch
     import torch.nn.functional as F
 
-    from cam.localize import upsample_map
+    from cam.upsample import upsample_map
 
     rng = np.random.default_rng(1)
     for _ in range(100):
@@ -249,7 +256,7 @@ def test_upsampling_is_torchs_bilinear_with_pixel_centres_aligned():
 
 
 def test_maps_are_normalised_after_upsampling_without_a_pass_over_the_big_map():
-    from cam.localize import normalise_for_size, upsample_map
+    from cam.upsample import normalise_for_size, upsample_map
 
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -275,7 +282,7 @@ def test_maps_are_normalised_after_upsampling_without_a_pass_over_the_big_map():
 def test_boxes_cut_band_by_band_equal_the_boxes_of_each_upsampled_map(monkeypatch):
     import importlib
 
-    localize_module = importlib.import_module("cam.localize")
+    localize_module = importlib.import_module("cam.upsample")
     monkeypatch.setattr(localize_module, "BAND_PIXELS", 4096)  # many bands even for small maps
     rng = np.random.default_rng(2)
     for trial in range(400):
@@ -324,7 +331,7 @@ def test_output_folders_expire(tmp_path):
 
 
 def test_inference_batches_hold_at_most_250k_pixels_on_a_cpu(tiny_model):
-    from cam.localize import inference_batch_size
+    from cam.preprocess import inference_batch_size
 
     sizes = [(224, 224), (288, 288), (320, 320), (384, 384), (1024, 1024), (96, 96)]
     assert [inference_batch_size(tiny_model, s) for s in sizes] == [4, 3, 2, 1, 1, 27]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import cam
-from cam.localize import preprocess
+from cam.preprocess import preprocess
 from cam.methods import GRADIENT_METHODS, gradient_maps
 
 PEERS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM"}
@@ -96,7 +96,7 @@ def test_one_backward_leaves_no_hooks_and_no_gradients(tiny_model, photo):
 
 
 def test_on_a_gap_model_gradcam_is_the_relu_of_cam(default_model):
-    from cam.localize import class_maps, forward_features
+    from cam.methods import class_maps, forward_features
 
     batch = preprocess(default_model, [np.asarray(cam.load_image("examples/coffee.png"))], (224, 224))
     _, features, _ = forward_features(default_model, batch)

@@ -8,7 +8,8 @@ import torch
 
 import cam
 import cam.runtime
-from cam.localize import class_maps, forward_features, preprocess
+from cam.methods import class_maps, forward_features
+from cam.preprocess import preprocess
 
 EXACT = [
     "timm:test_resnet", "timm:test_efficientnet", "timm:resnet18", "timm:mobilenetv2_050", "timm:regnety_002",

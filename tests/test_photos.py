@@ -9,7 +9,7 @@ from PIL import Image, ImageFile
 import cam
 from cam.boxes import scale_box
 from cam.data import WORK_SIDE, Photo, read_photo, read_photos
-from cam.localize import boxes_of_maps, normalise_for_size, photo_boxes, upsample_map
+from cam.upsample import boxes_of_maps, normalise_for_size, photo_boxes, upsample_map
 
 from .images import bomb_png, jpeg_bytes, png_bytes
 

@@ -87,7 +87,7 @@ def test_pytorch_runs_on_one_thread_during_a_compiled_call_and_gets_its_threads_
     def failing(*args):
         raise MemoryError("out of memory")
 
-    monkeypatch.setattr(sys.modules["cam.localize"], "boxes_of_maps", failing)  # after the compiled call
+    monkeypatch.setattr(sys.modules["cam.localize"], "photo_boxes", failing)  # after the compiled call
     with pytest.raises(MemoryError):
         cam.localize(compiled, PHOTOS[0])
     assert torch.get_num_threads() == THREADS  # also after an error
@@ -117,19 +117,60 @@ def test_gradient_methods_run_on_pytorch(compiled):
     assert result.runtime == "torch" and result.method == "gradcam"
 
 
-def test_a_model_it_cannot_run_falls_back_to_pytorch_with_one_log_line(tiny_model, photo, caplog):
+def test_a_model_it_cannot_convert_falls_back_to_pytorch_once_with_one_log_line(photo, caplog):
     model = cam.load_model("timm:test_resnet", pretrained=False, device="cpu", runtime="openvino")
+    entered = threading.Barrier(4)
 
     def broken(batch):
-        raise RuntimeError("cannot convert this operator")
+        entered.wait(timeout=30)  # four calls fail at once: one switch, one line
+        raise cam.runtime.ConversionError("RuntimeError: cannot convert this operator")
 
     model.runner = broken
-    with caplog.at_level(logging.WARNING, logger="cam.localize"):
-        result = cam.localize(model, photo, topk=2)
-    assert model.runtime == result.runtime == "torch" and model.runner is None
+    results = []
+    with caplog.at_level(logging.WARNING, logger="cam.runtime"):
+        threads = [threading.Thread(target=lambda: results.append(cam.localize(model, photo, topk=2)))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert model.runtime == "torch" and model.runner is None
+    assert [r.runtime for r in results] == ["torch"] * 4
     assert [r.getMessage() for r in caplog.records] == [
-        "openvino cannot run timm:test_resnet (RuntimeError: cannot convert this operator); using PyTorch"]
-    assert result.predictions[0].cam.shape == photo.shape[:2]
+        "openvino cannot convert timm:test_resnet (RuntimeError: cannot convert this operator); using PyTorch"]
+    reference = cam.localize(model, photo, topk=2)  # on PyTorch from now on
+    assert all(r.predictions[0].boxes == reference.predictions[0].boxes for r in results)
+
+
+def test_a_failing_call_runs_again_on_pytorch_and_leaves_the_runtime_in_place(compiled, caplog, monkeypatch):
+    real_runner, calls = compiled.runner, []
+
+    def flaky(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("infer request failed")
+        return real_runner(batch)
+
+    monkeypatch.setattr(compiled, "runner", flaky)
+    torch_model = cam.load_model("default", device="cpu", runtime="torch")
+    with caplog.at_level(logging.WARNING, logger="cam.runtime"):
+        first, second = cam.localize(compiled, PHOTOS[0], topk=2), cam.localize(compiled, PHOTOS[0], topk=2)
+    assert first.runtime == "torch" and second.runtime == "openvino" and compiled.runtime == "openvino"
+    assert [p.class_index for p in first.predictions] == [p.class_index for p in
+                                                          cam.localize(torch_model, PHOTOS[0], topk=2).predictions]
+    assert [r.getMessage() for r in caplog.records] == [
+        "openvino failed on a batch of default (RuntimeError: infer request failed); this batch runs on PyTorch"]
+
+
+def test_the_converted_model_cache_is_keyed_by_runtime_version_and_layers(compiled):
+    import dataclasses
+
+    runner = compiled.runner
+    path = runner.cache_path((288, 288), "2025.1")
+    assert path.name.startswith(runner.digest[:32]) and path.name.endswith("_288x288.xml")
+    assert runner.cache_path((288, 288), "2025.2") != path  # another OpenVINO version converts again
+    other = cam.runtime.OpenVinoRunner(dataclasses.replace(compiled, guide_layer=None))
+    assert other.digest == runner.digest and other.cache_path((288, 288), "2025.1") != path  # other outputs too
 
 
 def test_bad_runtimes_are_refused(monkeypatch):
