@@ -1,5 +1,5 @@
 """Milliseconds per photo of `localize_batch` by input size and batch size; JSON. The measurement
-behind `cam.localize.inference_batch_size`.
+behind `cam.preprocess.inference_batch_size`.
 
     python benchmarks/batching.py ../shared/data/imagenet-val-dev [--photos 120] [--repeats 2]
     python benchmarks/batching.py examples --photos 128 --device cuda

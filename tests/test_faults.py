@@ -118,7 +118,7 @@ def _alive(pid: int) -> bool:
 def test_typed_hub_models_are_checked_first_and_kept_in_a_small_lru(tmp_path, monkeypatch):
     import pytest
 
-    import cam.service as service
+    import cam.service.model_cache as service
 
     cache = ModelCache(tmp_path / "none", hub_models=2)
     with pytest.raises(ValueError, match="timm:resnet50"):  # a typo: refused with close names, nothing fetched
@@ -148,7 +148,7 @@ def test_an_unreachable_hub_is_one_clear_message_at_once(tmp_path, monkeypatch):
 
     import pytest
 
-    import cam.service as service
+    import cam.service.model_cache as service
 
     monkeypatch.setitem(service.HUB_HOSTS, "timm", "127.0.0.1")  # nothing listens on port 443 here
     started = clock.perf_counter()

@@ -216,7 +216,7 @@ def test_bad_options_and_unwritable_folders_are_one_line(tiny_checkpoint, tmp_pa
 
     for args, message in ((["--out", str(blocker / "out")], "Not a directory"),
                           (["--out", str(tmp_path / "o1"), "--format", "coco,pdf"], "formats must be among"),
-                          (["--out", str(tmp_path / "o2"), "--topk", "0"], "topk must be between"),
+                          (["--out", str(tmp_path / "o2"), "--topk", "0"], "topk must be a positive integer"),
                           (["--out", str(tmp_path / "o3"), "--engine", "ray", "--ray-address", "127.0.0.1:9"],
                            "cannot reach the Ray cluster")):
         proc = run(*args)

@@ -215,7 +215,7 @@ def test_large_photos_are_shown_scaled_and_downloaded_at_full_size(tiny_model, t
 
 
 def test_scaled_pictures_scale_the_boxes(tiny_model, photo):
-    from cam.service import _scaled_result
+    from cam.service.outputs import _scaled_result
 
     result = cam.localize(tiny_model, photo, topk=1)
     result.predictions[0].boxes = [(0, 0, 120, 90), (30, 45, 31, 46)]

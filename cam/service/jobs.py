@@ -1,0 +1,166 @@
+"""Long work for the app: labelling an uploaded collection, fine-tuning in a process of its own,
+reviewing what a checkpoint learned."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+
+from .. import render
+from ..boxes import check_threshold, scale_box
+from ..data import MAX_ARCHIVE_FILES, private_temp_folder, read_photo
+from ..export import read_log
+from ..models import DEFAULT_SPEC
+from ..settings import RECOMMENDED, Settings
+from .model_cache import CHECKPOINTS, ROOT, ModelCache
+from .outputs import GALLERY_SIDE, _jpeg, _scaled_result, _shrunk
+
+
+SHEET_PHOTOS = 48  # photos shown on the contact sheet; the download holds every photo's boxes
+
+
+def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: int = 1, min_score: float = 0.0,
+                     threshold: float = RECOMMENDED.threshold, classes: str = "", progress=None) -> tuple[list, dict, str]:
+    """Label uploaded photos and zips (`cam.label.label`, the recommended setting) into `folder`:
+    the contact sheet (boxed thumbnails of the first SHEET_PHOTOS photos, captioned), the run's
+    summary with the first errors, and a zip of the COCO, YOLO and VOC files, their photos and the
+    logs. `classes`, comma-separated names (empty: all), are the classes boxed and exported."""
+    from types import SimpleNamespace
+
+    from .label import label
+
+    files = [str(f) for f in files or []]
+    if not files:
+        raise ValueError("Add photos or a .zip of photos first.")
+    if len(files) > MAX_ARCHIVE_FILES:
+        raise ValueError(f"{len(files):,} files is over the limit of {MAX_ARCHIVE_FILES:,}; upload a zip of fewer photos")
+    model = cache.get(choice)
+    chosen = tuple(name.strip() for name in str(classes or "").split(",") if name.strip()) or None
+    try:
+        settings = Settings(topk=min(int(topk), len(chosen or model.class_names)), min_score=float(min_score),
+                            threshold=check_threshold(threshold), classes=chosen)
+    except (TypeError, ValueError):
+        raise ValueError("top-k, minimum score and threshold must be numbers") from None
+    sheet = []
+
+    def add_to_sheet(record: dict, item) -> None:
+        if "error" in record or len(sheet) >= SHEET_PHOTOS:
+            return
+        photo = read_photo(item.path)
+        image, _ = _shrunk(photo.pixels, GALLERY_SIDE)
+        shown = [SimpleNamespace(label=p["label"], score=p["score"],
+                                 boxes=[scale_box(b, photo.size, image.shape[:2]) for b in p["boxes"]])
+                 for p in record["predictions"]]
+        top = record["predictions"][0] if record["predictions"] else None
+        caption = f"{record['file']}: {top['label']} {top['score']:.2f}" if top else f"{record['file']}: no class above the minimum score"
+        sheet.append((_jpeg(render.draw_boxes(image, shown), folder / f"sheet_{len(sheet):03d}.jpg"), caption))
+
+    def report(done: int, total: int) -> None:
+        os.utime(folder)  # a long run's folder stays fresh for OutputFolders' sweep, which goes by age
+        if progress:
+            progress(done, total)
+
+    out = folder / "labels"
+    summary = label(files, out, model=model, settings=settings, progress=report, on_record=add_to_sheet)
+    summary["first_errors"] = [f"{e['file']}: {e['error']}" for e in itertools.islice(read_log(out / "errors.jsonl"), 5)]
+    portable_data_yaml(out / "yolo" / "data.yaml")
+    archive = shutil.make_archive(str(folder / "labels"), "zip", root_dir=out)  # links are followed: photos included
+    return sheet, summary, archive
+
+
+def portable_data_yaml(path: Path) -> None:
+    """Empty the `path` of a YOLO data.yaml that travels in a download: Ultralytics then takes the
+    folder the file is in as the dataset root, wherever it is unpacked."""
+    if not path.is_file():
+        return
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "path": ""}, allow_unicode=True, sort_keys=False))
+
+
+def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPOINTS, model_spec: str = DEFAULT_SPEC):
+    """Run a fine-tuning job in its own process (`python -m cam train`) and yield its progress
+    dicts as they come, then {'stage': 'done', **summary}. Its own process: the server's memory is
+    untouched when it ends, and inference never waits on it. A failed job raises a ValueError with
+    its one-line message; closing the generator (the user left) stops the job, and a stopped job
+    writes no checkpoint."""
+    try:
+        settings = ["--mode", str(mode), "--epochs", str(int(epochs)), "--lr", str(float(lr)),
+                    "--val-split", str(float(val_split))]
+    except (TypeError, ValueError):
+        raise ValueError("epochs, learning rate and validation split must be numbers") from None
+    command = [sys.executable, "-m", "cam", "train", str(data), "--model", model_spec, *settings, "--out", str(out)]
+    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors: collections.deque = collections.deque(maxlen=20)
+    drain = threading.Thread(target=lambda: errors.extend(job.stderr), daemon=True)  # the progress bar
+    drain.start()
+    try:
+        summary = None
+        for line in job.stdout:
+            event = json.loads(line)
+            if "checkpoint" in event:
+                summary = event
+            else:
+                yield event
+        job.wait()
+        drain.join(timeout=10)
+        if job.returncode != 0 or summary is None:
+            reported = [e.rsplit("error: ", 1)[1].strip() for e in errors if "error: " in e]
+            raise ValueError(reported[-1] if reported else f"training stopped (exit code {job.returncode})")
+        yield {"stage": "done", **summary}
+    finally:
+        if job.poll() is None:
+            job.terminate()
+            job.wait(timeout=30)
+
+
+def validation_review(cache: ModelCache, choice: str, data, folder: Path, limit: int = SHEET_PHOTOS) -> list:
+    """What a fine-tuned checkpoint learned: its validation photos (the split its training made,
+    rebuilt from `data`, the same zip or folder) with the new model's heatmap and box, captioned with
+    the true and the predicted class; misclassified photos first, then class by class. At most
+    `limit` (picture, caption) tiles, pictures as JPEGs in `folder`."""
+    from .data import scan_dataset, unpack_zip
+    from .localize import localize_batch
+    from .train import stratified_split
+
+    model = cache.get(choice)
+    config = json.loads((cache.checkpoints / choice / "config.json").read_text())
+    if "val_split" not in config:
+        raise ValueError(f"{choice} was trained before checkpoints recorded their validation split")
+    scratch = private_temp_folder("cam-review-")
+    try:
+        root = Path(data)
+        if root.is_file():
+            unpack_zip(root, scratch / "data")
+            root = scratch / "data"
+        _, items, _ = scan_dataset(root)
+        _, val = stratified_split([label for _, label in items], config["val_split"], config.get("seed", 0))
+        # At the size training validated at, so that the classes are those of the confusion matrix.
+        size = config.get("train_input_size", [None])[0]
+        results = localize_batch(model, [items[i][0] for i in val], topk=1, input_size=size)
+        truths = [items[i][1] for i in val]
+        order = sorted(range(len(val)), key=lambda j: (results[j].predictions[0].class_index == truths[j], truths[j], j))
+        tiles = []
+        for rank, j in enumerate(order[:limit]):
+            top = results[j].predictions[0]
+            mark = "right" if top.class_index == truths[j] else "WRONG"
+            caption = f"{mark}: {model.class_names[truths[j]]} -> {top.label} {top.score:.2f}"
+            picture = render.heatmap_with_boxes(_scaled_result(results[j], GALLERY_SIDE))
+            tiles.append((_jpeg(picture, folder / f"review_{rank:03d}.jpg"), caption))
+        return tiles
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def checkpoint_archive(checkpoint: str, folder: Path) -> str:
+    """A zip of a checkpoint folder, for download."""
+    base = folder / Path(checkpoint).name
+    return shutil.make_archive(str(base), "zip", root_dir=checkpoint)

@@ -1,0 +1,110 @@
+"""The models a server shares: loaded once, lazily, by menu choice; typed hub names in a small LRU."""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from ..localize import Result, localize
+from ..models import DEFAULT_SPEC, CamModel, check_hub_spec, load_model
+from ..runtime import check_runtime
+from ..settings import Settings
+
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINTS = Path(os.environ.get("CAM_CHECKPOINTS", ROOT / "checkpoints"))
+EXAMPLES = ROOT / "examples"
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """A complete checkpoint folder: visible name, both files present (half-written ones are hidden)."""
+    return (folder.is_dir() and not folder.name.startswith(".")
+            and (folder / "config.json").is_file() and (folder / "model.safetensors").is_file())
+
+
+class ModelCache:
+    """Models by menu choice, each loaded once, lazily, and shared by all requests.
+
+    Menu choices are 'default' and the names of complete checkpoint folders under `checkpoints`,
+    kept once loaded. A typed 'timm:NAME' or 'torchvision:NAME' loads with its hub weights (where
+    the machine reaches the hub, as on Spaces) into a small LRU of `hub_models`, since a visitor
+    can name any of hundreds. Anything else, a path included, is refused. Models load on `runtime`
+    (default: the CAM_RUNTIME environment variable, else "auto").
+    """
+
+    def __init__(self, checkpoints: Path = CHECKPOINTS, device: str | None = None, hub_models: int = 2,
+                 runtime: str | None = None):
+        self.checkpoints = Path(checkpoints)
+        self.device = device
+        self.runtime = check_runtime(runtime or os.environ.get("CAM_RUNTIME", "auto"))  # what runs the networks
+        self.hub_models = hub_models
+        self._models: collections.OrderedDict[tuple[str, int], CamModel] = collections.OrderedDict()
+        self._lock = threading.Lock()  # guards the dict
+        self._loading = threading.Lock()  # one load at a time; cached models are served meanwhile
+
+    def choices(self) -> list[str]:
+        found = sorted(p.name for p in self.checkpoints.iterdir() if is_checkpoint(p)) if self.checkpoints.is_dir() else []
+        return [DEFAULT_SPEC] + found
+
+    def get(self, choice: str) -> CamModel:
+        choice = str(choice or "").strip()
+        listed = choice in self.choices()
+        if not listed and not choice.startswith(("timm:", "torchvision:")):
+            raise ValueError(f"unknown model {choice!r}: choose 'default' or a checkpoint listed in the menu, "
+                             "or type timm:NAME or torchvision:NAME")
+        key = self._key(choice)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        with self._loading:
+            with self._lock:
+                if key in self._models:
+                    return self._models[key]
+            if choice == DEFAULT_SPEC:
+                model = load_model(DEFAULT_SPEC, device=self.device, runtime=self.runtime)
+            elif listed:
+                model = load_model(str(self.checkpoints / choice), device=self.device, runtime=self.runtime)
+            else:
+                check_hub_spec(choice)
+                _check_reachable(HUB_HOSTS[choice.partition(":")[0]], choice)
+                model = load_model(choice, pretrained=True, device=self.device, runtime=self.runtime)
+            with self._lock:
+                for old in [k for k in self._models if k[0] == choice]:  # a checkpoint since written again
+                    del self._models[old]
+                self._models[key] = model
+                hub = [k for k in self._models if k[0].startswith(("timm:", "torchvision:"))]
+                for old in hub[:max(len(hub) - self.hub_models, 0)]:  # least recently used first
+                    del self._models[old]
+            return model
+
+    def _key(self, choice: str) -> tuple[str, int]:
+        """A checkpoint is known by its name and its weights file's modification time: one trained again
+        under a name that was deleted is loaded afresh."""
+        weights = self.checkpoints / choice / "model.safetensors"
+        return choice, weights.stat().st_mtime_ns if choice != DEFAULT_SPEC and weights.is_file() else 0
+
+
+HUB_HOSTS = {"timm": "huggingface.co", "torchvision": "download.pytorch.org"}  # where typed models' weights come from
+
+
+def _check_reachable(host: str, choice: str) -> None:
+    """A quick look for the hub before a download, whose own retries take a minute to fail offline."""
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError:
+        raise ValueError(f"{choice!r} needs its pretrained weights from {host}, which this server cannot reach; "
+                         "choose 'default' or a fine-tuned checkpoint from the menu") from None
+
+
+def analyze(cache: ModelCache, choice: str, image, settings: Settings) -> Result:
+    """Run the model once on `image` (a path or array) at `settings`, its top-k at most the model's
+    class count, and keep every map for later re-boxing."""
+    model = cache.get(choice)
+    if settings.topk is not None:
+        settings = replace(settings, topk=min(settings.topk, len(model.class_names)))
+    return localize(model, image, settings)
