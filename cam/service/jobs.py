@@ -36,7 +36,7 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
     logs. `classes`, comma-separated names (empty: all), are the classes boxed and exported."""
     from types import SimpleNamespace
 
-    from .label import label
+    from ..label import label
 
     files = [str(f) for f in files or []]
     if not files:
@@ -127,9 +127,9 @@ def validation_review(cache: ModelCache, choice: str, data, folder: Path, limit:
     rebuilt from `data`, the same zip or folder) with the new model's heatmap and box, captioned with
     the true and the predicted class; misclassified photos first, then class by class. At most
     `limit` (picture, caption) tiles, pictures as JPEGs in `folder`."""
-    from .data import scan_dataset, unpack_zip
-    from .localize import localize_batch
-    from .train import stratified_split
+    from ..data import scan_dataset, unpack_zip
+    from ..localize import localize_batch
+    from ..train import stratified_split
 
     model = cache.get(choice)
     config = json.loads((cache.checkpoints / choice / "config.json").read_text())
