@@ -6,23 +6,17 @@ area is (x1 - x0) * (y1 - y0). Ground-truth boxes in the same convention may be 
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
+
+from .settings import check_fraction
 
 Box = tuple[int, int, int, int]
 
 
 def check_threshold(threshold: float) -> float:
     """Return `threshold` as a float in [0, 1] or raise a ValueError naming it."""
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}") from None
-    if not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
-    return value
+    return check_fraction("threshold", threshold)
 
 
 def boxes_from_map(cam: np.ndarray, threshold: float = 0.2, all_regions: bool = False) -> list[Box]:

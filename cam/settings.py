@@ -15,7 +15,8 @@ def _option(default, help: str, flag: str | None = None, **cli):
     return field(default=default, metadata={"help": help, "flag": flag, **cli})
 
 
-def _fraction(name: str, value) -> float:
+def check_fraction(name: str, value) -> float:
+    """`value` as a float in [0, 1], or a ValueError naming `name`."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -54,8 +55,8 @@ class Settings:
             raise ValueError(f"input_size must be an integer between 32 and 1024 (or None), got {self.input_size!r}")
         for name in ("flip", "refine", "adapt", "all_regions"):
             object.__setattr__(self, name, bool(getattr(self, name)))
-        object.__setattr__(self, "threshold", _fraction("threshold", self.threshold))
-        object.__setattr__(self, "min_score", _fraction("min_score", self.min_score))
+        object.__setattr__(self, "threshold", check_fraction("threshold", self.threshold))
+        object.__setattr__(self, "min_score", check_fraction("min_score", self.min_score))
         if self.method not in METHOD_NAMES:
             raise ValueError(f"method must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
         if self.topk is not None and (isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1):
