@@ -447,3 +447,13 @@ def test_browser_live_tab_says_why_when_the_camera_is_absent_or_refused(server):
             page.get_by_role("tab", name="Live").click()
             page.get_by_text("Click to Access Webcam").click()
             expect(page.locator("#camera_message")).to_contain_text(message)
+
+
+def test_api_parameters_are_named_as_the_settings_fields(server):
+    from cam.settings import NAMES
+
+    info = _client(server).view_api(return_format="dict", print_info=False)
+    names = [p["parameter_name"] for p in info["named_endpoints"]["/localize"]["parameters"]]
+    assert names == ["image", "choice", "topk", "threshold", "all_regions", "opacity", "input_size", "flip", "refine",
+                     "method", "adapt"]
+    assert set(names) - {"image", "choice", "opacity"} <= set(NAMES)  # the README's API example calls them so
