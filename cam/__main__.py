@@ -1,4 +1,4 @@
-"""Command line: python -m cam {localize,label,train,evaluate}; JSON lines on stdout, errors on stderr."""
+"""Command line: cam (or python -m cam) {localize,label,train,evaluate,app}; JSON lines on stdout, errors on stderr."""
 
 from __future__ import annotations
 
@@ -173,6 +173,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_app(args) -> int:
+    from .ui import main as serve
+
+    serve([*(["--host", args.host] if args.host else []), *(["--port", str(args.port)] if args.port else [])])
+    return 0
+
+
 def cmd_train(args) -> int:
     from .train import train
 
@@ -212,7 +219,7 @@ def _progress_bar(title: str, unit: str | None = None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m cam", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cam", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     loc = sub.add_parser("localize", help="top classes, maps and boxes for images or folders of images")
@@ -256,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="photos per forward pass (default: at most 250,000 input pixels on a CPU, 16 on a GPU)")
     _add_cam_options(lab)
     lab.set_defaults(run=cmd_label)
+
+    web = sub.add_parser("app", help="serve the web app (default http://0.0.0.0:7860)")
+    web.add_argument("--host", default=None, help="address to listen on (default 0.0.0.0, or GRADIO_SERVER_NAME)")
+    web.add_argument("--port", type=int, default=None, help="port (default 7860, or GRADIO_SERVER_PORT)")
+    web.set_defaults(run=cmd_app)
 
     ev = sub.add_parser("evaluate", help="WSOL metrics on a folder holding images/ and boxes.csv")
     ev.add_argument("folder")

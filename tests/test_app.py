@@ -24,12 +24,23 @@ from .datasets import COLOURS, dataset_zip
 from .browser import BROWSER_FLAGS, chromium, fake_camera_flags, start_live
 
 ARTIFACTS = ROOT / "test-artifacts"
+SYSTEM_TEMP = Path(tempfile.gettempdir())  # where the app keeps its folders (the tests point tempfile elsewhere)
 LIVE_SECONDS = 8  # the test server's live streams are short, and one at a time: a closed tab's slot must come back
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    yield from _serve(tmp_path_factory)
+
+
+@pytest.fixture
+def fresh_server(tmp_path_factory):
+    """A server of its own that no test has used: its first visitor's first click is the first."""
+    yield from _serve(tmp_path_factory)
+
+
+def _serve(tmp_path_factory):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -64,7 +75,7 @@ def server(tmp_path_factory):
 
 def _owned_temp_folders(pid: int) -> list[Path]:
     """The app's private temp folders (result files, Gradio's cache) that name `pid` as owner."""
-    return [p for prefix in ("cam-outputs-*", "cam-gradio-*") for p in Path(tempfile.gettempdir()).glob(prefix)
+    return [p for prefix in ("cam-outputs-*", "cam-gradio-*") for p in SYSTEM_TEMP.glob(prefix)
             if (p / "owner.pid").is_file() and (p / "owner.pid").read_text() == str(pid)]
 
 
@@ -457,3 +468,55 @@ def test_api_parameters_are_named_as_the_settings_fields(server):
     assert names == ["image", "choice", "topk", "threshold", "all_regions", "opacity", "input_size", "flip", "refine",
                      "method", "adapt"]
     assert set(names) - {"image", "choice", "opacity"} <= set(NAMES)  # the README's API example calls them so
+
+
+def test_browser_first_visit_opens_on_a_result_with_the_examples_in_view(fresh_server):
+    import statistics
+
+    from playwright.sync_api import expect
+
+    with _app_page(fresh_server, 90_000) as page:
+        page.set_viewport_size({"width": 1366, "height": 768})
+        page.reload()
+        # A finished result for the first example, without a click.
+        expect(page.locator("#table")).to_contain_text("espresso")
+        for part in ("#overlay img", "#boxes img", "#gallery img"):
+            expect(page.locator(part).first).to_be_visible()
+        examples = page.locator("#examples")
+        expect(examples.locator("img").first).to_be_visible()
+        assert examples.locator("img").first.bounding_box()["y"] + 40 <= 768  # on the first screen of a laptop
+        page.screenshot(path=str(ARTIFACTS / "first_visit_laptop.png"))
+
+        def answer_ms(photo: str, label: str) -> float:
+            started = time.perf_counter()
+            examples.locator(f"img[src*='{photo}']").first.click()
+            expect(page.locator("#table")).to_contain_text(label)
+            return (time.perf_counter() - started) * 1000
+
+        first = answer_ms("chelsea", "Egyptian cat")
+        later = [answer_ms(photo, label) for photo, label in (("flower", "daisy"), ("coffee", "espresso"),
+                                                              ("rocket", "missile"), ("chelsea", "Egyptian cat"))]
+        assert first <= 1.5 * statistics.median(later), (first, later)
+
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: the examples come before the pictures
+        expect(page.locator("#overlay img")).to_be_visible()
+        assert examples.bounding_box()["y"] < page.locator("#overlay").bounding_box()["y"]
+        page.screenshot(path=str(ARTIFACTS / "first_visit_phone.png"), full_page=True)
+
+
+def test_api_collection_errors_name_files_not_server_folders(server, tmp_path):
+    from gradio_client import handle_file
+
+    client = _client(server)
+    broken = tmp_path / "holiday.zip"
+    broken.write_bytes(b"not a zip at all")
+    with pytest.raises(Exception) as info:
+        client.predict([handle_file(str(broken))], "default", 1, 0.0, 0.2, api_name="/label")
+    message = str(info.value)
+    assert "holiday.zip" in message and "/tmp" not in message and "gradio" not in message, message
+    unreadable = tmp_path / "holiday.jpg"
+    unreadable.write_bytes(b"no photo here")
+    with pytest.raises(Exception) as info:
+        client.predict([handle_file(str(unreadable))], "default", 1, 0.0, 0.2, api_name="/label")
+    message = str(info.value)
+    assert "None of the 1 photos could be read: holiday.jpg: " in message and "/tmp" not in message, message

@@ -67,7 +67,7 @@ def test_the_stream_components_pass_frames_as_bytes_and_pictures_as_data_urls():
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    from app import LiveInput, LiveOverlay
+    from cam.ui.components import LiveInput, LiveOverlay
 
     frame = jpeg_bytes(np.full((8, 8, 3), 200, np.uint8))
     url = "data:image/jpeg;base64," + base64.b64encode(frame).decode()

@@ -15,9 +15,11 @@ from ..runtime import check_runtime
 from ..settings import Settings
 
 
-ROOT = Path(__file__).resolve().parents[2]
-CHECKPOINTS = Path(os.environ.get("CAM_CHECKPOINTS", ROOT / "checkpoints"))
-EXAMPLES = ROOT / "examples"
+ROOT = Path(__file__).resolve().parents[2]  # the repository, in a checkout
+CHECKOUT = (ROOT / "app.py").is_file() and (ROOT / "cam").is_dir()
+# Fine-tuned checkpoints: the repository's checkpoints/ in a checkout, ./checkpoints where installed.
+CHECKPOINTS = Path(os.environ.get("CAM_CHECKPOINTS", ROOT / "checkpoints" if CHECKOUT else Path.cwd() / "checkpoints"))
+EXAMPLES = ROOT / "examples" if CHECKOUT else Path(__file__).resolve().parents[1] / "examples"  # the wheel's cam/examples
 
 
 def is_checkpoint(folder: Path) -> bool:

@@ -1,0 +1,84 @@
+"""Gradio components the tabs share: inputs that refuse unreadable files in words a person reads,
+the webcam's frames as bytes, pictures as data URLs, and the example photos."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+
+import gradio as gr
+from gradio.data_classes import ImageData
+
+from ..service import EXAMPLES
+
+log = logging.getLogger("cam.ui")
+
+
+class PhotoInput(gr.Image):
+    """gr.Image whose unreadable uploads raise a message a person understands, not a preprocessing dump."""
+
+    is_template = True  # drawn by the frontend as a plain Image
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            log.warning("unreadable upload: %s: %s", type(exc).__name__, exc)
+            raise gr.Error("This file is not an image this app can read. "
+                           "Upload a JPEG, PNG, BMP, GIF, WebP or TIFF photo.") from None
+
+
+class LiveInput(gr.Image):
+    """The webcam stream's input: each frame's JPEG bytes, for the package's guarded loader to decode."""
+
+    is_template = True
+
+    def preprocess(self, payload):
+        if payload is not None and payload.url and payload.url.startswith("data:image/"):
+            try:
+                return base64.b64decode(payload.url.partition(",")[2], validate=True)
+            except ValueError:
+                raise gr.Error("The webcam sent a frame this app cannot read.") from None
+        return super().preprocess(payload)
+
+
+class LiveOverlay(gr.Image):
+    """An output picture that takes a data URL as it is: live frames are never written to disk."""
+
+    is_template = True
+
+    def postprocess(self, value):
+        if isinstance(value, str) and value.startswith("data:image/"):
+            return ImageData(url=value)
+        return super().postprocess(value)
+
+
+def example_photos() -> list[Path]:
+    """The example photos, those the ImageNet model gets right first (the gallery opens on them);
+    the astronaut, whose top class is 'bobsled', last."""
+    first, last = ["coffee.png", "chelsea.png", "flower.jpg", "grace_hopper.jpg"], ["astronaut.png"]
+    photos = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".png", ".jpg")) if EXAMPLES.is_dir() else []
+    return sorted(photos, key=lambda p: (p.name in last, first.index(p.name) if p.name in first else len(first)))
+
+
+def model_menu(cache, **options) -> gr.Dropdown:
+    """A model menu ('default' and the checkpoints) that lists checkpoints trained since the page loaded
+    whenever it is opened."""
+    menu = gr.Dropdown(cache.choices(), value="default", **options)
+    menu.focus(lambda: gr.Dropdown(choices=cache.choices()), None, menu, api_visibility="private")
+    return menu
+
+
+def readable(exc: Exception, *places) -> gr.Error:
+    """A gr.Error from a ValueError's message, with the server's folders in it (`places`: paths of
+    uploads and the like) cut down to the file names the visitor knows; the full text goes to the log."""
+    text = str(exc)
+    log.info("refused: %s", text)
+    for place in places:
+        folder = str(Path(place).parent)
+        if len(folder) > 1:
+            text = text.replace(folder + "/", "")
+    return gr.Error(text)
