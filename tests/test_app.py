@@ -446,7 +446,9 @@ def test_browser_live_tab_streams_the_fake_camera_and_a_closed_tab_frees_its_slo
         start_live(page)
         page.wait_for_function("window.overlayUpdates.length >= 3")
         assert time.monotonic() - closed < LIVE_SECONDS + 15
-    assert not _cached_files(server) - files_before, "a live stream wrote files"
+    written = {f for f in _cached_files(server) - files_before  # but the Localize tab's result on each page load
+               if not re.fullmatch(r"(overlay|boxes|map_\d+)\.jpg", f.name)}
+    assert not written, "a live stream wrote files"
 
 
 def test_browser_live_tab_says_why_when_the_camera_is_absent_or_refused(server):
