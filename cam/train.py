@@ -51,6 +51,22 @@ def stratified_split(labels: list[int], val_split: float, seed: int) -> tuple[li
     return sorted(train), sorted(val)
 
 
+def stratified_folds(labels: list[int], folds: int, seed: int) -> list[list[int]]:
+    """`folds` disjoint lists of indices that together hold every image once, each class dealt
+    round-robin from a seeded shuffle, so that every fold holds its share of each class (within
+    one image): repeated k-fold cross-validation, one fold held out at a time."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= len(labels):
+        raise ValueError(f"folds must be an integer between 2 and the number of images, got {folds!r}")
+    rng, dealt, start = random.Random(seed), [[] for _ in range(folds)], 0
+    for label in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == label]
+        rng.shuffle(members)
+        for j, index in enumerate(members):
+            dealt[(start + j) % folds].append(index)
+        start = (start + len(members)) % folds  # the next class starts where this one stopped: sizes stay even
+    return [sorted(fold) for fold in dealt]
+
+
 def train(data, model_spec: str = "default", mode: str = "head", epochs: int | None = None,
           lr: float | None = None, val_split: float = 0.2, out="checkpoints", seed: int = 0,
           batch_size: int = 32, pretrained: bool = True, device: str | None = None,

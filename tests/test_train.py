@@ -229,3 +229,23 @@ def test_hundred_thousand_tiny_files_are_refused_quickly(tmp_path):
     with pytest.raises(ValueError, match="100,000 entries"):
         cam_data.unpack_zip(zip_path, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("counts, folds", [((120, 125), 5), ((7, 3, 30), 3), ((2, 2), 4), ((50,), 10)])
+def test_stratified_folds_hold_every_image_once_and_keep_the_class_balance(counts, folds):
+    from cam.train import stratified_folds
+
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    for seed in range(3):
+        dealt = stratified_folds(labels, folds, seed)
+        assert len(dealt) == folds and sorted(i for fold in dealt for i in fold) == list(range(len(labels)))
+        for k, test in enumerate(dealt):  # no photo both trained on and held out
+            train = {i for j, fold in enumerate(dealt) if j != k for i in fold}
+            assert not train & set(test)
+        for c, n in enumerate(counts):
+            per_fold = [sum(labels[i] == c for i in fold) for fold in dealt]
+            assert max(per_fold) - min(per_fold) <= 1  # each class's share in every fold, within one photo
+        assert max(map(len, dealt)) - min(map(len, dealt)) <= 1
+    assert stratified_folds(labels, folds, 0) == stratified_folds(labels, folds, 0)  # seeded
+    with pytest.raises(ValueError, match="folds must be"):
+        stratified_folds(labels, 1, 0)
