@@ -145,6 +145,10 @@ def _docs() -> str:
 def test_the_settings_options_are_built_from_the_settings_and_every_option_is_documented():
     from cam.__main__ import build_parser
 
+    from cam.methods import METHODS
+    from cam.settings import METHOD_NAMES
+
+    assert METHOD_NAMES == ("auto", *METHODS)  # the settings' choices are the registry's names
     commands = build_parser()._subparsers._group_actions[0].choices
     evaluate_skips = {"topk", "classes", "min_score", "all_regions"}
     for name, parser in commands.items():
