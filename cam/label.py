@@ -100,8 +100,9 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings | s
 
     `settings` (a `cam.Settings` or a preset's name; default: the recommended one, top-1) are the
     localization settings, recorded in `run.json` with `batch_size` (photos a forward pass, default
-    `inference_batch_size`): a run resumes only with the same. `settings.classes` restricts the boxes to those classes (top-k among them) and makes them the
-    exported classes, in that order. YOLO and VOC split the photos into train and val by a stable
+    `inference_batch_size`): a run resumes only with the same. `settings.classes` restricts the
+    boxes to those classes (top-k among them) and makes them the exported classes, in that order.
+    YOLO and VOC split the photos into train and val by a stable
     hash of each photo's relative path (`val_fraction` of them in val) and link the photos beside
     their labels (copies with `copy_images`; photos from zips are always copied).
     """
@@ -130,8 +131,9 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings | s
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # The runtime too: its float32 results differ in the last bits.
     _claim(out / RUN, {"model": model.spec, "weights": model.weights_digest(), "runtime": model.runtime,
-                       **settings.to_dict(), "batch_size": batch_size, "val_fraction": val_fraction})  # the runtime too: its float32 results differ in the last bits
+                       **settings.to_dict(), "batch_size": batch_size, "val_fraction": val_fraction})
 
     remove_orphaned_temp_folders("cam-label-")  # zips unpacked by runs that were killed
     unpacked = private_temp_folder("cam-label-")

@@ -73,18 +73,19 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
     try:
         summary = label(files, out, model=model, settings=settings, progress=report, on_record=add_to_sheet)
     except ValueError as exc:
-        raise ValueError(_without_folders(str(exc), files)) from None
-    summary["first_errors"] = [f"{e['file']}: {_without_folders(e['error'].replace(e['path'] + ': ', ''), files)}"
+        raise ValueError(without_folders(str(exc), files)) from None
+    summary["first_errors"] = [f"{e['file']}: {without_folders(e['error'].replace(e['path'] + ': ', ''), files)}"
                                for e in itertools.islice(read_log(out / "errors.jsonl"), 5)]
     portable_data_yaml(out / "yolo" / "data.yaml")
     archive = shutil.make_archive(str(folder / "labels"), "zip", root_dir=out)  # links are followed: photos included
     return sheet, summary, archive
 
 
-def _without_folders(text: str, files) -> str:
+def without_folders(text: str, files) -> str:
     """`text` without the server's folders the uploaded `files` lie in: a visitor knows them by name."""
     for folder in {str(Path(f).parent) for f in files}:
-        text = text.replace(folder + "/", "")
+        if len(folder) > 1:
+            text = text.replace(folder + "/", "")
     return text
 
 

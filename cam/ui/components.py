@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.data_classes import ImageData
 
-from ..service import EXAMPLES
+from ..service import EXAMPLES, without_folders
 
 log = logging.getLogger("cam.ui")
 
@@ -75,10 +75,5 @@ def model_menu(cache, **options) -> gr.Dropdown:
 def readable(exc: Exception, *places) -> gr.Error:
     """A gr.Error from a ValueError's message, with the server's folders in it (`places`: paths of
     uploads and the like) cut down to the file names the visitor knows; the full text goes to the log."""
-    text = str(exc)
-    log.info("refused: %s", text)
-    for place in places:
-        folder = str(Path(place).parent)
-        if len(folder) > 1:
-            text = text.replace(folder + "/", "")
-    return gr.Error(text)
+    log.info("refused: %s", exc)
+    return gr.Error(without_folders(str(exc), [p for p in places if p]))
