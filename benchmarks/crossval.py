@@ -4,12 +4,14 @@
     python benchmarks/crossval.py finetune ../shared/data/hymenoptera-train [--folds 5] [--repeats 2]
         [--mode head|full|both]
 
-presets: the dev photos (images/ + boxes.csv) are cut into k folds, stratified by class
-(`cam.train.stratified_folds`), and each fold is scored (`cam.evaluate`) at every preset. For each
-held-out fold the preset with the higher mean of top-1 loc and MaxBoxAccV2 on the other k-1 folds
-is picked and its score on the held-out fold kept: what choosing a preset on these photos is worth
-on others. Per preset, and for best minus recommended, the mean, standard deviation and range over
-the folds of every repeat, and on how many folds best beats recommended on each metric.
+presets: the dev photos (images/ + boxes.csv) are scored once at every preset and at every pair
+of `adapt` constants in `ADAPT_GRID` (`cam.evaluate.score_folder`), then cut into k folds,
+stratified by class (`cam.train.stratified_folds`). For each held-out fold the constants with the
+highest top-1 loc + MaxBoxAccV2 on the other k-1 folds are selected, and the best preset with them
+is scored on the held-out fold (its thresholds for MaxBoxAccV2 chosen on that fold, as the metric
+defines): what choosing `--best`'s constants on these photos is worth on others. Per preset, for
+`best_selected`, and for each minus recommended: mean, standard deviation and range over the folds
+of every repeat, and on how many folds the difference is positive or zero.
 
 finetune: the photos of a folder of class folders are cut into k stratified folds; for each, a
 checkpoint is trained (`cam.train.train`, its own validation split inside) on the other folds and
@@ -21,7 +23,7 @@ training.
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import json
 import shutil
 import statistics
@@ -33,8 +35,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cam  # noqa: E402
 from cam.data import scan_dataset  # noqa: E402
-from cam.evaluate import evaluate, read_dataset  # noqa: E402
-from cam.settings import PRESETS  # noqa: E402
+from cam import methods  # noqa: E402
+from cam.evaluate import read_dataset, score_folder  # noqa: E402
+from cam.settings import BEST, PRESETS  # noqa: E402
 from cam.train import stratified_folds, train  # noqa: E402
 
 METRICS = ("top1_loc", "max_box_acc_v2")
@@ -45,61 +48,56 @@ def spread(values: list[float]) -> dict:
             "min": round(min(values), 4), "max": round(max(values), 4), "folds": len(values)}
 
 
-def fold_folder(dev: Path, files: list[str], rows: dict[str, list[list[str]]], out: Path) -> Path:
-    """A folder of `files` (images/ linked, boxes.csv) that `cam.evaluate` reads."""
-    (out / "images").mkdir(parents=True)
-    with (out / "boxes.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "label", "x0", "y0", "x1", "y1"])
-        for file in files:
-            (out / "images" / file).symlink_to((dev / "images" / file).resolve())
-            writer.writerows(rows[file])
-    return out
+ADAPT_GRID = [(k, level) for k in (0.2, 0.3, 0.4, 0.5, 0.6) for level in (0.01, 0.02, 0.04)]
 
 
-def presets(args, scratch: Path) -> None:
-    dev = Path(args.folder)
-    samples = read_dataset(dev)
-    rows: dict[str, list[list[str]]] = {}
-    with (dev / "boxes.csv").open() as handle:
-        reader = csv.reader(handle)
-        next(reader)
-        for row in reader:
-            rows.setdefault(row[0], []).append(row)
+@contextlib.contextmanager
+def adapt_constants(fraction: float, level: float):
+    """`cam.methods.adapt_contrast`'s two constants set to a candidate's for the duration."""
+    saved = methods.ADAPT_MEAN_FRACTION, methods.ADAPT_LEVEL
+    methods.ADAPT_MEAN_FRACTION, methods.ADAPT_LEVEL = fraction, level
+    try:
+        yield
+    finally:
+        methods.ADAPT_MEAN_FRACTION, methods.ADAPT_LEVEL = saved
+
+
+def presets(args) -> None:
     model = cam.load_model("default")
-    held_out = {name: {m: [] for m in METRICS} for name in (*PRESETS, "picked")}
-    picks, wins = [], {m: 0 for m in METRICS}
+    samples = read_dataset(args.folder)
+    scored = {name: score_folder(model, args.folder, settings)[0] for name, settings in PRESETS.items()}
+    candidates = {}
+    for constants in ADAPT_GRID:
+        with adapt_constants(*constants):
+            candidates[constants] = score_folder(model, args.folder, BEST)[0]
+    shipped = (methods.ADAPT_MEAN_FRACTION, methods.ADAPT_LEVEL)
+    held_out = {name: {m: [] for m in METRICS} for name in (*PRESETS, "best_selected")}
+    gains = {name: {m: [] for m in METRICS} for name in ("best", "best_selected")}
+    picks = []
     for repeat in range(args.repeats):
-        folds = stratified_folds([s.label for s in samples], args.folds, seed=repeat)
-        scores = []  # per fold: {preset: metrics}
-        for k, fold in enumerate(folds):
-            folder = fold_folder(dev, [samples[i].file for i in fold], rows, scratch / f"r{repeat}f{k}")
-            scores.append({name: evaluate(model, folder, settings)[0] for name, settings in PRESETS.items()})
-        for k, fold in enumerate(folds):
-            for name in PRESETS:
-                for m in METRICS:
-                    held_out[name][m].append(scores[k][name][m])
-            for m in METRICS:
-                wins[m] += scores[k]["best"][m] > scores[k]["recommended"][m]
-
-            def others(name: str) -> float:  # the mean of both metrics on the other folds, weighted by photos
-                n = [len(f) for j, f in enumerate(folds) if j != k]
-                return sum(w * (scores[j][name]["top1_loc"] + scores[j][name]["max_box_acc_v2"]) / 2
-                           for w, j in zip(n, [j for j in range(len(folds)) if j != k])) / sum(n)
-
-            pick = max(("recommended", "best"), key=others)
+        for k, fold in enumerate(stratified_folds([s.label for s in samples], args.folds, seed=repeat)):
+            rest = sorted(set(range(len(samples))) - set(fold))
+            pick = max(ADAPT_GRID, key=lambda c: sum(candidates[c].metrics(rest)[m] for m in METRICS))
             picks.append(pick)
-            for m in METRICS:
-                held_out["picked"][m].append(scores[k][pick][m])
-            print(json.dumps({"repeat": repeat, "fold": k, "photos": len(fold), "picked": pick,
-                              **{name: {m: round(scores[k][name][m], 4) for m in METRICS} for name in PRESETS}}),
+            fold_scores = {name: scores.metrics(fold) for name, scores in scored.items()}
+            fold_scores["best_selected"] = candidates[pick].metrics(fold)
+            for name, metrics in fold_scores.items():
+                for m in METRICS:
+                    held_out[name][m].append(metrics[m])
+            for name, by in gains.items():
+                for m in METRICS:
+                    by[m].append(fold_scores[name][m] - fold_scores["recommended"][m])
+            print(json.dumps({"repeat": repeat, "fold": k, "photos": len(fold), "adapt_selected": pick,
+                              **{name: {m: round(v[m], 4) for m in METRICS} for name, v in fold_scores.items()}}),
                   flush=True)
-    gain = {m: [b - r for b, r in zip(held_out["best"][m], held_out["recommended"][m])] for m in METRICS}
-    print(json.dumps({"summary": "held-out folds", "photos": len(samples), "folds": args.folds, "repeats": args.repeats,
-                      **{name: {m: spread(v) for m, v in by.items()} for name, by in held_out.items()},
-                      "best_minus_recommended": {m: spread(v) for m, v in gain.items()},
-                      "folds_where_best_beats_recommended": wins,
-                      "picks": {name: picks.count(name) for name in ("recommended", "best")}}), flush=True)
+    whole = {f"{k},{level}": {m: round(scores.metrics()[m], 4) for m in METRICS} for (k, level), scores in candidates.items()}
+    print(json.dumps({
+        "summary": "held-out folds", "photos": len(samples), "folds": args.folds, "repeats": args.repeats,
+        "adapt_shipped": shipped, "adapt_grid_on_all_photos": whole,
+        **{name: {m: spread(v) for m, v in by.items()} for name, by in held_out.items()},
+        **{f"{name}_minus_recommended": {m: {**spread(v), "wins": sum(x > 0 for x in v), "ties": sum(x == 0 for x in v)}
+                                         for m, v in by.items()} for name, by in gains.items()},
+        "adapt_picks": {f"{k},{level}": picks.count((k, level)) for k, level in sorted(set(picks))}}), flush=True)
 
 
 def finetune(args, scratch: Path) -> None:
@@ -129,6 +127,7 @@ def finetune(args, scratch: Path) -> None:
                 print(json.dumps({"repeat": repeat, "fold": k, "mode": mode, "train_photos": len(items) - len(fold),
                                   "held_out_photos": len(fold), "held_out_accuracy": round(accuracy[mode][-1], 4),
                                   "val_accuracy": round(summary["val_accuracy"], 4),
+                                  "start": summary["metrics"]["start"], "best_epoch": summary["metrics"]["best_epoch"],
                                   "seconds": round(seconds[mode][-1], 1)}), flush=True)
     print(json.dumps({"summary": "held-out folds", "photos": len(items), "folds": args.folds, "repeats": args.repeats,
                       **{mode: {"held_out_accuracy": spread(accuracy[mode]),
@@ -146,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-crossval-"))
     try:
-        (presets if args.what == "presets" else finetune)(args, scratch)
+        presets(args) if args.what == "presets" else finetune(args, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

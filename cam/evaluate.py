@@ -72,8 +72,8 @@ class WsolScores:
 
     def __init__(self, threshold: float):
         self.threshold = check_threshold(threshold)
-        self.hits_v1 = np.zeros(len(THRESHOLDS))  # largest region, IoU >= 0.5
-        self.hits_v2 = np.zeros((len(IOU_LEVELS), len(THRESHOLDS)))  # all regions
+        self.hits_v1: list[np.ndarray] = []  # per image, per threshold: largest region, IoU >= 0.5
+        self.hits_v2: list[np.ndarray] = []  # per image, per IoU level and threshold: all regions
         self.rows: list[dict] = []
 
     def add(self, file: str, label: int, truths, predicted: int, score: float,
@@ -83,11 +83,14 @@ class WsolScores:
         gt_iou = best_iou(boxes_from_map(gt_map, self.threshold), truths)  # also checks the map
         gt_map = np.asarray(gt_map, dtype=np.float32)
         peak = float(gt_map.max())
+        hits_v1, hits_v2 = np.zeros(len(THRESHOLDS), bool), np.zeros((len(IOU_LEVELS), len(THRESHOLDS)), bool)
         for t, tau in enumerate(THRESHOLDS):
             regions = region_boxes(gt_map, tau * peak, all_regions=True) if peak > 0 else []
-            self.hits_v1[t] += best_iou(regions[:1], truths) >= 0.5
+            hits_v1[t] = best_iou(regions[:1], truths) >= 0.5
             overlap = best_iou(regions, truths)
-            self.hits_v2[:, t] += [overlap >= level for level in IOU_LEVELS]
+            hits_v2[:, t] = [overlap >= level for level in IOU_LEVELS]
+        self.hits_v1.append(hits_v1)
+        self.hits_v2.append(hits_v2)
         correct = predicted == label
         row = {"file": file, "label": label, "predicted": predicted, "score": round(score, 4),
                "top1_cls": int(correct), "iou_top1": round(top1_iou, 4), "top1_loc": int(correct and top1_iou >= 0.5),
@@ -95,16 +98,21 @@ class WsolScores:
         self.rows.append(row)
         return row
 
-    def metrics(self) -> dict:
-        n = len(self.rows)
+    def metrics(self, images=None) -> dict:
+        """The metrics of all images scored, or of those at the positions `images` (in the order
+        they were added): a cross-validation fold's, its thresholds chosen on it alone."""
+        images = range(len(self.rows)) if images is None else list(images)
+        n = len(images)
         if not n:
             raise ValueError("no images were scored")
-        accuracy_v1, accuracy_v2 = self.hits_v1 / n, self.hits_v2 / n
+        rows = [self.rows[i] for i in images]
+        accuracy_v1 = np.mean([self.hits_v1[i] for i in images], 0)
+        accuracy_v2 = np.mean([self.hits_v2[i] for i in images], 0)
         return {
             "images": n,
-            "top1_cls": sum(r["top1_cls"] for r in self.rows) / n,
-            "top1_loc": sum(r["top1_loc"] for r in self.rows) / n,
-            "gt_known_loc": sum(r["gt_known_loc"] for r in self.rows) / n,
+            "top1_cls": sum(r["top1_cls"] for r in rows) / n,
+            "top1_loc": sum(r["top1_loc"] for r in rows) / n,
+            "gt_known_loc": sum(r["gt_known_loc"] for r in rows) / n,
             "max_box_acc": float(accuracy_v1.max()),
             "max_box_acc_tau": float(THRESHOLDS[accuracy_v1.argmax()]),
             "max_box_acc_v2": float(accuracy_v2.max(1).mean()),
@@ -116,7 +124,15 @@ class WsolScores:
 
 def evaluate(model: CamModel, folder, settings: Settings | str | None = None, batch_size: int | None = None,
              progress=None, **options) -> tuple[dict, list[dict]]:
-    """Evaluate `model` on `folder`; returns (metrics, per-image rows).
+    """`score_folder`'s metrics of all its images, and its per-image rows."""
+    scores, extra = score_folder(model, folder, settings, batch_size, progress, **options)
+    return {**scores.metrics(), **extra}, scores.rows
+
+
+def score_folder(model: CamModel, folder, settings: Settings | str | None = None, batch_size: int | None = None,
+                 progress=None, **options) -> tuple[WsolScores, dict]:
+    """Score `model` on `folder` image by image, in the order of its boxes.csv; returns the
+    `WsolScores` and what ran (refined, adapted, method, runtime, ms_per_image).
 
     `progress(done, total)` is called after each batch (`batch_size` images; default:
     `inference_batch_size`). Metrics are fractions in [0, 1]; the
@@ -157,13 +173,9 @@ def evaluate(model: CamModel, folder, settings: Settings | str | None = None, ba
                 scores.add(sample.file, sample.label, sample.boxes, predicted, score, top1_map, gt_map)
             if progress:
                 progress(len(scores.rows), len(samples))
-    metrics = scores.metrics()
-    metrics["refined"] = refined  # a guide map comes only where the model has one
-    metrics["adapted"] = settings.adapt
-    metrics["method"] = method
-    metrics["runtime"] = ran
-    metrics["ms_per_image"] = (time.perf_counter() - start) * 1000 / len(samples)
-    return metrics, scores.rows
+    return scores, {"refined": refined,  # a guide map comes only where the model has one
+                    "adapted": settings.adapt, "method": method, "runtime": ran,
+                    "ms_per_image": (time.perf_counter() - start) * 1000 / len(samples)}
 
 
 def best_iou(boxes, truths) -> float:

@@ -24,10 +24,12 @@ from .models import CamModel, check_device, load_model
 
 DEFAULT_EPOCHS = {"head": 30, "full": 5}
 DEFAULT_LR = {"head": 1e-2, "full": 1e-3}
-# The side images are seen at in training (None: the model's own). Mode head at 288 px, the size the
-# app localizes at (README, "Fine-tuning": held-out accuracy 0.944 -> 0.950 on real photos); mode
-# full at its own size, 3x faster than at 288 px and no less accurate.
-DEFAULT_INPUT_SIZE = {"head": 288, "full": None}
+# The side images are seen at in training (None: the model's own): 288 px, the size the app localizes
+# at, in both modes (README, "Fine-tuning"); both start from the same classifier, so mode full moves
+# off mode head's start only where an epoch beats it on validation.
+DEFAULT_INPUT_SIZE = {"head": 288, "full": 288}
+TRANSFER_CLASSES = 5  # pretrained classes each new class starts from (`_transfer_init`)
+CV_FOLDS = 5  # folds of the training photos that choose the classifier's start (`_choose_start`)
 STALE_PARTIAL_SECONDS = 3600
 
 
@@ -75,9 +77,11 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
     """Fine-tune `model_spec` on `data` (a .zip or a folder of class folders); return the summary.
 
     mode 'head': the backbone is frozen, its pooled features computed once and a new linear
-    classifier trained on them (seconds on a CPU). mode 'full': the whole network is trained with
-    augmentation, the backbone at a tenth of the learning rate. The best validation epoch is kept
-    and written atomically to `out/experiment_YYYY-MM-DD_HH_MM[_N]`. Images are seen at
+    classifier trained on them (seconds on a CPU), its start and epochs (up to `epochs`) chosen by
+    cross-validation on the training photos (`_choose_start`). mode 'full': the whole network is
+    trained with augmentation from that start, the backbone at a tenth of the learning rate, and
+    the best validation epoch is kept. The result is written atomically to
+    `out/experiment_YYYY-MM-DD_HH_MM[_N]`. Images are seen at
     `input_size` (default: `DEFAULT_INPUT_SIZE` of the mode), which becomes the checkpoint's own
     input size. `progress(dict)` receives stage, epoch, step, loss and accuracy; setting `cancel`
     stops the run without a checkpoint.
@@ -114,16 +118,17 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
         arrays = [photo.pixels for photo in read_photos([path for path, _ in items], cover=max(size))]
         labels = [label for _, label in items]
         train_idx, val_idx = stratified_split(labels, val_split, seed)
-        _replace_classifier(model, len(class_names))
+        source = _replace_classifier(model, len(class_names))
         fit = _train_head if mode == "head" else _train_full
-        best = fit(model, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel)
+        best = fit(model, source, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel,
+                   seed)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     model.net.load_state_dict(best["state"])
     model.class_names = class_names
     model.input_size = size  # its own size from now on: the one its classifier learned at
     metrics = _metrics(best["predictions"], [labels[i] for i in val_idx], class_names)
-    metrics.update(best_epoch=best["epoch"], train_images=len(train_idx), val_images=len(val_idx),
+    metrics.update(best_epoch=best["epoch"], start=best["start"], cv_accuracy=best["cv_accuracy"], train_images=len(train_idx), val_images=len(val_idx),
                    skipped_files=skipped, seconds=round(time.perf_counter() - started, 2))
     checkpoint = save_checkpoint(model, out, metrics, {"base_spec": model_spec, "mode": mode, "epochs": epochs, "lr": lr,
                                                        "train_input_size": list(size), "val_split": val_split,
@@ -131,8 +136,10 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
     return {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
 
 
-def _replace_classifier(model: CamModel, num_classes: int) -> None:
-    """Swap the classifier for a new zero-initialised linear layer with `num_classes` outputs."""
+def _replace_classifier(model: CamModel, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Swap the classifier for a new zero-initialised linear layer with `num_classes` outputs;
+    return the old one's (weight, bias), which `_transfer_init` starts the new one from."""
+    source = tuple(t.clone() for t in model.classifier_params())
     parent_name, _, attr = model.classifier_layer.rpartition(".")
     parent = model.net.get_submodule(parent_name) if parent_name else model.net
     old = getattr(parent, attr)
@@ -140,6 +147,7 @@ def _replace_classifier(model: CamModel, num_classes: int) -> None:
     nn.init.zeros_(new.weight)
     nn.init.zeros_(new.bias)
     setattr(parent, attr, new)
+    return source
 
 
 def _classifier(model: CamModel) -> nn.Linear:
@@ -167,9 +175,8 @@ def _pooled_features(model: CamModel, arrays, indices, size, mirrored: bool = Fa
 
 def _prototype_init(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> None:
     """Start the classifier at the class prototypes: each row the unit direction of its class's
-    mean pooled feature (centred on the mean of all), the bias cancelling the centre. On a few
-    dozen photos this nearest-mean classifier generalises far better than one learned from zero,
-    and it stays one linear layer, so CAM stays exact."""
+    mean pooled feature (centred on the mean of all), the bias cancelling the centre: a
+    nearest-mean classifier, which generalises from a few dozen photos per class."""
     centre = features.mean(0)
     means = torch.stack([features[labels == c].mean(0) for c in range(head.out_features)]) - centre
     weight = nn.functional.normalize(means, dim=1) * (10 / features.norm(dim=1).mean().clamp_min(1e-6))
@@ -178,43 +185,121 @@ def _prototype_init(head: nn.Linear, features: torch.Tensor, labels: torch.Tenso
         head.bias.copy_(-(weight @ centre))
 
 
-def _train_head(model, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel) -> dict:
-    """Backbone frozen: pooled features once, then only the linear classifier learns, from the
-    class prototypes (epoch 0, kept if no epoch beats it on validation), on the training photos and
-    their mirror images (README, "Fine-tuning")."""
-    report({"stage": "features", "images": len(arrays)})
-    x_train = _pooled_features(model, arrays, train_idx, size)
-    x_val = _pooled_features(model, arrays, val_idx, size)
-    y_train = torch.tensor([labels[i] for i in train_idx], device=x_train.device)
-    head = _classifier(model)
-    _prototype_init(head, x_train, y_train)
-    x_train = torch.cat([x_train, _pooled_features(model, arrays, train_idx, size, mirrored=True)])
-    y_train = torch.cat([y_train, y_train])
+def _transfer_init(head: nn.Linear, source: tuple[torch.Tensor, torch.Tensor], features: torch.Tensor,
+                   labels: torch.Tensor) -> None:
+    """Start each new class at the pretrained classifier's rows (`source`: weight, bias) of the
+    `TRANSFER_CLASSES` classes its training photos score highest on average, weighted by those mean
+    probabilities: ants start near ImageNet's "ant". Co-Tuning (You et al., NeurIPS 2020) relates
+    source and target classes by the same mean probabilities."""
+    weight, bias = (t.to(features.device, torch.float32) for t in source)
+    probabilities = (features @ weight.T + bias).softmax(1)
+    relation = torch.stack([probabilities[labels == c].mean(0) for c in range(head.out_features)])
+    top = relation.topk(min(TRANSFER_CLASSES, relation.shape[1]), dim=1)
+    mixture = torch.zeros_like(relation).scatter_(1, top.indices, top.values)
+    mixture /= mixture.sum(1, keepdim=True).clamp_min(1e-12)
+    with torch.no_grad():
+        head.weight.copy_(mixture @ weight)
+        head.bias.copy_(mixture @ bias)
+
+
+def _starts(source) -> dict:
+    """The classifier's possible starts, each `start(head, features, labels)`: the class prototypes
+    and the pretrained classes (`_transfer_init`). Both keep one linear layer, so CAM stays exact."""
+    return {"prototypes": _prototype_init,
+            "pretrained classes": lambda head, features, labels: _transfer_init(head, source, features, labels)}
+
+
+def _fit_head(head: nn.Linear, start, features, mirrored, labels, epochs, lr, batch_size, cancel,
+              after_epoch=None) -> None:
+    """Set `head` by `start`, then train it for `epochs` on `features` and their `mirrored` twins
+    (AdamW, seeded order); `after_epoch(epoch, loss, accuracy)` follows the start (epoch 0, no loss)
+    and each epoch."""
+    start(head, features, labels)
+    head.eval()
+    if after_epoch is not None:
+        after_epoch(0, None, None)
+    x, y = torch.cat([features, mirrored]), torch.cat([labels, labels])
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        best = _keep_best(model, None, 0, head(x_val), [labels[i] for i in val_idx])
     for epoch in range(1, epochs + 1):
         head.train()
-        order = torch.randperm(len(x_train), generator=generator)
+        order = torch.randperm(len(x), generator=generator)
         total, correct, loss_sum = 0, 0, 0.0
-        for step, start in enumerate(range(0, len(order), batch_size), start=1):
+        for begin in range(0, len(order), batch_size):
             _check_cancel(cancel)
-            pick = order[start:start + batch_size].to(x_train.device)
-            logits = head(x_train[pick])
-            loss = nn.functional.cross_entropy(logits, y_train[pick])
+            pick = order[begin:begin + batch_size].to(x.device)
+            logits = head(x[pick])
+            loss = nn.functional.cross_entropy(logits, y[pick])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += len(pick)
-            correct += int((logits.argmax(1) == y_train[pick]).sum())
+            correct += int((logits.argmax(1) == y[pick]).sum())
             loss_sum += float(loss.detach()) * len(pick)
         head.eval()
+        if after_epoch is not None:
+            after_epoch(epoch, loss_sum / total, correct / total)
+
+
+def _choose_start(starts: dict, features, mirrored, labels, epochs, lr, batch_size, cancel, seed) -> dict:
+    """The start and number of epochs (0 to `epochs`) whose heads classify the training photos best
+    when each of k stratified folds (k = `CV_FOLDS`, or the smallest class's photo count) is held
+    out from a head trained on the others: highest accuracy, then lowest loss. The validation
+    photos choose nothing, so their accuracy is an honest estimate. With a class of one photo the
+    prototypes are trained for `epochs`."""
+    k = min(CV_FOLDS, int(torch.bincount(labels).min()))
+    if k < 2:
+        return {"start": "prototypes", "epochs": epochs, "cv_accuracy": None}
+    folds = stratified_folds(labels.tolist(), k, seed)
+    scores = {}  # (start, epoch) -> [correct, summed loss]
+    for name, start in starts.items():
+        for fold in folds:
+            held = torch.tensor(fold, device=labels.device)
+            kept = torch.tensor(sorted(set(range(len(labels))) - set(fold)), device=labels.device)
+            head = nn.Linear(features.shape[1], int(labels.max()) + 1).to(features.device)
+
+            def score(epoch, *_):
+                with torch.no_grad():
+                    logits = head(features[held])
+                    tally = scores.setdefault((name, epoch), [0, 0.0])
+                    tally[0] += int((logits.argmax(1) == labels[held]).sum())
+                    tally[1] += float(nn.functional.cross_entropy(logits, labels[held], reduction="sum"))
+
+            _fit_head(head, start, features[kept], mirrored[kept], labels[kept], epochs, lr, batch_size, cancel, score)
+    (name, epoch), (correct, _) = max(scores.items(), key=lambda item: (item[1][0], -item[1][1], -item[0][1]))
+    return {"start": name, "epochs": epoch, "cv_accuracy": correct / len(labels)}
+
+
+def _train_head(model, source, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel,
+                seed) -> dict:
+    """Backbone frozen: pooled features once, then only the linear classifier learns, on the
+    training photos and their mirror images, from the start and for the epochs `_choose_start`
+    picks (README, "Fine-tuning")."""
+    report({"stage": "features", "images": len(arrays)})
+    x_train = _pooled_features(model, arrays, train_idx, size)
+    x_mirrored = _pooled_features(model, arrays, train_idx, size, mirrored=True)
+    x_val = _pooled_features(model, arrays, val_idx, size)
+    y_train = torch.tensor([labels[i] for i in train_idx], device=x_train.device)
+    y_val = torch.tensor([labels[i] for i in val_idx], device=x_train.device)
+    report({"stage": "choosing the start"})
+    starts = _starts(source)
+    chosen = _choose_start(starts, x_train, x_mirrored, y_train, epochs, lr, batch_size, cancel, seed)
+    head = _classifier(model)
+
+    def after_epoch(epoch, loss, accuracy):
+        if not epoch:
+            return
         with torch.no_grad():
-            best = _keep_best(model, best, epoch, head(x_val), [labels[i] for i in val_idx])
-        report({"stage": "train", "epoch": epoch, "epochs": epochs, "loss": loss_sum / total,
-                "train_accuracy": correct / total, "val_accuracy": best["last_accuracy"]})
-    return best
+            val_accuracy = float((head(x_val).argmax(1) == y_val).float().mean())
+        report({"stage": "train", "epoch": epoch, "epochs": chosen["epochs"], "loss": loss,
+                "train_accuracy": accuracy, "val_accuracy": val_accuracy})
+
+    _fit_head(head, starts[chosen["start"]], x_train, x_mirrored, y_train, chosen["epochs"], lr, batch_size, cancel,
+              after_epoch)
+    with torch.no_grad():
+        predictions = head(x_val).argmax(1).tolist()
+    return {**chosen, "epoch": chosen["epochs"], "predictions": predictions,
+            "state": {k: v.detach().clone() for k, v in model.net.state_dict().items()}}
 
 
 def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -234,19 +319,27 @@ def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
-def _train_full(model, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel) -> dict:
-    """The whole network learns, the classifier from the class prototypes at `lr`, the backbone at lr / 10."""
+def _train_full(model, source, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel,
+                seed) -> dict:
+    """The whole network learns, the classifier at `lr` from the start `_choose_start` picks for
+    mode head (its epochs unused), the backbone at lr / 10; the best validation epoch is kept, the
+    start (epoch 0) included."""
     head = _classifier(model)
     report({"stage": "features", "images": len(arrays)})
-    _prototype_init(head, _pooled_features(model, arrays, train_idx, size),
-                    torch.tensor([labels[i] for i in train_idx]))
+    x_train = _pooled_features(model, arrays, train_idx, size)
+    y_train = torch.tensor([labels[i] for i in train_idx], device=x_train.device)
+    report({"stage": "choosing the start"})
+    starts = _starts(source)
+    chosen = _choose_start(starts, x_train, _pooled_features(model, arrays, train_idx, size, mirrored=True), y_train,
+                           DEFAULT_EPOCHS["head"], DEFAULT_LR["head"], batch_size, cancel, seed)
+    starts[chosen["start"]](head, x_train, y_train)
     head_ids = {id(p) for p in head.parameters()}
     backbone = [p for p in model.net.parameters() if id(p) not in head_ids]
     optimizer = torch.optim.AdamW([{"params": backbone, "lr": lr / 10}, {"params": head.parameters(), "lr": lr}],
                                   weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
     y_all = torch.tensor(labels)
-    best = None
+    best = _validate(model, None, 0, arrays, labels, val_idx, size)
     steps = (len(train_idx) + batch_size - 1) // batch_size
     for epoch in range(1, epochs + 1):
         model.net.train()
@@ -267,13 +360,18 @@ def _train_full(model, arrays, labels, train_idx, val_idx, size, epochs, lr, bat
             loss_sum += float(loss.detach()) * len(pick)
             report({"stage": "train", "epoch": epoch, "epochs": epochs, "step": step, "steps": steps,
                     "loss": loss_sum / total, "train_accuracy": correct / total})
-        model.net.eval()
-        with torch.no_grad():
-            val_logits = torch.cat([model.net(batch) for batch in _inference_batches(model, arrays, val_idx, size)])
-            best = _keep_best(model, best, epoch, val_logits, [labels[i] for i in val_idx])
+        best = _validate(model, best, epoch, arrays, labels, val_idx, size)
         report({"stage": "validate", "epoch": epoch, "epochs": epochs, "loss": loss_sum / total,
                 "train_accuracy": correct / total, "val_accuracy": best["last_accuracy"]})
-    return best
+    return {**best, "start": chosen["start"], "cv_accuracy": chosen["cv_accuracy"]}
+
+
+def _validate(model, best, epoch, arrays, labels, val_idx, size) -> dict:
+    """`_keep_best` of the whole network's logits on the validation photos."""
+    model.net.eval()
+    with torch.no_grad():
+        val_logits = torch.cat([model.net(batch) for batch in _inference_batches(model, arrays, val_idx, size)])
+    return _keep_best(model, best, epoch, val_logits, [labels[i] for i in val_idx])
 
 
 def _keep_best(model, best, epoch, val_logits: torch.Tensor, truths: list[int]) -> dict:

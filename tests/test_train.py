@@ -40,7 +40,9 @@ def test_head_training_writes_a_checkpoint_that_reloads_and_localizes(tmp_path):
     metrics = summary["metrics"]
     assert metrics["skipped_files"] == 2 and metrics["val_images"] == 3 and metrics["train_images"] == 15
     assert np.array(metrics["confusion_matrix"]).sum() == 3
-    assert [s["epoch"] for s in seen if s.get("stage") == "train"] == [1, 2, 3]
+    chosen = metrics["best_epoch"]  # the epochs the training photos' own cross-validation chose, 0 to 3
+    assert [s["epoch"] for s in seen if s.get("stage") == "train"] == list(range(1, chosen + 1))
+    assert metrics["start"] in ("prototypes", "pretrained classes") and 0 <= metrics["cv_accuracy"] <= 1
 
     model = cam.load_model(str(folder), device="cpu")
     assert model.class_names == sorted(COLOURS)
@@ -54,7 +56,7 @@ def test_full_training_and_unique_names(tmp_path, monkeypatch):
     monkeypatch.setattr(cam.train, "preprocess", lambda model, arrays, size: sizes.append(size) or real_preprocess(model, arrays, size))
     zip_path = dataset_zip(tmp_path / "shapes.zip", per_class=3)
     first = train(zip_path, model_spec=TINY, pretrained=False, mode="full", epochs=1, out=tmp_path / "c", batch_size=4)
-    assert set(sizes) == {tuple(cam.load_model(TINY, pretrained=False).input_size)}  # the model's own by default
+    assert set(sizes) == {(288, 288)}  # the size the app localizes at, as mode head
     sizes.clear()
     second = train(tmp_path / "shapes.zip", model_spec=TINY, pretrained=False, mode="head", epochs=1,
                    out=tmp_path / "c", input_size=96)
@@ -68,6 +70,52 @@ def test_full_training_and_unique_names(tmp_path, monkeypatch):
     assert set(sizes) == {(288, 288)}  # mode head: the size the app localizes at
 
 
+def test_new_classes_start_from_the_pretrained_classes_their_photos_score_highest():
+    source = (50 * torch.eye(8), torch.arange(8.0))  # 8 pretrained classes, each sure of its own feature
+    features = torch.eye(8)[[2, 2, 2, 5, 5]] + 0.01 * torch.rand(5, 8)
+    head = torch.nn.Linear(8, 2)
+    cam.train._transfer_init(head, source, features, torch.tensor([0, 0, 0, 1, 1]))
+    torch.testing.assert_close(head.weight, source[0][[2, 5]], atol=1e-3, rtol=0)  # photos of class 0 look like 2
+    torch.testing.assert_close(head.bias, source[1][[2, 5]], atol=1e-3, rtol=0)
+    soft = (torch.eye(8), torch.zeros(8))  # unsure: each class mixes its five most probable source classes
+    cam.train._transfer_init(head, soft, features, torch.tensor([0, 0, 0, 1, 1]))
+    assert ((head.weight > 1e-6).sum(1) == cam.train.TRANSFER_CLASSES).all()
+    torch.testing.assert_close(head.weight.sum(1), torch.ones(2))  # a convex mixture of the rows
+    assert int(head.weight[0].argmax()) == 2 and int(head.weight[1].argmax()) == 5
+
+
+def test_the_start_and_epochs_are_chosen_by_folds_of_the_training_photos_alone():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0] * 6 + [1] * 6)
+    features = torch.randn(12, 4, generator=generator) + 3 * torch.nn.functional.one_hot(labels, 4)
+    calls = []
+
+    def recording(name):
+        def start(head, x, y):
+            calls.append((name, len(y)))
+            cam.train._prototype_init(head, x, y)
+        return start
+
+    chosen = cam.train._choose_start({"a": recording("a"), "b": recording("b")}, features, features, labels,
+                                     epochs=2, lr=1e-2, batch_size=4, cancel=None, seed=0)
+    assert [name for name, _ in calls] == ["a"] * 5 + ["b"] * 5  # 5 folds a start
+    assert sum(12 - kept for _, kept in calls[:5]) == 12  # each photo held out once, from a head trained without it
+    assert chosen == {"start": "a", "epochs": 0, "cv_accuracy": 1.0}  # separable: the first start, untrained
+    one = cam.train._choose_start({"a": recording("a")}, features[:7], features[:7], labels[:7], epochs=3, lr=1e-2,
+                                  batch_size=4, cancel=None, seed=0)
+    assert one == {"start": "prototypes", "epochs": 3, "cv_accuracy": None}  # a class of one photo: no folds
+
+
+def test_full_mode_validates_its_start_too(tmp_path, monkeypatch):
+    epochs = []
+    real_keep_best = cam.train._keep_best
+    monkeypatch.setattr(cam.train, "_keep_best", lambda model, best, epoch, *rest: epochs.append(epoch)
+                        or real_keep_best(model, best, epoch, *rest))
+    summary = train(dataset_zip(tmp_path / "shapes.zip", per_class=3), model_spec=TINY, pretrained=False, mode="full",
+                    epochs=2, out=tmp_path / "c", input_size=64)
+    assert epochs == [0, 1, 2] and summary["metrics"]["best_epoch"] in epochs
+
+
 def test_head_mode_learns_from_the_photos_and_their_mirror_images(tmp_path, monkeypatch):
     batches = []
     real_forward = cam.train.forward_features
@@ -79,7 +127,7 @@ def test_head_mode_learns_from_the_photos_and_their_mirror_images(tmp_path, monk
     monkeypatch.setattr(cam.train, "forward_features", recording_forward)
     train(dataset_zip(tmp_path / "shapes.zip", per_class=3), model_spec=TINY, pretrained=False, mode="head",
           epochs=1, out=tmp_path / "c", input_size=64)
-    training, validation, mirrored = batches  # 6 and 3 photos: one batch each
+    training, mirrored, validation = batches  # 6 and 3 photos: one batch each
     assert (len(training), len(validation)) == (6, 3)
     assert torch.equal(mirrored, training.flip(-1))  # the training photos, left for right
 
