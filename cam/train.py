@@ -25,8 +25,8 @@ from .models import CamModel, check_device, load_model
 DEFAULT_EPOCHS = {"head": 30, "full": 5}
 DEFAULT_LR = {"head": 1e-2, "full": 1e-3}
 # The side images are seen at in training (None: the model's own): 288 px, the size the app localizes
-# at, in both modes (README, "Fine-tuning"); both start from the same classifier, so mode full moves
-# off mode head's start only where an epoch beats it on validation.
+# at, in both modes (README, "Fine-tuning"); mode full starts from the classifier mode head trains,
+# so it moves off mode head's result only where an epoch beats it on validation.
 DEFAULT_INPUT_SIZE = {"head": 288, "full": 288}
 TRANSFER_CLASSES = 5  # pretrained classes each new class starts from (`_transfer_init`)
 CV_FOLDS = 5  # folds of the training photos that choose the classifier's start (`_choose_start`)
@@ -79,8 +79,8 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
     mode 'head': the backbone is frozen, its pooled features computed once and a new linear
     classifier trained on them (seconds on a CPU), its start and epochs (up to `epochs`) chosen by
     cross-validation on the training photos (`_choose_start`). mode 'full': the whole network is
-    trained with augmentation from that start, the backbone at a tenth of the learning rate, and
-    the best validation epoch is kept. The result is written atomically to
+    trained with augmentation from the classifier mode head trains, the backbone at a tenth of the
+    learning rate, and the best validation epoch is kept. The result is written atomically to
     `out/experiment_YYYY-MM-DD_HH_MM[_N]`. Images are seen at
     `input_size` (default: `DEFAULT_INPUT_SIZE` of the mode), which becomes the checkpoint's own
     input size. `progress(dict)` receives stage, epoch, step, loss and accuracy; setting `cancel`
@@ -321,18 +321,20 @@ def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def _train_full(model, source, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel,
                 seed) -> dict:
-    """The whole network learns, the classifier at `lr` from the start `_choose_start` picks for
-    mode head (its epochs unused), the backbone at lr / 10; the best validation epoch is kept, the
-    start (epoch 0) included."""
+    """The whole network learns, from the classifier mode head would train (start and epochs chosen
+    by `_choose_start`), the classifier at `lr`, the backbone at lr / 10; the best validation epoch
+    is kept, the start (epoch 0) included."""
     head = _classifier(model)
     report({"stage": "features", "images": len(arrays)})
     x_train = _pooled_features(model, arrays, train_idx, size)
     y_train = torch.tensor([labels[i] for i in train_idx], device=x_train.device)
     report({"stage": "choosing the start"})
     starts = _starts(source)
-    chosen = _choose_start(starts, x_train, _pooled_features(model, arrays, train_idx, size, mirrored=True), y_train,
-                           DEFAULT_EPOCHS["head"], DEFAULT_LR["head"], batch_size, cancel, seed)
-    starts[chosen["start"]](head, x_train, y_train)
+    x_mirrored = _pooled_features(model, arrays, train_idx, size, mirrored=True)
+    chosen = _choose_start(starts, x_train, x_mirrored, y_train, DEFAULT_EPOCHS["head"], DEFAULT_LR["head"], batch_size,
+                           cancel, seed)
+    _fit_head(head, starts[chosen["start"]], x_train, x_mirrored, y_train, chosen["epochs"], DEFAULT_LR["head"],
+              batch_size, cancel)
     head_ids = {id(p) for p in head.parameters()}
     backbone = [p for p in model.net.parameters() if id(p) not in head_ids]
     optimizer = torch.optim.AdamW([{"params": backbone, "lr": lr / 10}, {"params": head.parameters(), "lr": lr}],

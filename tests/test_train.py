@@ -106,14 +106,26 @@ def test_the_start_and_epochs_are_chosen_by_folds_of_the_training_photos_alone()
     assert one == {"start": "prototypes", "epochs": 3, "cv_accuracy": None}  # a class of one photo: no folds
 
 
-def test_full_mode_validates_its_start_too(tmp_path, monkeypatch):
-    epochs = []
+def test_full_mode_starts_from_the_head_mode_classifier_and_validates_it(tmp_path, monkeypatch):
+    zip_path = dataset_zip(tmp_path / "shapes.zip", per_class=3)
+    head_summary = train(zip_path, model_spec=TINY, pretrained=False, mode="head", out=tmp_path / "c", input_size=64)
+    assert head_summary["metrics"]["best_epoch"] > 0  # its classifier trained on from the start
+    head_mode = cam.load_model(head_summary["checkpoint"], device="cpu")
+    classifier = head_mode.classifier_layer
+    starts = {}
     real_keep_best = cam.train._keep_best
-    monkeypatch.setattr(cam.train, "_keep_best", lambda model, best, epoch, *rest: epochs.append(epoch)
-                        or real_keep_best(model, best, epoch, *rest))
-    summary = train(dataset_zip(tmp_path / "shapes.zip", per_class=3), model_spec=TINY, pretrained=False, mode="full",
-                    epochs=2, out=tmp_path / "c", input_size=64)
-    assert epochs == [0, 1, 2] and summary["metrics"]["best_epoch"] in epochs
+
+    def recording_keep_best(model, best, epoch, *rest):
+        starts[epoch] = {k: v.clone() for k, v in model.net.get_submodule(classifier).state_dict().items()}
+        return real_keep_best(model, best, epoch, *rest)
+
+    monkeypatch.setattr(cam.train, "_keep_best", recording_keep_best)
+    summary = train(zip_path, model_spec=TINY, pretrained=False, mode="full", epochs=2, out=tmp_path / "c",
+                    input_size=64)
+    assert list(starts) == [0, 1, 2] and summary["metrics"]["best_epoch"] in starts
+    for name, value in head_mode.net.get_submodule(classifier).state_dict().items():
+        torch.testing.assert_close(starts[0][name], value)  # epoch 0: what mode head would have written
+    assert not torch.equal(starts[2]["weight"], starts[0]["weight"])  # and then it learns
 
 
 def test_head_mode_learns_from_the_photos_and_their_mirror_images(tmp_path, monkeypatch):
