@@ -22,9 +22,9 @@ def square_image(colour, seed: int, size: int = 64) -> bytes:
 def dataset_zip(path, per_class: int = 6, top: str = "", extra: dict | None = None):
     """Write a zip of class folders (optionally under one top folder) plus `extra` {name: bytes}."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, colour in COLOURS.items():
-            for i in range(per_class):
-                archive.writestr(f"{top}{name}/{i}.png", square_image(colour, seed=hash(name) % 1000 + i))
+        for c, (name, colour) in enumerate(COLOURS.items()):
+            for i in range(per_class):  # the same photos in every process (str hashes are not)
+                archive.writestr(f"{top}{name}/{i}.png", square_image(colour, seed=1000 * c + i))
         for name, data in (extra or {}).items():
             archive.writestr(name, data)
     return path
