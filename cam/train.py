@@ -128,8 +128,8 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
     model.class_names = class_names
     model.input_size = size  # its own size from now on: the one its classifier learned at
     metrics = _metrics(best["predictions"], [labels[i] for i in val_idx], class_names)
-    metrics.update(best_epoch=best["epoch"], start=best["start"], cv_accuracy=best["cv_accuracy"], train_images=len(train_idx), val_images=len(val_idx),
-                   skipped_files=skipped, seconds=round(time.perf_counter() - started, 2))
+    metrics.update(best_epoch=best["epoch"], start=best["start"], cv_accuracy=best["cv_accuracy"],
+                   train_images=len(train_idx), val_images=len(val_idx), skipped_files=skipped, seconds=round(time.perf_counter() - started, 2))
     checkpoint = save_checkpoint(model, out, metrics, {"base_spec": model_spec, "mode": mode, "epochs": epochs, "lr": lr,
                                                        "train_input_size": list(size), "val_split": val_split,
                                                        "seed": seed})
@@ -270,32 +270,40 @@ def _choose_start(starts: dict, features, mirrored, labels, epochs, lr, batch_si
     return {"start": name, "epochs": epoch, "cv_accuracy": correct / len(labels)}
 
 
-def _train_head(model, source, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel,
-                seed) -> dict:
-    """Backbone frozen: pooled features once, then only the linear classifier learns, on the
-    training photos and their mirror images, from the start and for the epochs `_choose_start`
-    picks (README, "Fine-tuning")."""
-    report({"stage": "features", "images": len(arrays)})
+def _fit_classifier(model, source, arrays, labels, train_idx, size, epochs, lr, batch_size, report, cancel, seed,
+                    after_epoch=None) -> dict:
+    """Mode head's classifier, in place: pooled features of the training photos and their mirror
+    images, then the start and epochs `_choose_start` picks; returns that choice.
+    `after_epoch(chosen, epoch, loss, accuracy)` follows each epoch."""
     x_train = _pooled_features(model, arrays, train_idx, size)
     x_mirrored = _pooled_features(model, arrays, train_idx, size, mirrored=True)
-    x_val = _pooled_features(model, arrays, val_idx, size)
     y_train = torch.tensor([labels[i] for i in train_idx], device=x_train.device)
-    y_val = torch.tensor([labels[i] for i in val_idx], device=x_train.device)
     report({"stage": "choosing the start"})
     starts = _starts(source)
     chosen = _choose_start(starts, x_train, x_mirrored, y_train, epochs, lr, batch_size, cancel, seed)
-    head = _classifier(model)
+    each_epoch = None if after_epoch is None else lambda epoch, *rest: epoch and after_epoch(chosen, epoch, *rest)
+    _fit_head(_classifier(model), starts[chosen["start"]], x_train, x_mirrored, y_train, chosen["epochs"], lr,
+              batch_size, cancel, each_epoch)
+    return chosen
 
-    def after_epoch(epoch, loss, accuracy):
-        if not epoch:
-            return
+
+def _train_head(model, source, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel,
+                seed) -> dict:
+    """Backbone frozen: only the linear classifier learns (`_fit_classifier`); the validation
+    photos report each epoch and choose nothing (README, "Fine-tuning")."""
+    head = _classifier(model)
+    report({"stage": "features", "images": len(arrays)})
+    x_val = _pooled_features(model, arrays, val_idx, size)
+    y_val = torch.tensor([labels[i] for i in val_idx], device=x_val.device)
+
+    def after_epoch(chosen, epoch, loss, accuracy):
         with torch.no_grad():
             val_accuracy = float((head(x_val).argmax(1) == y_val).float().mean())
         report({"stage": "train", "epoch": epoch, "epochs": chosen["epochs"], "loss": loss,
                 "train_accuracy": accuracy, "val_accuracy": val_accuracy})
 
-    _fit_head(head, starts[chosen["start"]], x_train, x_mirrored, y_train, chosen["epochs"], lr, batch_size, cancel,
-              after_epoch)
+    chosen = _fit_classifier(model, source, arrays, labels, train_idx, size, epochs, lr, batch_size, report, cancel,
+                             seed, after_epoch)
     with torch.no_grad():
         predictions = head(x_val).argmax(1).tolist()
     return {**chosen, "epoch": chosen["epochs"], "predictions": predictions,
@@ -321,20 +329,13 @@ def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def _train_full(model, source, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel,
                 seed) -> dict:
-    """The whole network learns, from the classifier mode head would train (start and epochs chosen
-    by `_choose_start`), the classifier at `lr`, the backbone at lr / 10; the best validation epoch
-    is kept, the start (epoch 0) included."""
+    """The whole network learns, from the classifier mode head would train (`_fit_classifier`),
+    the classifier at `lr`, the backbone at lr / 10; the best validation epoch is kept, the start
+    (epoch 0) included."""
+    report({"stage": "features", "images": len(train_idx)})
+    chosen = _fit_classifier(model, source, arrays, labels, train_idx, size, DEFAULT_EPOCHS["head"],
+                             DEFAULT_LR["head"], batch_size, report, cancel, seed)
     head = _classifier(model)
-    report({"stage": "features", "images": len(arrays)})
-    x_train = _pooled_features(model, arrays, train_idx, size)
-    y_train = torch.tensor([labels[i] for i in train_idx], device=x_train.device)
-    report({"stage": "choosing the start"})
-    starts = _starts(source)
-    x_mirrored = _pooled_features(model, arrays, train_idx, size, mirrored=True)
-    chosen = _choose_start(starts, x_train, x_mirrored, y_train, DEFAULT_EPOCHS["head"], DEFAULT_LR["head"], batch_size,
-                           cancel, seed)
-    _fit_head(head, starts[chosen["start"]], x_train, x_mirrored, y_train, chosen["epochs"], DEFAULT_LR["head"],
-              batch_size, cancel)
     head_ids = {id(p) for p in head.parameters()}
     backbone = [p for p in model.net.parameters() if id(p) not in head_ids]
     optimizer = torch.optim.AdamW([{"params": backbone, "lr": lr / 10}, {"params": head.parameters(), "lr": lr}],

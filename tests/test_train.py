@@ -139,7 +139,7 @@ def test_head_mode_learns_from_the_photos_and_their_mirror_images(tmp_path, monk
     monkeypatch.setattr(cam.train, "forward_features", recording_forward)
     train(dataset_zip(tmp_path / "shapes.zip", per_class=3), model_spec=TINY, pretrained=False, mode="head",
           epochs=1, out=tmp_path / "c", input_size=64)
-    training, mirrored, validation = batches  # 6 and 3 photos: one batch each
+    validation, training, mirrored = batches  # 3 and 6 photos: one batch each
     assert (len(training), len(validation)) == (6, 3)
     assert torch.equal(mirrored, training.flip(-1))  # the training photos, left for right
 
