@@ -129,7 +129,8 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
     model.input_size = size  # its own size from now on: the one its classifier learned at
     metrics = _metrics(best["predictions"], [labels[i] for i in val_idx], class_names)
     metrics.update(best_epoch=best["epoch"], start=best["start"], cv_accuracy=best["cv_accuracy"],
-                   train_images=len(train_idx), val_images=len(val_idx), skipped_files=skipped, seconds=round(time.perf_counter() - started, 2))
+                   train_images=len(train_idx), val_images=len(val_idx), skipped_files=skipped,
+                   seconds=round(time.perf_counter() - started, 2))
     checkpoint = save_checkpoint(model, out, metrics, {"base_spec": model_spec, "mode": mode, "epochs": epochs, "lr": lr,
                                                        "train_input_size": list(size), "val_split": val_split,
                                                        "seed": seed})
@@ -274,14 +275,18 @@ def _fit_classifier(model, source, arrays, labels, train_idx, size, epochs, lr, 
                     after_epoch=None) -> dict:
     """Mode head's classifier, in place: pooled features of the training photos and their mirror
     images, then the start and epochs `_choose_start` picks; returns that choice.
-    `after_epoch(chosen, epoch, loss, accuracy)` follows each epoch."""
+    `after_epoch(chosen, epoch, loss, accuracy)` follows each training epoch."""
     x_train = _pooled_features(model, arrays, train_idx, size)
     x_mirrored = _pooled_features(model, arrays, train_idx, size, mirrored=True)
     y_train = torch.tensor([labels[i] for i in train_idx], device=x_train.device)
     report({"stage": "choosing the start"})
     starts = _starts(source)
     chosen = _choose_start(starts, x_train, x_mirrored, y_train, epochs, lr, batch_size, cancel, seed)
-    each_epoch = None if after_epoch is None else lambda epoch, *rest: epoch and after_epoch(chosen, epoch, *rest)
+
+    def each_epoch(epoch, loss, accuracy):
+        if epoch and after_epoch is not None:
+            after_epoch(chosen, epoch, loss, accuracy)
+
     _fit_head(_classifier(model), starts[chosen["start"]], x_train, x_mirrored, y_train, chosen["epochs"], lr,
               batch_size, cancel, each_epoch)
     return chosen
