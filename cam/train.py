@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -69,35 +70,84 @@ def stratified_folds(labels: list[int], folds: int, seed: int) -> list[list[int]
     return [sorted(fold) for fold in dealt]
 
 
-def train(data, model_spec: str = "default", mode: str = "head", epochs: int | None = None,
-          lr: float | None = None, val_split: float = 0.2, out="checkpoints", seed: int = 0,
-          batch_size: int = 32, pretrained: bool = True, device: str | None = None,
-          input_size: int | None = None, progress=None,
-          cancel: threading.Event | None = None) -> dict:
-    """Fine-tune `model_spec` on `data` (a .zip or a folder of class folders); return the summary.
+@dataclass(frozen=True)
+class Recipe:
+    """How a checkpoint is trained: one frozen object that `train`, the CLI and the app fill in, and
+    that the checkpoint records. `epochs`, `lr` and `input_size` left None take the mode's defaults
+    (`DEFAULT_EPOCHS`, `DEFAULT_LR`, `DEFAULT_INPUT_SIZE`); each field is checked on creation."""
 
-    mode 'head': the backbone is frozen, its pooled features computed once and a new linear
-    classifier trained on them (seconds on a CPU), its start and epochs (up to `epochs`) chosen by
-    cross-validation on the training photos (`_choose_start`). mode 'full': the whole network is
-    trained with augmentation from the classifier mode head trains, the backbone at a tenth of the
-    learning rate, and the best validation epoch is kept. The result is written atomically to
-    `out/experiment_YYYY-MM-DD_HH_MM[_N]`. Images are seen at
-    `input_size` (default: `DEFAULT_INPUT_SIZE` of the mode), which becomes the checkpoint's own
-    input size. `progress(dict)` receives stage, epoch, step, loss and accuracy; setting `cancel`
-    stops the run without a checkpoint.
+    model: str = "default"  # the spec training starts from (`cam.load_model`)
+    mode: str = "head"  # head: the classifier on frozen features; full: the whole network
+    epochs: int | None = None
+    lr: float | None = None
+    val_split: float = 0.2  # each class's share held out to validate
+    seed: int = 0  # the split, the folds and the shuffles
+    batch_size: int = 32
+    pretrained: bool = True  # timm/torchvision names: hub weights (a network) or random ones
+    input_size: int | None = None  # square side images are trained at, and the checkpoint's own
+
+    def __post_init__(self):
+        if self.mode not in DEFAULT_EPOCHS:
+            raise ValueError(f"mode must be 'head' or 'full', got {self.mode!r}")
+        epochs = DEFAULT_EPOCHS[self.mode] if self.epochs is None else self.epochs
+        lr = DEFAULT_LR[self.mode] if self.lr is None else self.lr
+        size = DEFAULT_INPUT_SIZE[self.mode] if self.input_size is None else self.input_size
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs != int(epochs) \
+                or not 1 <= epochs <= 1000:
+            raise ValueError(f"epochs must be an integer between 1 and 1000, got {self.epochs!r}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
+            raise ValueError(f"lr must be between 0 and 1, got {self.lr!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        for name, value in (("epochs", int(epochs)), ("lr", float(lr)), ("input_size", size),
+                            ("model", str(self.model)), ("pretrained", bool(self.pretrained))):
+            object.__setattr__(self, name, value)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Run:
+    """What the training steps share: the model being trained, the pretrained classifier it started
+    from (`source`), the photos and their labels, the split, the input size and the recipe."""
+
+    model: CamModel
+    source: tuple[torch.Tensor, torch.Tensor]
+    arrays: list
+    labels: list[int]
+    train_idx: list[int]
+    val_idx: list[int]
+    size: tuple[int, int]
+    recipe: Recipe
+    report: object
+    cancel: threading.Event | None
+
+
+def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str | None = None, progress=None,
+          cancel: threading.Event | None = None, **options) -> dict:
+    """Fine-tune a classifier on `data` (a .zip or a folder of class folders); return the summary.
+
+    `recipe` (default `Recipe()`) says how; keyword `options` (its field names, and `model_spec` for
+    `model`) replace its fields. mode 'head': the backbone is frozen, its pooled features computed
+    once and a new linear classifier trained on them (seconds on a CPU), its start and epochs (up
+    to `epochs`) chosen by cross-validation on the training photos (`_choose_start`). mode 'full':
+    the whole network is trained with augmentation from the classifier mode head trains, the
+    backbone at a tenth of the learning rate, and the best validation epoch is kept. The result is
+    written atomically to `out/experiment_YYYY-MM-DD_HH_MM[_N]`, the recipe recorded. Images are
+    seen at the recipe's `input_size`, which becomes the checkpoint's own input size.
+    `progress(dict)` receives stage, epoch, step, loss and accuracy; setting `cancel` stops the run
+    without a checkpoint.
     """
-    if mode not in DEFAULT_EPOCHS:
-        raise ValueError(f"mode must be 'head' or 'full', got {mode!r}")
-    epochs = DEFAULT_EPOCHS[mode] if epochs is None else int(epochs)
-    lr = DEFAULT_LR[mode] if lr is None else float(lr)
-    if not 1 <= epochs <= 1000:
-        raise ValueError(f"epochs must be between 1 and 1000, got {epochs}")
-    if not 0 < lr < 1:
-        raise ValueError(f"lr must be between 0 and 1, got {lr}")
+    if "model_spec" in options:
+        options["model"] = options.pop("model_spec")
+    recipe = replace(recipe or Recipe(), **options)
     check_device(device)
     started = time.perf_counter()
     report = progress or (lambda _info: None)
-    torch.manual_seed(seed)
+    torch.manual_seed(recipe.seed)
     remove_orphaned_temp_folders("cam-train-")
     scratch = private_temp_folder("cam-train-")
     try:
@@ -108,20 +158,19 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
             folder = scratch / "data"
         class_names, items, skipped_scan = scan_dataset(folder)
         skipped += skipped_scan
-        model = load_model(model_spec, pretrained=pretrained, device=device, runtime="torch")  # its weights change
-        size = check_input_size(DEFAULT_INPUT_SIZE[mode] if input_size is None else input_size, model)
+        model = load_model(recipe.model, pretrained=recipe.pretrained, device=device, runtime="torch")  # its weights change
+        size = check_input_size(recipe.input_size, model)
         if model.classifier_layer is None:
             why = "CAM is not exact for its head" if not model.cam_exact else "it has no linear classifier to retrain"
             raise ValueError(f"fine-tuning keeps CAM exact, so it needs a model with global average pooling and one "
-                             f"linear classifier; {why} in {model_spec!r}: pick e.g. 'default' or 'timm:resnet18'")
+                             f"linear classifier; {why} in {recipe.model!r}: pick e.g. 'default' or 'timm:resnet18'")
         report({"stage": "loading images", "images": len(items)})
         arrays = [photo.pixels for photo in read_photos([path for path, _ in items], cover=max(size))]
         labels = [label for _, label in items]
-        train_idx, val_idx = stratified_split(labels, val_split, seed)
-        source = _replace_classifier(model, len(class_names))
-        fit = _train_head if mode == "head" else _train_full
-        best = fit(model, source, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel,
-                   seed)
+        train_idx, val_idx = stratified_split(labels, recipe.val_split, recipe.seed)
+        run = _Run(model, _replace_classifier(model, len(class_names)), arrays, labels, train_idx, val_idx, size,
+                   recipe, report, cancel)
+        best = (_train_head if recipe.mode == "head" else _train_full)(run)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     model.net.load_state_dict(best["state"])
@@ -131,9 +180,10 @@ def train(data, model_spec: str = "default", mode: str = "head", epochs: int | N
     metrics.update(best_epoch=best["epoch"], start=best["start"], cv_accuracy=best["cv_accuracy"],
                    train_images=len(train_idx), val_images=len(val_idx), skipped_files=skipped,
                    seconds=round(time.perf_counter() - started, 2))
-    checkpoint = save_checkpoint(model, out, metrics, {"base_spec": model_spec, "mode": mode, "epochs": epochs, "lr": lr,
-                                                       "train_input_size": list(size), "val_split": val_split,
-                                                       "seed": seed})
+    checkpoint = save_checkpoint(model, out, metrics, {"base_spec": recipe.model, "mode": recipe.mode,
+                                                       "epochs": recipe.epochs, "lr": recipe.lr,
+                                                       "train_input_size": list(size), "val_split": recipe.val_split,
+                                                       "seed": recipe.seed, "recipe": recipe.to_dict()})
     return {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
 
 
@@ -271,44 +321,44 @@ def _choose_start(starts: dict, features, mirrored, labels, epochs, lr, batch_si
     return {"start": name, "epochs": epoch, "cv_accuracy": correct / len(labels)}
 
 
-def _fit_classifier(model, source, arrays, labels, train_idx, size, epochs, lr, batch_size, report, cancel, seed,
-                    after_epoch=None) -> dict:
+def _fit_classifier(run: _Run, epochs: int, lr: float, after_epoch=None) -> dict:
     """Mode head's classifier, in place: pooled features of the training photos and their mirror
-    images, then the start and epochs `_choose_start` picks; returns that choice.
-    `after_epoch(chosen, epoch, loss, accuracy)` follows each training epoch."""
-    x_train = _pooled_features(model, arrays, train_idx, size)
-    x_mirrored = _pooled_features(model, arrays, train_idx, size, mirrored=True)
-    y_train = torch.tensor([labels[i] for i in train_idx], device=x_train.device)
-    report({"stage": "choosing the start"})
-    starts = _starts(source)
-    chosen = _choose_start(starts, x_train, x_mirrored, y_train, epochs, lr, batch_size, cancel, seed)
+    images, then the start and epochs `_choose_start` picks (up to `epochs`, at `lr`); returns that
+    choice. `after_epoch(chosen, epoch, loss, accuracy)` follows each training epoch."""
+    model, recipe = run.model, run.recipe
+    x_train = _pooled_features(model, run.arrays, run.train_idx, run.size)
+    x_mirrored = _pooled_features(model, run.arrays, run.train_idx, run.size, mirrored=True)
+    y_train = torch.tensor([run.labels[i] for i in run.train_idx], device=x_train.device)
+    run.report({"stage": "choosing the start"})
+    starts = _starts(run.source)
+    chosen = _choose_start(starts, x_train, x_mirrored, y_train, epochs, lr, recipe.batch_size, run.cancel,
+                           recipe.seed)
 
     def each_epoch(epoch, loss, accuracy):
         if epoch and after_epoch is not None:
             after_epoch(chosen, epoch, loss, accuracy)
 
     _fit_head(_classifier(model), starts[chosen["start"]], x_train, x_mirrored, y_train, chosen["epochs"], lr,
-              batch_size, cancel, each_epoch)
+              recipe.batch_size, run.cancel, each_epoch)
     return chosen
 
 
-def _train_head(model, source, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel,
-                seed) -> dict:
+def _train_head(run: _Run) -> dict:
     """Backbone frozen: only the linear classifier learns (`_fit_classifier`); the validation
     photos report each epoch and choose nothing (README, "Fine-tuning")."""
+    model = run.model
     head = _classifier(model)
-    report({"stage": "features", "images": len(arrays)})
-    x_val = _pooled_features(model, arrays, val_idx, size)
-    y_val = torch.tensor([labels[i] for i in val_idx], device=x_val.device)
+    run.report({"stage": "features", "images": len(run.arrays)})
+    x_val = _pooled_features(model, run.arrays, run.val_idx, run.size)
+    y_val = torch.tensor([run.labels[i] for i in run.val_idx], device=x_val.device)
 
     def after_epoch(chosen, epoch, loss, accuracy):
         with torch.no_grad():
             val_accuracy = float((head(x_val).argmax(1) == y_val).float().mean())
-        report({"stage": "train", "epoch": epoch, "epochs": chosen["epochs"], "loss": loss,
-                "train_accuracy": accuracy, "val_accuracy": val_accuracy})
+        run.report({"stage": "train", "epoch": epoch, "epochs": chosen["epochs"], "loss": loss,
+                    "train_accuracy": accuracy, "val_accuracy": val_accuracy})
 
-    chosen = _fit_classifier(model, source, arrays, labels, train_idx, size, epochs, lr, batch_size, report, cancel,
-                             seed, after_epoch)
+    chosen = _fit_classifier(run, run.recipe.epochs, run.recipe.lr, after_epoch)
     with torch.no_grad():
         predictions = head(x_val).argmax(1).tolist()
     return {**chosen, "epoch": chosen["epochs"], "predictions": predictions,
@@ -332,31 +382,31 @@ def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
-def _train_full(model, source, arrays, labels, train_idx, val_idx, size, epochs, lr, batch_size, report, cancel,
-                seed) -> dict:
+def _train_full(run: _Run) -> dict:
     """The whole network learns, from the classifier mode head would train (`_fit_classifier`),
     the classifier at `lr`, the backbone at lr / 10; the best validation epoch is kept, the start
     (epoch 0) included."""
-    report({"stage": "features", "images": len(train_idx)})
-    chosen = _fit_classifier(model, source, arrays, labels, train_idx, size, DEFAULT_EPOCHS["head"],
-                             DEFAULT_LR["head"], batch_size, report, cancel, seed)
+    model, recipe, size = run.model, run.recipe, run.size
+    run.report({"stage": "features", "images": len(run.train_idx)})
+    chosen = _fit_classifier(run, DEFAULT_EPOCHS["head"], DEFAULT_LR["head"])
     head = _classifier(model)
     head_ids = {id(p) for p in head.parameters()}
     backbone = [p for p in model.net.parameters() if id(p) not in head_ids]
-    optimizer = torch.optim.AdamW([{"params": backbone, "lr": lr / 10}, {"params": head.parameters(), "lr": lr}],
-                                  weight_decay=1e-4)
+    optimizer = torch.optim.AdamW([{"params": backbone, "lr": recipe.lr / 10},
+                                   {"params": head.parameters(), "lr": recipe.lr}], weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
-    y_all = torch.tensor(labels)
-    best = _validate(model, None, 0, arrays, labels, val_idx, size)
-    steps = (len(train_idx) + batch_size - 1) // batch_size
+    y_all = torch.tensor(run.labels)
+    best = _validate(run, None, 0)
+    batch_size, epochs = recipe.batch_size, recipe.epochs
+    steps = (len(run.train_idx) + batch_size - 1) // batch_size
     for epoch in range(1, epochs + 1):
         model.net.train()
-        order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator).tolist()]
+        order = [run.train_idx[i] for i in torch.randperm(len(run.train_idx), generator=generator).tolist()]
         total, correct, loss_sum = 0, 0, 0.0
         for step, start in enumerate(range(0, len(order), batch_size), start=1):
-            _check_cancel(cancel)
+            _check_cancel(run.cancel)
             pick = order[start:start + batch_size]
-            x = _augment(preprocess(model, [arrays[i] for i in pick], size), generator)
+            x = _augment(preprocess(model, [run.arrays[i] for i in pick], size), generator)
             y = y_all[pick].to(x.device)
             logits = model.net(x)
             loss = nn.functional.cross_entropy(logits, y)
@@ -366,20 +416,22 @@ def _train_full(model, source, arrays, labels, train_idx, val_idx, size, epochs,
             total += len(pick)
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += float(loss.detach()) * len(pick)
-            report({"stage": "train", "epoch": epoch, "epochs": epochs, "step": step, "steps": steps,
-                    "loss": loss_sum / total, "train_accuracy": correct / total})
-        best = _validate(model, best, epoch, arrays, labels, val_idx, size)
-        report({"stage": "validate", "epoch": epoch, "epochs": epochs, "loss": loss_sum / total,
-                "train_accuracy": correct / total, "val_accuracy": best["last_accuracy"]})
+            run.report({"stage": "train", "epoch": epoch, "epochs": epochs, "step": step, "steps": steps,
+                        "loss": loss_sum / total, "train_accuracy": correct / total})
+        best = _validate(run, best, epoch)
+        run.report({"stage": "validate", "epoch": epoch, "epochs": epochs, "loss": loss_sum / total,
+                    "train_accuracy": correct / total, "val_accuracy": best["last_accuracy"]})
     return {**best, "start": chosen["start"], "cv_accuracy": chosen["cv_accuracy"]}
 
 
-def _validate(model, best, epoch, arrays, labels, val_idx, size) -> dict:
+def _validate(run: _Run, best, epoch) -> dict:
     """`_keep_best` of the whole network's logits on the validation photos."""
+    model = run.model
     model.net.eval()
     with torch.no_grad():
-        val_logits = torch.cat([model.net(batch) for batch in _inference_batches(model, arrays, val_idx, size)])
-    return _keep_best(model, best, epoch, val_logits, [labels[i] for i in val_idx])
+        val_logits = torch.cat([model.net(batch)
+                                for batch in _inference_batches(model, run.arrays, run.val_idx, run.size)])
+    return _keep_best(model, best, epoch, val_logits, [run.labels[i] for i in run.val_idx])
 
 
 def _keep_best(model, best, epoch, val_logits: torch.Tensor, truths: list[int]) -> dict:
