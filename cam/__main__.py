@@ -181,7 +181,7 @@ def cmd_app(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .train import Recipe, train
 
     bar = _progress_bar("train")
 
@@ -192,9 +192,10 @@ def cmd_train(args) -> int:
         else:
             print(f"{info['stage']}...", file=sys.stderr, flush=True)
 
-    summary = train(args.data, model_spec=args.model, mode=args.mode, epochs=args.epochs, lr=args.lr,
-                    val_split=args.val_split, out=args.out, seed=args.seed, pretrained=not args.no_pretrained,
-                    input_size=args.input_size, device=args.device, progress=progress)
+    recipe = Recipe(model=args.model, mode=args.mode, epochs=args.epochs, lr=args.lr, val_split=args.val_split,
+                    seed=args.seed, pretrained=not args.no_pretrained, input_size=args.input_size,
+                    detector=args.detector, detector_epochs=args.detector_epochs, boxes_from=args.boxes_from)
+    summary = train(args.data, recipe, out=args.out, device=args.device, progress=progress)
     _emit(summary)
     return 0
 
@@ -241,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--input-size", type=int, default=None,
                     help="square side the images are trained at, and the checkpoint's own (default: 288 for head, the model's own for full)")
     tr.add_argument("--no-pretrained", action="store_true", help="timm/torchvision names: start from random weights")
+    tr.add_argument("--detector", action="store_true",
+                    help="then train a detector on the classifier's own boxes of the training photos: several "
+                         "scored boxes per class, which localize, label and the app then give by default")
+    tr.add_argument("--detector-epochs", type=int, default=None,
+                    help="the detector's epochs over the photos and their mirror images (default 24)")
+    tr.add_argument("--boxes-from", default=None, metavar="COCO.json",
+                    help="train the detector on these (reviewed) boxes instead: our coco.json, or one corrected "
+                         "in a labelling tool (implies --detector)")
     tr.add_argument("--out", default="checkpoints", help="folder that receives experiment_YYYY-MM-DD_HH_MM/")
     _add_device_option(tr)
     tr.set_defaults(run=cmd_train)

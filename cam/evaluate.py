@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -124,9 +124,72 @@ class WsolScores:
 
 def evaluate(model: CamModel, folder, settings: Settings | str | None = None, batch_size: int | None = None,
              progress=None, **options) -> tuple[dict, list[dict]]:
-    """`score_folder`'s metrics of all its images, and its per-image rows."""
-    scores, extra = score_folder(model, folder, settings, batch_size, progress, **options)
-    return {**scores.metrics(), **extra}, scores.rows
+    """`score_folder`'s metrics of all its images, and its per-image rows. Where the boxes come from
+    the detector (`Settings.boxes`), its boxes score top1_loc and gt_known_loc instead, with
+    `detection_scores`' AP50 and CorLoc beside them; the map metrics (MaxBoxAcc) stay the maps'."""
+    settings = settings_of(settings, **options)
+    scores, extra = score_folder(model, folder, settings, batch_size, progress)
+    metrics = {**scores.metrics(), **extra, "boxes_from": "cam"}
+    from .localize import box_source
+
+    if box_source(model, settings.boxes) == "detector":
+        metrics.update(detection_scores(model, folder, settings, batch_size), boxes_from="detector")
+    return metrics, scores.rows
+
+
+def detection_scores(model: CamModel, folder, settings: Settings | str | None = None,
+                     batch_size: int | None = None) -> dict:
+    """The detector's boxes on `folder` (images/ and boxes.csv), every class ranked and every box
+    kept: ap50 (`average_precision`), corloc (the best box of each image's class hits a true box),
+    top1_loc (the top class is right and its best box hits) and gt_known_loc (the true class's best
+    box hits); a hit is IoU >= 0.5."""
+    from .localize import localize_batch
+
+    samples = read_dataset(folder)
+    settings = replace(settings_of(settings), boxes="detector", box_score=0.0, topk=len(model.class_names),
+                       classes=None, min_score=0.0)
+    results = localize_batch(model, [Path(folder) / "images" / s.file for s in samples], settings, batch_size)
+    found, truths, top1, known = [], [], 0, 0
+    for sample, result in zip(samples, results):
+        found.append([(p.class_index, score, box) for p in result.predictions
+                      for box, score in zip(p.boxes, p.box_scores)])
+        truths.append([(sample.label, box) for box in sample.boxes])
+        best = {p.class_index: p.boxes[:1] for p in result.predictions}
+        known += best_iou(best[sample.label], sample.boxes) >= 0.5
+        top1 += result.predictions[0].class_index == sample.label and best_iou(best[sample.label], sample.boxes) >= 0.5
+    n = len(samples)
+    return {"ap50": average_precision(found, truths), "corloc": known / n, "top1_loc": top1 / n,
+            "gt_known_loc": known / n}
+
+
+def average_precision(found: list[list[tuple]], truths: list[list[tuple]], level: float = 0.5) -> float:
+    """Detection AP at IoU `level` as COCO computes it (each class's 101-point interpolated
+    precision over recall, averaged over the classes with a true box): `found` per image
+    [(class, score, box)], `truths` per image [(class, box)]; each true box is matched once, by the
+    best-scoring boxes first."""
+    classes = sorted({c for image in truths for c, _ in image})
+    if not classes:
+        raise ValueError("no true boxes to score")
+    per_class = []
+    for c in classes:
+        total = sum(t[0] == c for image in truths for t in image)
+        ranked = sorted(((score, i, box) for i, image in enumerate(found) for k, score, box in image if k == c),
+                        key=lambda d: -d[0])
+        taken: set[tuple[int, int]] = set()
+        hits = []
+        for _, i, box in ranked:
+            overlaps = [(iou(box, t[1]), j) for j, t in enumerate(truths[i]) if t[0] == c and (i, j) not in taken]
+            overlap, j = max(overlaps, default=(0.0, -1))
+            hits.append(overlap >= level)
+            if overlap >= level:
+                taken.add((i, j))
+        true_positives = np.cumsum(hits) if hits else np.zeros(0)
+        recall = true_positives / total
+        precision = true_positives / np.arange(1, len(hits) + 1)
+        precision = np.maximum.accumulate(precision[::-1])[::-1] if len(hits) else precision  # made monotone
+        points = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")
+        per_class.append(float(np.mean([precision[p] if p < len(precision) else 0.0 for p in points])))
+    return float(np.mean(per_class))
 
 
 def score_folder(model: CamModel, folder, settings: Settings | str | None = None, batch_size: int | None = None,

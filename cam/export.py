@@ -3,7 +3,8 @@
 files back to boxes (for checks and tests; pycocotools reads COCO).
 
 The log is `predictions.jsonl`: one JSON object a photo, `{"file": relative path, "width",
-"height", "predictions": [{"class_index", "label", "score", "boxes": [[x0, y0, x1, y1], ...]}]}`,
+"height", "predictions": [{"class_index", "label", "score", "boxes": [[x0, y0, x1, y1], ...],
+"box_scores" (detector boxes only)}]}`,
 boxes in pixel edges (`cam.boxes`). Each writer streams the log, so memory stays flat in the
 number of photos, and replaces its output in one rename, so a reader never sees half a file.
 """
@@ -64,11 +65,13 @@ def _class_ids(classes: list[tuple[int, str]]) -> dict[int, int]:
 
 
 def _annotations(record: dict, ids: dict[int, int]):
-    """(class id, [x, y, w, h], score) for every box of a photo's record."""
+    """(class id, [x, y, w, h], score) for every box of a photo's record: the detector's box score
+    where it gave the boxes, else the class's probability."""
     for p in record["predictions"]:
-        for x0, y0, x1, y1 in p["boxes"]:
+        scores = p.get("box_scores") or [p["score"]] * len(p["boxes"])
+        for (x0, y0, x1, y1), score in zip(p["boxes"], scores):
             if p["class_index"] in ids:
-                yield ids[p["class_index"]], [x0, y0, x1 - x0, y1 - y0], p["score"]
+                yield ids[p["class_index"]], [x0, y0, x1 - x0, y1 - y0], score
 
 
 def write_coco(log, classes: list[tuple[int, str]], path) -> None:

@@ -28,7 +28,7 @@ import torch
 
 from . import export
 from .data import find_images, map_threads, private_temp_folder, read_photo, remove_orphaned_temp_folders, unpack_zip
-from .localize import class_indices, localize_batch
+from .localize import box_source, class_indices, localize_batch
 from .preprocess import check_input_size, inference_batch_size
 from .settings import Settings, settings_of
 from .methods import check_method
@@ -98,7 +98,8 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings | s
     for no GPU: they run on `ray_cpus_per_worker` CPUs each, with as many torch threads (default:
     this process's thread count, which keeps their bits those of the local engine).
 
-    `settings` (a `cam.Settings` or a preset's name; default: the recommended one, top-1) are the
+    `settings` (a `cam.Settings` or a preset's name; default: the recommended one, top-1, or every
+    class where the boxes come from a checkpoint's detector) are the
     localization settings, recorded in `run.json` with `batch_size` (photos a forward pass, default
     `inference_batch_size`): a run resumes only with the same. `settings.classes` restricts the
     boxes to those classes (top-k among them) and makes them the exported classes, in that order.
@@ -123,7 +124,9 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings | s
     settings = settings_of(settings)
     size = check_input_size(settings.input_size, model)
     classes = _export_classes(model, settings.classes)
-    settings = replace(settings, topk=settings.topk or 1,
+    # CAM's one box a class: the top class. The detector's boxes: every exported class it finds.
+    detected = box_source(model, settings.boxes) == "detector"
+    settings = replace(settings, topk=settings.topk or (len(classes) if detected else 1),
                        classes=None if settings.classes is None else tuple(name for _, name in classes))
     batch_size = batch_size or inference_batch_size(model, size)
     _check_settings(model, settings, batch_size)

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .boxes import Box, check_threshold
+from .boxes import Box, check_threshold, scale_box
+from .detector import detections
 from .data import Photo, read_photos
-from .methods import check_method, make_maps
+from .methods import check_method, forward, make_maps
 from .models import CamModel
 from .preprocess import check_input_size, inference_batch_size, inference_threads, preprocess
 from .settings import Settings, settings_of
@@ -36,6 +37,7 @@ class Prediction:
     boxes: list[Box]
     small_cam: np.ndarray = field(repr=False)
     size: tuple[int, int]  # (height, width) of the image, and of `cam`
+    box_scores: list[float] | None = None  # the detector's score of each box (None: boxes cut from the map)
 
     @functools.cached_property
     def cam(self) -> np.ndarray:
@@ -44,8 +46,11 @@ class Prediction:
         return upsample_map(self.small_cam, self.size)
 
     def to_dict(self) -> dict:
-        return {"class_index": self.class_index, "label": self.label, "score": self.score,
-                "boxes": [list(b) for b in self.boxes]}
+        found = {"class_index": self.class_index, "label": self.label, "score": self.score,
+                 "boxes": [list(b) for b in self.boxes]}
+        if self.box_scores is not None:
+            found["box_scores"] = list(self.box_scores)
+        return found
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Result:
     runtime: str = "torch"  # what ran the network (`CamModel.runtime`; gradient methods: always torch)
     size: tuple[int, int] | None = None  # the photo's own (height, width); None: the working image's
     source: object = field(default=None, repr=False)  # the path or bytes the full photo is decoded from
+    boxes_from: str = "cam"  # "cam": cut from the maps at `threshold`; "detector": the checkpoint's detector
 
     def __post_init__(self):
         if self.size is None:
@@ -87,18 +93,18 @@ class Result:
         """Everything but the arrays, JSON-ready."""
         return {"model": self.model, "width": self.width, "height": self.height, "threshold": self.threshold,
                 "all_regions": self.all_regions, "refined": self.refined, "adapted": self.adapted,
-                "method": self.method,
-                "runtime": self.runtime,
+                "method": self.method, "runtime": self.runtime, "boxes_from": self.boxes_from,
                 "predictions": [p.to_dict() for p in self.predictions]}
 
     def with_threshold(self, threshold: float, all_regions: bool | None = None) -> "Result":
-        """The same maps boxed at another threshold; no network is run."""
+        """The same maps boxed at another threshold (boxes cut from the maps, also where the detector's
+        were shown); no network is run."""
         threshold = check_threshold(threshold)
         all_regions = self.all_regions if all_regions is None else bool(all_regions)
         boxes = photo_boxes([p.small_cam for p in self.predictions], self.working_image.shape[:2], self.size,
                             threshold, all_regions)
-        predictions = [replace(p, boxes=b) for p, b in zip(self.predictions, boxes)]
-        return replace(self, predictions=predictions, threshold=threshold, all_regions=all_regions)
+        predictions = [replace(p, boxes=b, box_scores=None) for p, b in zip(self.predictions, boxes)]
+        return replace(self, predictions=predictions, threshold=threshold, all_regions=all_regions, boxes_from="cam")
 
 
 def localize(model: CamModel, image, settings: Settings | str | None = None, **options) -> Result:
@@ -130,25 +136,58 @@ def localize_batch(model: CamModel, images, settings: Settings | str | None = No
     topk = _check_topk(min(DEFAULT_TOPK, ranked) if settings.topk is None else settings.topk, ranked)
     method = check_method(settings.method, model)
     size = check_input_size(settings.input_size, model)
+    detect = box_source(model, settings.boxes) == "detector"
     batch_size = batch_size or inference_batch_size(model, size)
     results = []
     with inference_threads(model, method):
         for start in range(0, len(images), batch_size):
             photos = read_photos(images[start:start + batch_size], cover=max(size))
             batch = preprocess(model, [photo.pixels for photo in photos], size)
+            # The detector reads the pass CAM runs on (one pass for both); other maps need a pass of their own.
+            outputs = forward(model, batch, guide=True) if detect else None
+            shared = outputs if method == "cam" and not settings.flip else None
             logits, indices, small, refined, ran = make_maps(model, batch, method, lambda z: _ranked(z, topk, chosen),
-                                                             settings.flip, settings.refine, settings.adapt)
+                                                             settings.flip, settings.refine, settings.adapt, shared)
+            found = detections(model.detector, outputs[2], outputs[1], *model.classifier_params(), size) if detect \
+                else None
             scores = logits.softmax(1).gather(1, indices)
             small = small.cpu().numpy()
             for i, photo in enumerate(photos):
                 kept = [j for j, s in enumerate(scores[i].tolist()) if s >= settings.min_score]
                 maps = normalise_for_size(small[i][kept], photo.size)
-                boxes = photo_boxes(maps, photo.pixels.shape[:2], photo.size, settings.threshold, settings.all_regions)
-                predictions = [Prediction(int(indices[i, j]), model.class_names[int(indices[i, j])],
-                                          float(scores[i, j]), b, m, photo.size) for j, b, m in zip(kept, boxes, maps)]
+                classes = [int(indices[i, j]) for j in kept]
+                if detect:
+                    boxes, box_scores = _detector_boxes(found[i], classes, size, photo.size, settings.box_score)
+                else:
+                    boxes = photo_boxes(maps, photo.pixels.shape[:2], photo.size, settings.threshold,
+                                        settings.all_regions)
+                    box_scores = [None] * len(kept)
+                predictions = [Prediction(c, model.class_names[c], float(scores[i, j]), b, m, photo.size, bs)
+                               for c, j, b, m, bs in zip(classes, kept, boxes, maps, box_scores)]
                 results.append(Result(predictions, photo.pixels, model.spec, settings.threshold, settings.all_regions,
-                                      refined, settings.adapt, method, ran, photo.size, photo.source))
+                                      refined, settings.adapt, method, ran, photo.size, photo.source,
+                                      "detector" if detect else "cam"))
     return results
+
+
+def box_source(model: CamModel, boxes: str) -> str:
+    """Where boxes come from for the setting `boxes`: auto is the detector where the model has one."""
+    if boxes == "detector" and model.detector is None:
+        raise ValueError(f"{model.spec!r} has no detector: train one with `cam train DATA --detector`, "
+                         "or take boxes from the maps (boxes='cam')")
+    return "detector" if boxes == "detector" or (boxes == "auto" and model.detector is not None) else "cam"
+
+
+def _detector_boxes(found, classes: list[int], size: tuple[int, int], photo_size: tuple[int, int],
+                    min_score: float) -> tuple[list[list[Box]], list[list[float]]]:
+    """The detector's boxes of each of `classes` scoring at least `min_score`, best first, scaled
+    from the input's `size` to the photo's pixels; and their scores."""
+    boxes, box_scores = [], []
+    for c in classes:
+        mine = sorted((d for d in found if d[0] == c and d[1] >= min_score), key=lambda d: -d[1])
+        boxes.append([scale_box(d[2], size, photo_size) for d in mine])
+        box_scores.append([round(d[1], 4) for d in mine])
+    return boxes, box_scores
 
 
 def class_indices(model: CamModel, classes) -> list[int]:

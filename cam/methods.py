@@ -102,12 +102,14 @@ def _combine(method: str, activations: torch.Tensor, grads: torch.Tensor) -> tor
     raise ValueError(f"not a gradient method: {method!r}")
 
 
-def cam_maps(model: CamModel, batch: torch.Tensor, choose, flip: bool = False, guide: bool = False):
+def cam_maps(model: CamModel, batch: torch.Tensor, choose, flip: bool = False, guide: bool = False,
+             outputs: tuple | None = None):
     """CAM: (logits, the classes `choose(logits)` picks, their raw maps, guide map or None, what ran
-    the network), from one forward pass on the model's runtime."""
-    logits, features, guide_map, ran = forward(model, batch, flip, guide)
+    the network), from one forward pass on the model's runtime, or from that pass's `outputs`
+    (`forward`'s, with the guide map) where the caller has run it already."""
+    logits, features, guide_map, ran = outputs if outputs is not None else forward(model, batch, flip, guide)
     indices = choose(logits)
-    return logits, indices, class_maps(model, features, indices), guide_map, ran
+    return logits, indices, class_maps(model, features, indices), guide_map if guide else None, ran
 
 
 def _gradient_maker(method: str):
@@ -123,12 +125,16 @@ METHODS = tuple(MAKERS)
 
 
 def make_maps(model: CamModel, batch: torch.Tensor, method: str, choose, flip: bool = False, refine: bool = False,
-              adapt: bool = False):
+              adapt: bool = False, outputs: tuple | None = None):
     """The one path from a batch to its small maps, for `localize` and `evaluate` alike: `method`'s
     maker (`MAKERS`) for the classes `choose(logits)` picks, then refined by the guide features where
-    the model has them (`refine_maps`) and contrast adapted (`adapt_contrast`). Returns (logits,
-    indices, maps (B, k, h, w) float32, whether they were refined, what ran the network)."""
-    logits, indices, maps, guide, ran = MAKERS[method](model, batch, choose, flip=flip, guide=refine)
+    the model has them (`refine_maps`) and contrast adapted (`adapt_contrast`). CAM without flip can
+    take the `outputs` of a `forward` pass already run (the detector's). Returns (logits, indices,
+    maps (B, k, h, w) float32, whether they were refined, what ran the network)."""
+    if outputs is not None:
+        logits, indices, maps, guide, ran = cam_maps(model, batch, choose, guide=refine, outputs=outputs)
+    else:
+        logits, indices, maps, guide, ran = MAKERS[method](model, batch, choose, flip=flip, guide=refine)
     if guide is not None:
         maps = refine_maps(maps, guide)
     return logits, indices, adapt_contrast(maps) if adapt else maps.float(), guide is not None, ran

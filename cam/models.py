@@ -64,6 +64,7 @@ class CamModel:
     info: dict = field(default_factory=dict)  # free metadata, e.g. a checkpoint's metrics
     runtime: str = "torch"  # what runs the network for CAM's inference: "torch" or "openvino" (`cam.runtime`)
     runner: object = field(default=None, repr=False)  # the compiled runtime's `runner(batch)`, or None for PyTorch
+    detector: nn.Module | None = field(default=None, repr=False)  # a checkpoint's `cam.detector.Student`, or None
 
     @property
     def device(self) -> torch.device:
@@ -166,6 +167,8 @@ def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | 
     # 20-45% in batches for Lite0, ResNet-50, DenseNet-121, MobileNetV2 and RegNetY (README, "Speed").
     model.net.to(device=device, memory_format=torch.channels_last)
     model.net.eval()
+    if model.detector is not None:
+        model.detector.to(device).eval()
     if runtime == "openvino" or (runtime == "auto" and device.type == "cpu" and openvino_available()):
         from .runtime import OpenVinoRunner
 
@@ -370,8 +373,28 @@ def load_checkpoint(folder: Path) -> CamModel:
     except RuntimeError as exc:
         first = str(exc).splitlines()[0:3]
         raise ValueError(f"{weights_path} does not match {arch} with {len(class_names)} classes: {' '.join(first)}") from exc
-    info = {k: config[k] for k in ("metrics", "date", "base_spec") if k in config}
-    return _wrap(net, str(folder), arch, class_names, preprocessing, info)
+    info = {k: config[k] for k in ("metrics", "date", "base_spec", "recipe") if k in config}
+    model = _wrap(net, str(folder), arch, class_names, preprocessing, info)
+    if "detector" in config:
+        model.detector = _load_detector(folder, config["detector"])
+    return model
+
+
+def _load_detector(folder: Path, config) -> nn.Module:
+    """The checkpoint's detector (`cam.detector.Student`) from its config and detector.safetensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .detector import DETECTOR_FILE, Student
+
+    path = folder / DETECTOR_FILE
+    try:
+        student = Student(dict(config))
+        student.load_state_dict(load_file(str(path)), strict=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{folder}: its detector does not load ({first})") from exc
+    return student.eval()
 
 
 def _wrap(net: nn.Module, spec: str, arch: str, class_names: list[str], preprocessing: dict, info: dict | None = None) -> CamModel:

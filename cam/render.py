@@ -37,8 +37,9 @@ def _font(height: int) -> ImageFont.ImageFont:
 
 
 def draw_boxes(image: np.ndarray, result) -> np.ndarray:
-    """The image with every prediction's boxes and a caption 'label 0.93' on a filled tab. `result`
-    is a Result, or its predictions (anything with `label`, `score` and `boxes`, in rank order).
+    """The image with every prediction's boxes and a caption 'label 0.93' on a filled tab (the box's
+    own score where a detector gave it, else the class's). `result` is a Result, or its predictions
+    (anything with `label`, `score` and `boxes`, in rank order).
 
     All boxes are drawn first, the best-ranked on top; then the captions, best rank first, each at
     the first spot by its box's top-left corner (above the box, inside it, stacked downwards,
@@ -56,10 +57,11 @@ def draw_boxes(image: np.ndarray, result) -> np.ndarray:
     for rank, prediction in enumerate(predictions):
         color = PALETTE[rank % len(PALETTE)]
         text_color = (0, 0, 0) if sum(color) > 450 else (255, 255, 255)
-        caption = f"{prediction.label} {prediction.score:.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
-        w, h = right - left + 2 * line, bottom - top + 2 * line
-        for box in prediction.boxes:
+        box_scores = getattr(prediction, "box_scores", None) or [prediction.score] * len(prediction.boxes)
+        for box, score in zip(prediction.boxes, box_scores):
+            caption = f"{prediction.label} {score:.2f}"
+            left, top, right, bottom = draw.textbbox((0, 0), caption, font=font)
+            w, h = right - left + 2 * line, bottom - top + 2 * line
             tx, ty = _caption_spot(box, w, h, placed, canvas.width, canvas.height)
             placed.append((tx, ty, tx + w, ty + h))
             draw.rectangle((tx, ty, tx + w - 1, ty + h - 1), fill=color)

@@ -12,12 +12,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 from torch import nn
 
+from .detector import DETECTOR_FILE
 from .data import private_temp_folder, read_photos, remove_orphaned_temp_folders, scan_dataset, unpack_zip
 from .preprocess import check_input_size, inference_batch_size, preprocess
 from .methods import forward_features
@@ -32,6 +33,7 @@ DEFAULT_INPUT_SIZE = {"head": 288, "full": 288}
 TRANSFER_CLASSES = 5  # pretrained classes each new class starts from (`_transfer_init`)
 CV_FOLDS = 5  # folds of the training photos that choose the classifier's start (`_choose_start`)
 STALE_PARTIAL_SECONDS = 3600
+DETECTOR_EPOCHS = 24  # the detector's epochs over the photos and their mirror images (`cam.detector.fit_student`)
 
 
 class TrainingCancelled(Exception):
@@ -85,6 +87,9 @@ class Recipe:
     batch_size: int = 32
     pretrained: bool = True  # timm/torchvision names: hub weights (a network) or random ones
     input_size: int | None = None  # square side images are trained at, and the checkpoint's own
+    detector: bool = False  # then train a detector on the classifier's boxes of its own photos (`cam.detector`)
+    detector_epochs: int | None = None  # None: DETECTOR_EPOCHS
+    boxes_from: str | None = None  # a COCO file of reviewed boxes the detector learns from instead (implies detector)
 
     def __post_init__(self):
         if self.mode not in DEFAULT_EPOCHS:
@@ -101,7 +106,14 @@ class Recipe:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        for name, value in (("epochs", int(epochs)), ("lr", float(lr)), ("input_size", size),
+        if self.detector_epochs is None:
+            object.__setattr__(self, "detector_epochs", DETECTOR_EPOCHS)
+        if isinstance(self.detector_epochs, bool) or not isinstance(self.detector_epochs, int) \
+                or not 1 <= self.detector_epochs <= 1000:
+            raise ValueError(f"detector_epochs must be an integer between 1 and 1000, got {self.detector_epochs!r}")
+        if self.boxes_from is not None:
+            object.__setattr__(self, "boxes_from", str(self.boxes_from))
+        for name, value in (("detector", bool(self.detector) or self.boxes_from is not None), ("epochs", int(epochs)), ("lr", float(lr)), ("input_size", size),
                             ("model", str(self.model)), ("pretrained", bool(self.pretrained))):
             object.__setattr__(self, name, value)
 
@@ -124,6 +136,8 @@ class _Run:
     recipe: Recipe
     report: object
     cancel: threading.Event | None
+    names: list[str]  # each photo's path relative to the dataset's class folders ("apple/1.jpg")
+    photo_sizes: list[tuple[int, int]]  # each photo's own upright (height, width)
 
 
 def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str | None = None, progress=None,
@@ -165,18 +179,22 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
             raise ValueError(f"fine-tuning keeps CAM exact, so it needs a model with global average pooling and one "
                              f"linear classifier; {why} in {recipe.model!r}: pick e.g. 'default' or 'timm:resnet18'")
         report({"stage": "loading images", "images": len(items)})
-        arrays = [photo.pixels for photo in read_photos([path for path, _ in items], cover=max(size))]
+        photos = read_photos([path for path, _ in items], cover=max(size))
         labels = [label for _, label in items]
         train_idx, val_idx = stratified_split(labels, recipe.val_split, recipe.seed)
-        run = _Run(model, _replace_classifier(model, len(class_names)), arrays, labels, train_idx, val_idx, size,
-                   recipe, report, cancel)
+        names = [path.relative_to(folder).as_posix() for path, _ in items]
+        run = _Run(model, _replace_classifier(model, len(class_names)), [photo.pixels for photo in photos], labels,
+                   train_idx, val_idx, size, recipe, report, cancel, names, [photo.size for photo in photos])
         best = (_train_head if recipe.mode == "head" else _train_full)(run)
+        model.net.load_state_dict(best["state"])
+        detector_metrics = _train_detector(run, class_names) if recipe.detector else None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    model.net.load_state_dict(best["state"])
     model.class_names = class_names
     model.input_size = size  # its own size from now on: the one its classifier learned at
     metrics = _metrics(best["predictions"], [labels[i] for i in val_idx], class_names)
+    if detector_metrics is not None:
+        metrics["detector"] = detector_metrics
     metrics.update(best_epoch=best["epoch"], start=best["start"], cv_accuracy=best["cv_accuracy"],
                    train_images=len(train_idx), val_images=len(val_idx), skipped_files=skipped,
                    seconds=round(time.perf_counter() - started, 2))
@@ -185,6 +203,77 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
                                                        "train_input_size": list(size), "val_split": recipe.val_split,
                                                        "seed": recipe.seed, "recipe": recipe.to_dict()})
     return {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
+
+
+def _train_detector(run: _Run, class_names: list[str]) -> dict:
+    """Set `run.model.detector`: a `cam.detector.Student` trained on the teacher's boxes of every
+    photo (the classifier just trained, its map of the photo's class), or on the reviewed boxes of
+    `recipe.boxes_from` (photos it does not list are left out); returns what it learned from."""
+    from .detector import build_student, fit_student, training_samples
+
+    recipe, started = run.recipe, time.perf_counter()
+    indices, boxes = list(range(len(run.arrays))), None
+    if recipe.boxes_from is not None:
+        reviewed = read_coco_boxes(recipe.boxes_from, run.names, class_names)
+        indices = [i for i in indices if run.names[i] in reviewed]
+        boxes = [reviewed[run.names[i]] for i in indices]
+    run.report({"stage": "teacher boxes" if boxes is None else "reviewed boxes", "images": len(indices)})
+    full, tiles = training_samples(run.model, [run.arrays[i] for i in indices], [run.labels[i] for i in indices],
+                                   run.size, boxes, lambda: _check_cancel(run.cancel))
+    channels = [full[0][0].shape[0], full[0][1].shape[0]]
+    student = build_student({"in_channels": channels}, recipe.seed).to(run.model.device)
+    fit_student(student, full, tiles, run.size, recipe.detector_epochs, recipe.seed,
+                check=lambda: _check_cancel(run.cancel), report=run.report)
+    run.model.detector = student
+    return {"boxes_from": "teacher" if boxes is None else "reviewed", "images": len(indices),
+            "boxes_per_photo": round(sum(len(s[2]) for s in full) / len(full), 3),  # mirror images included
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def read_coco_boxes(path, names: list[str], class_names: list[str]) -> dict[str, list[tuple]]:
+    """Reviewed boxes from a COCO file (ours from `cam label`, or one corrected in a labelling tool),
+    by dataset photo name: {name: [(x0, y0, x1, y1) as fractions of the photo's width and height]}.
+    A photo is matched by its path (or a path ending in it), else by its file name where that is
+    unique. A file that is not COCO, names a class the dataset lacks or matches none of its photos
+    is refused in one line."""
+    from collections import Counter
+
+    try:
+        coco = json.loads(Path(path).read_text())
+        images = {int(image["id"]): (str(image["file_name"]), float(image["width"]), float(image["height"]))
+                  for image in coco["images"]}
+        categories = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
+        annotations = [(int(a["image_id"]), int(a["category_id"]), [float(v) for v in a["bbox"]])
+                       for a in coco["annotations"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a readable COCO file ({type(exc).__name__}: {exc})") from None
+    unknown = sorted(set(categories.values()) - set(class_names))
+    if unknown:
+        raise ValueError(f"{path} has classes the dataset lacks: {', '.join(unknown)} (its classes: "
+                         f"{', '.join(class_names)})")
+    by_file = Counter(PurePosixPath(name).name for name in names)
+
+    def match(file_name: str) -> str | None:
+        file_name = file_name.replace("\\", "/")
+        for name in names:
+            if file_name == name or file_name.endswith("/" + name) or name.endswith("/" + file_name):
+                return name
+        base = PurePosixPath(file_name).name
+        return next((n for n in names if PurePosixPath(n).name == base), None) if by_file[base] == 1 else None
+
+    matched = {image_id: match(file_name) for image_id, (file_name, _, _) in images.items()}
+    boxes: dict[str, list[tuple]] = {name: [] for name in matched.values() if name is not None}
+    for image_id, category, (x, y, w, h) in annotations:
+        name = matched.get(image_id)
+        if name is None or category not in categories:
+            continue
+        _, width, height = images[image_id]
+        if w > 0 and h > 0:
+            boxes[name].append((x / width, y / height, (x + w) / width, (y + h) / height))
+    if not boxes:
+        raise ValueError(f"{path} lists none of the dataset's photos (its file names, e.g. "
+                         f"{next(iter(images.values()), ('none',))[0]!r}, match no photo in the class folders)")
+    return boxes
 
 
 def _replace_classifier(model: CamModel, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -460,7 +549,7 @@ def _metrics(predictions: list[int], truths: list[int], class_names: list[str]) 
 
 
 def save_checkpoint(model: CamModel, out, metrics: dict, extra: dict) -> Path:
-    """Write model.safetensors + config.json under a hidden temporary name, then rename it to
+    """Write model.safetensors + config.json (+ detector.safetensors) under a hidden temporary name, then rename it to
     `experiment_YYYY-MM-DD_HH_MM` (with _2, _3... if taken): readers never see half a checkpoint."""
     from safetensors.torch import save_file
 
@@ -476,8 +565,14 @@ def save_checkpoint(model: CamModel, out, metrics: dict, extra: dict) -> Path:
         save_file(state, str(staging / "model.safetensors"))
         config = {"arch": model.arch, "class_names": model.class_names, "preprocessing": model.preprocessing(),
                   "metrics": metrics, "date": now.isoformat(timespec="seconds"), **extra}
+        written = [staging / "model.safetensors", staging / "config.json"]
+        if model.detector is not None:
+            detector = {k: v.detach().cpu().contiguous().clone() for k, v in model.detector.state_dict().items()}
+            save_file(detector, str(staging / DETECTOR_FILE))
+            config["detector"] = model.detector.config
+            written.append(staging / DETECTOR_FILE)
         (staging / "config.json").write_text(json.dumps(config, indent=2))
-        for fd_path in (staging / "model.safetensors", staging / "config.json"):
+        for fd_path in written:
             with open(fd_path, "rb") as handle:
                 os.fsync(handle.fileno())
         base = f"experiment_{now:%Y-%m-%d_%H_%M}"

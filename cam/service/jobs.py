@@ -98,15 +98,16 @@ def portable_data_yaml(path: Path) -> None:
     path.write_text(yaml.safe_dump({**data, "path": ""}, allow_unicode=True, sort_keys=False))
 
 
-def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPOINTS, model_spec: str = DEFAULT_SPEC):
+def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPOINTS, model_spec: str = DEFAULT_SPEC,
+                     detector: bool = False):
     """Run a fine-tuning job in its own process (`python -m cam train`) and yield its progress
     dicts as they come, then {'stage': 'done', **summary}. Its own process: the server's memory is
     untouched when it ends, and inference never waits on it. A failed job raises a ValueError with
     its one-line message; closing the generator (the user left) stops the job, and a stopped job
-    writes no checkpoint."""
+    writes no checkpoint. With `detector`, a detector is trained on the new classifier's boxes too."""
     try:
         settings = ["--mode", str(mode), "--epochs", str(int(epochs)), "--lr", str(float(lr)),
-                    "--val-split", str(float(val_split))]
+                    "--val-split", str(float(val_split)), *(["--detector"] if detector else [])]
     except (TypeError, ValueError):
         raise ValueError("epochs, learning rate and validation split must be numbers") from None
     command = [sys.executable, "-m", "cam", "train", str(data), "--model", model_spec, *settings, "--out", str(out)]

@@ -25,17 +25,21 @@ def build(ctx, model: gr.Dropdown) -> None:
     """The tab and its events; a finished run selects its checkpoint in `model`."""
     cache, folders = ctx.cache, ctx.outputs
 
-    def run_training(zip_file, mode, epochs, lr, val_split, progress=gr.Progress()):
+    def run_training(zip_file, mode, epochs, lr, val_split, detector=False, progress=gr.Progress()):
         if zip_file is None:
             raise gr.Error("Upload a .zip with one folder of images per class first.")
         curve, status = [], "Starting..."
         try:
-            for event in training_updates(zip_file, mode, epochs, lr, val_split, out=cache.checkpoints):
+            for event in training_updates(zip_file, mode, epochs, lr, val_split, out=cache.checkpoints,
+                                          detector=bool(detector)):
                 if event["stage"] == "done":
                     break
                 if "epoch" in event:
                     done = event["epoch"] - 1 + event.get("step", event.get("steps", 1)) / event.get("steps", 1)
-                    progress(done / event["epochs"], desc=f"epoch {event['epoch']}/{event['epochs']}")
+                    stage = "detector epoch" if event["stage"] == "detector" else "epoch"
+                    progress(done / event["epochs"], desc=f"{stage} {event['epoch']}/{event['epochs']}")
+                    if event["stage"] == "detector":
+                        status = f"Training the detector on the new model's boxes: epoch {event['epoch']}/{event['epochs']}"
                     if "val_accuracy" in event:
                         curve += [{"epoch": event["epoch"], "value": event[key], "series": name}
                                   for key, name in CURVES.items()]
@@ -79,6 +83,9 @@ def build(ctx, model: gr.Dropdown) -> None:
                 epochs = gr.Number(DEFAULT_EPOCHS["head"], label="Epochs", precision=0, minimum=1, maximum=1000)
                 lr = gr.Number(DEFAULT_LR["head"], label="Learning rate", minimum=1e-6, maximum=0.9)
                 val_split = gr.Slider(0.05, 0.5, value=0.2, step=0.05, label="Validation split (per class)")
+                detector = gr.Checkbox(False, label="Train a detector too: several scored boxes per class, learned "
+                                       "from the new model's own boxes (about 5 minutes for 200 photos on 2 cores)",
+                                       elem_id="train_detector")
                 start = gr.Button("Start training", variant="primary")
             with gr.Column(scale=2, min_width=320):
                 train_status = gr.Markdown("One training runs at a time; others wait in the queue.", elem_id="train_status")
@@ -93,7 +100,7 @@ def build(ctx, model: gr.Dropdown) -> None:
                                     format="jpeg", elem_id="review")
                 checkpoint_file = gr.File(label="Checkpoint (.zip)", interactive=False, elem_id="checkpoint_file")
         mode.change(lambda m: (DEFAULT_EPOCHS[m], DEFAULT_LR[m]), mode, [epochs, lr], api_visibility="private")
-    start.click(run_training, [dataset, mode, epochs, lr, val_split],
+    start.click(run_training, [dataset, mode, epochs, lr, val_split, detector],
                 [train_status, train_plot, train_metrics, confusion, model, review],
                 api_name="train", concurrency_limit=1, concurrency_id="train"
                 ).success(download_checkpoint, model, checkpoint_file, api_name="checkpoint_archive")

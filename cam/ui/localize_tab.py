@@ -7,7 +7,7 @@ import gradio as gr
 
 from ..methods import METHODS
 from ..service import analyze, compact, views, write_downloads
-from ..settings import PRESETS, RECOMMENDED, Settings
+from ..settings import BOX_SOURCES, PRESETS, RECOMMENDED, Settings
 from .components import PhotoInput, example_photos, readable
 
 ABOUT = """### How it works
@@ -36,13 +36,13 @@ def build(ctx, demo: gr.Blocks) -> gr.Dropdown:
     cache, folders = ctx.cache, ctx.outputs
 
     def run_localize(image, choice, topk, threshold, all_regions, opacity, input_size, flip, refine, method="auto",
-                     adapt=False):
+                     adapt=False, boxes="auto"):
         if image is None:
             raise gr.Error("Add a photo first: upload, drop, paste, use the webcam, or click an example.")
         try:
             settings = Settings(topk=int(topk), threshold=threshold, all_regions=all_regions,
                                 input_size=int(input_size or 0) or None, flip=flip, refine=refine,
-                                method=method or "auto", adapt=adapt)
+                                method=method or "auto", adapt=adapt, boxes=boxes or "auto")
             result = analyze(cache, choice, image, settings)
         except ValueError as exc:
             raise readable(exc, image) from None
@@ -57,7 +57,8 @@ def build(ctx, demo: gr.Blocks) -> gr.Dropdown:
         if result is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), None
         try:
-            result = result.with_threshold(threshold, all_regions)
+            if result.boxes_from == "cam":  # the detector's boxes do not depend on the threshold
+                result = result.with_threshold(threshold, all_regions)
             return (*views(result, opacity, folders.new()), compact(result))
         except ValueError as exc:
             raise readable(exc) from None
@@ -87,6 +88,9 @@ def build(ctx, demo: gr.Blocks) -> gr.Dropdown:
                 threshold = gr.Slider(0, 1, value=RECOMMENDED.threshold, step=0.01,
                                       label="Box threshold (fraction of the map's maximum)")
                 all_regions = gr.Checkbox(False, label="A box for every region (not only the largest)")
+                boxes = gr.Radio(list(BOX_SOURCES), value="auto", elem_id="boxes-from",
+                                 label="Boxes from (auto: the checkpoint's detector where it has one; cam: the map "
+                                       "cut at the threshold)")
                 opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
                 quality = gr.Radio(QUALITIES, value="recommended", label="Quality (sets the options below)",
                                    elem_id="quality")
@@ -120,7 +124,7 @@ def build(ctx, demo: gr.Blocks) -> gr.Dropdown:
         gr.Markdown(ABOUT)
 
     outputs = [overlay, boxed, gallery, table, result_json, last]
-    inputs = [image, model, topk, threshold, all_regions, opacity, input_size, flip, refine, method, adapt]
+    inputs = [image, model, topk, threshold, all_regions, opacity, input_size, flip, refine, method, adapt, boxes]
     quality.input(preset_controls, quality, [input_size, flip, refine, adapt], api_visibility="private")
     run.click(run_localize, inputs, outputs, api_name="localize", concurrency_limit=4, concurrency_id="infer")
     image.change(run_localize, inputs, outputs, api_visibility="private", concurrency_limit=4,
@@ -132,6 +136,8 @@ def build(ctx, demo: gr.Blocks) -> gr.Dropdown:
     for control in (opacity, all_regions):
         control.change(rerender, [last, threshold, all_regions, opacity], outputs, api_visibility="private",
                        show_progress="hidden", trigger_mode="always_last", concurrency_limit=4, concurrency_id="render")
+    boxes.change(run_localize, inputs, outputs, api_visibility="private", concurrency_limit=4, concurrency_id="infer",
+                 trigger_mode="always_last")
     refresh.click(lambda: gr.Dropdown(choices=cache.choices()), None, model, api_name="models")
     download_button.click(prepare_downloads, [last, opacity], files, api_name="downloads").success(
         lambda: gr.File(visible=True), None, files, api_visibility="private")  # API answers stay plain files

@@ -1,0 +1,203 @@
+"""The detector learned from the CAM teacher's boxes: it finds objects the maps merge or miss, its
+checkpoint survives a round trip, `boxes=` chooses in the library and the CLI, reviewed COCO boxes
+train it and a bad COCO file is refused in one line."""
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cam
+from cam.boxes import iou
+from cam.evaluate import average_precision
+from cam.train import Recipe, read_coco_boxes, train
+
+from .conftest import ROOT
+
+TINY = "timm:test_resnet"
+COLOURS = {"blue": (30, 60, 230), "red": (230, 40, 40)}
+TWO_SQUARES = [(16, 40, 36), (60, 44, 36)]  # (x, y, side): two red squares 8 px apart
+
+
+def _photo(squares, colour, seed: int, side: int = 128) -> np.ndarray:
+    """Noise with a square of `colour` at each (x, y, side) of `squares`."""
+    array = np.random.default_rng(seed).integers(0, 80, (side, side, 3), dtype=np.uint8)
+    for x, y, s in squares:
+        array[y:y + s, x:x + s] = colour
+    return array
+
+
+def _centres_inside(box, truths) -> list[int]:
+    """The positions of the `truths` whose centre lies inside `box`."""
+    return [i for i, (x0, y0, x1, y1) in enumerate(truths)
+            if box[0] <= (x0 + x1) / 2 < box[2] and box[1] <= (y0 + y1) / 2 < box[3]]
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _one_square_dataset(path, per_class: int = 12):
+    """A zip of class folders, each photo one square of its class's colour, its size and place
+    seeded; returns the zip and {name: (x0, y0, x1, y1)} of each square."""
+    squares = {}
+    with zipfile.ZipFile(path, "w") as archive:
+        for c, (name, colour) in enumerate(COLOURS.items()):
+            for i in range(per_class):
+                rng = np.random.default_rng(100 * c + i)
+                side = int(rng.integers(24, 40))
+                x, y = (int(v) for v in rng.integers(0, 128 - side, 2))
+                archive.writestr(f"{name}/{i}.png", _png(_photo([(x, y, side)], colour, 100 * c + i)))
+                squares[f"{name}/{i}.png"] = (x, y, x + side, y + side)
+    return path, squares
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny classifier and its detector, trained on one-square photos (seconds)."""
+    folder = tmp_path_factory.mktemp("detector")
+    data, squares = _one_square_dataset(folder / "squares.zip")
+    summary = train(data, Recipe(model=TINY, pretrained=False, epochs=5, input_size=128, detector=True,
+                                 detector_epochs=30), out=folder / "checkpoints")
+    return {"summary": summary, "data": data, "squares": squares, "folder": folder}
+
+
+def test_the_detector_finds_two_objects_where_the_map_gives_one_box(trained):
+    model = cam.load_model(trained["summary"]["checkpoint"], runtime="torch")
+    photo = _photo(TWO_SQUARES, COLOURS["red"], seed=7)
+    truths = [(x, y, x + s, y + s) for x, y, s in TWO_SQUARES]
+    detected = cam.localize(model, photo, topk=1)
+    top = detected.predictions[0]
+    assert detected.boxes_from == "detector" and top.label == "red"
+    assert top.box_scores == sorted(top.box_scores, reverse=True) and min(top.box_scores) >= 0.3
+    inside = [_centres_inside(box, truths) for box in top.boxes]
+    assert all(len(found) < 2 for found in inside) and {0, 1} <= {i for found in inside for i in found}
+    mapped = cam.localize(model, photo, topk=1, boxes="cam")
+    assert mapped.boxes_from == "cam" and len(mapped.predictions[0].boxes) == 1
+    assert len(_centres_inside(mapped.predictions[0].boxes[0], truths)) < 2
+    assert "box_scores" in detected.to_dict()["predictions"][0] and "box_scores" not in mapped.to_dict()["predictions"][0]
+    assert detected.with_threshold(0.2).boxes_from == "cam"  # re-cutting the maps gives the maps' boxes
+
+
+def test_the_checkpoint_holds_both_and_loads_back_the_same(trained):
+    folder = trained["summary"]["checkpoint"]
+    config = json.loads((Path(folder) / "config.json").read_text())
+    assert config["recipe"]["detector"] is True and config["detector"]["in_channels"]
+    assert config["metrics"]["detector"]["boxes_from"] == "teacher" and config["metrics"]["detector"]["images"] == 24
+    first, second = cam.load_model(folder, runtime="torch"), cam.load_model(folder, runtime="torch")
+    for (name, a), (_, b) in zip(first.detector.state_dict().items(), second.detector.state_dict().items()):
+        assert torch.equal(a, b), name
+    photo = _photo(TWO_SQUARES, COLOURS["red"], seed=7)
+    assert cam.localize(first, photo).to_dict() == cam.localize(second, photo).to_dict()
+    without = cam.load_model(TINY, pretrained=False, runtime="torch")
+    assert cam.localize(without, photo, topk=1).boxes_from == "cam"  # auto: the maps, where there is no detector
+    with pytest.raises(ValueError, match="has no detector: train one with `cam train DATA --detector`"):
+        cam.localize(without, photo, boxes="detector")
+    with pytest.raises(ValueError, match="boxes must be one of auto, cam, detector"):
+        cam.Settings(boxes="yolo")
+
+
+def test_the_cli_chooses_the_boxes(trained, tmp_path):
+    photo = tmp_path / "two.png"
+    photo.write_bytes(_png(_photo(TWO_SQUARES, COLOURS["red"], seed=7)))
+    runs = {}
+    for boxes in ("auto", "cam"):
+        done = subprocess.run([sys.executable, "-m", "cam", "localize", str(photo), "--model",
+                               trained["summary"]["checkpoint"], "--runtime", "torch", "--topk", "1", "--boxes", boxes],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        runs[boxes] = json.loads(done.stdout.splitlines()[-1])
+    assert runs["auto"]["boxes_from"] == "detector" and len(runs["auto"]["predictions"][0]["boxes"]) >= 2
+    assert runs["cam"]["boxes_from"] == "cam" and len(runs["cam"]["predictions"][0]["boxes"]) == 1
+
+
+def test_label_exports_the_detectors_scored_boxes(trained, tmp_path):
+    from cam.label import label
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "two.png").write_bytes(_png(_photo(TWO_SQUARES, COLOURS["red"], seed=7)))
+    label([folder], tmp_path / "out", model=trained["summary"]["checkpoint"], runtime="torch", formats=["coco", "yolo"])
+    coco = json.loads((tmp_path / "out" / "coco.json").read_text())
+    scores = [a["score"] for a in coco["annotations"]]
+    assert len(scores) >= 2 and all(0.3 <= s <= 1 for s in scores)
+    assert len((tmp_path / "out" / "yolo" / "labels" / "train" / "two.txt").read_text().splitlines()) == len(scores)
+
+
+def test_training_from_reviewed_coco_boxes(trained, tmp_path):
+    squares = trained["squares"]
+    names = sorted(squares)
+    coco = {"images": [{"id": i + 1, "file_name": f"dataset/{name}", "width": 128, "height": 128}
+                       for i, name in enumerate(names)],
+            "categories": [{"id": 1, "name": "blue"}, {"id": 2, "name": "red"}],
+            "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1 + name.startswith("red"),
+                             "bbox": [squares[name][0], squares[name][1], squares[name][2] - squares[name][0],
+                                      squares[name][3] - squares[name][1]]} for i, name in enumerate(names)]}
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(coco))
+    boxes = read_coco_boxes(path, names, ["blue", "red"])
+    assert boxes[names[0]] == [tuple(v / 128 for v in squares[names[0]])]
+    summary = train(trained["data"], Recipe(model=TINY, pretrained=False, epochs=2, input_size=128, detector_epochs=2,
+                                            boxes_from=str(path)), out=tmp_path / "c")
+    assert summary["metrics"]["detector"] == {**summary["metrics"]["detector"], "boxes_from": "reviewed",
+                                              "images": 24, "boxes_per_photo": 1.0}
+
+    for bad, message in ((json.dumps({**coco, "categories": [{"id": 1, "name": "dog"}]}), "classes the dataset lacks: dog"),
+                         (json.dumps({**coco, "images": [{"id": 1, "file_name": "x.png", "width": 9, "height": 9}]}),
+                          "lists none of the dataset's photos"),
+                         ("{not json", "is not a readable COCO file")):
+        path.write_text(bad)
+        with pytest.raises(ValueError, match=message):
+            read_coco_boxes(path, names, ["blue", "red"])
+    done = subprocess.run([sys.executable, "-m", "cam", "train", str(trained["data"]), "--model", TINY,
+                           "--no-pretrained", "--boxes-from", str(path), "--out", str(tmp_path / "c2")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "is not a readable COCO file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_average_precision_matches_pycocotools():
+    pytest.importorskip("pycocotools")
+    import contextlib
+    import os
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(3)
+    truths, found = [], []
+    for _ in range(12):
+        image_truths, image_found = [], []
+        for _ in range(int(rng.integers(1, 4))):
+            x, y = (float(v) for v in rng.integers(0, 80, 2))
+            image_truths.append((int(rng.integers(0, 2)), (x, y, x + 30, y + 30)))
+        for c, (x0, y0, x1, y1) in image_truths + [(int(rng.integers(0, 2)), (5.0, 5.0, 40.0, 40.0))]:
+            shift = float(rng.normal(0, 6))
+            image_found.append((c, float(rng.random()), (x0 + shift, y0, x1 + shift, y1)))
+        truths.append(image_truths)
+        found.append(image_found)
+    gt = COCO()
+    gt.dataset = {"images": [{"id": i, "width": 128, "height": 128} for i in range(len(truths))],
+                  "categories": [{"id": 0}, {"id": 1}],
+                  "annotations": [{"id": k, "image_id": i, "category_id": c, "bbox": [b[0], b[1], 30, 30], "area": 900,
+                                   "iscrowd": 0} for k, (i, (c, b)) in
+                                  enumerate(((i, t) for i, image in enumerate(truths) for t in image), start=1)]}
+    with contextlib.redirect_stdout(open(os.devnull, "w")):
+        gt.createIndex()
+        dt = gt.loadRes([{"image_id": i, "category_id": c, "score": s, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
+                         for i, image in enumerate(found) for c, s, b in image])
+        evaluation = COCOeval(gt, dt, "bbox")
+        evaluation.params.areaRng, evaluation.params.areaRngLbl = [[0, 1e10]], ["all"]
+        evaluation.evaluate()
+        evaluation.accumulate()
+    precision = evaluation.eval["precision"][0, :, :, 0, -1]  # IoU 0.5, all recalls, classes, all areas, 100 dets
+    assert average_precision(found, truths) == pytest.approx(float(precision.mean()), abs=1e-9)
