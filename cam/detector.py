@@ -138,6 +138,11 @@ def peak_boxes(small: np.ndarray, size: tuple[int, int]) -> list[list[float]]:
     values = torch.from_numpy(small)[None, None]
     window = torch.nn.functional.max_pool2d(values, 2 * PEAK_RADIUS + 1, stride=1, padding=PEAK_RADIUS)
     rows, cols = np.nonzero(((values == window) & (values >= PEAK_LEVEL * peak))[0, 0].numpy())
+    kept: list[tuple[int, int]] = []  # a plateau's cells are one peak: the first of equals within a window
+    for r, c in sorted(zip(rows.tolist(), cols.tolist()), key=lambda rc: -small[rc]):
+        if all(max(abs(r - r2), abs(c - c2)) > PEAK_RADIUS for r2, c2 in kept):
+            kept.append((r, c))
+    rows, cols = np.array([r for r, _ in kept]), np.array([c for _, c in kept])
     height, width = size
     upsampled = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
     mask = upsampled >= REGION_LEVEL * upsampled.max()

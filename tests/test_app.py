@@ -468,7 +468,7 @@ def test_api_parameters_are_named_as_the_settings_fields(server):
     info = _client(server).view_api(return_format="dict", print_info=False)
     names = [p["parameter_name"] for p in info["named_endpoints"]["/localize"]["parameters"]]
     assert names == ["image", "choice", "topk", "threshold", "all_regions", "opacity", "input_size", "flip", "refine",
-                     "method", "adapt"]
+                     "method", "adapt", "boxes"]
     assert set(names) - {"image", "choice", "opacity"} <= set(NAMES)  # the README's API example calls them so
 
 
@@ -522,3 +522,29 @@ def test_api_collection_errors_name_files_not_server_folders(server, tmp_path):
         client.predict([handle_file(str(unreadable))], "default", 1, 0.0, 0.2, api_name="/label")
     message = str(info.value)
     assert "None of the 1 photos could be read: holiday.jpg: " in message and "/tmp" not in message, message
+
+
+def test_api_localize_takes_boxes_from_the_detector_or_the_maps(server, tmp_path):
+    from gradio_client import handle_file
+
+    from cam.train import Recipe, train
+
+    summary = train(dataset_zip(tmp_path / "colours.zip"), Recipe(model="timm:test_resnet", pretrained=False, epochs=2,
+                                                                  input_size=64, detector=True, detector_epochs=2),
+                    out=server["checkpoints"])
+    name = Path(summary["checkpoint"]).name
+    client = _client(server)
+    photo = handle_file(str(EXAMPLES / "coffee.png"))
+    try:
+        runs = {boxes: client.predict(photo, name, 3, 0.2, False, 0.5, 288, False, True, "auto", False, boxes,
+                                      api_name="/localize")[4] for boxes in ("auto", "detector", "cam")}
+        assert runs["auto"]["boxes_from"] == runs["detector"]["boxes_from"] == "detector"
+        assert runs["auto"]["predictions"] == runs["detector"]["predictions"]
+        assert all(len(p["box_scores"]) == len(p["boxes"]) for p in runs["detector"]["predictions"])
+        assert runs["cam"]["boxes_from"] == "cam" and all(len(p["boxes"]) == 1 and "box_scores" not in p
+                                                          for p in runs["cam"]["predictions"])
+        with pytest.raises(Exception, match="has no detector: train one with `cam train DATA --detector`"):
+            client.predict(photo, "default", 3, 0.2, False, 0.5, 288, False, True, "auto", False, "detector",
+                           api_name="/localize")
+    finally:
+        shutil.rmtree(summary["checkpoint"])

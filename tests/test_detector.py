@@ -201,3 +201,28 @@ def test_average_precision_matches_pycocotools():
         evaluation.accumulate()
     precision = evaluation.eval["precision"][0, :, :, 0, -1]  # IoU 0.5, all recalls, classes, all areas, 100 dets
     assert average_precision(found, truths) == pytest.approx(float(precision.mean()), abs=1e-9)
+
+
+def test_the_teachers_boxes_split_the_region_between_its_peaks():
+    import cv2
+
+    from cam.boxes import boxes_from_map
+    from cam.detector import peak_boxes
+
+    one = np.zeros((6, 12), np.float32)
+    one[2:4, 3:6] = [[0.5, 1.0, 0.5], [0.4, 0.8, 0.4]]
+    upsampled = cv2.resize(one, (120, 60), interpolation=cv2.INTER_LINEAR)
+    assert peak_boxes(one, (60, 120)) == [list(map(float, boxes_from_map(upsampled, 0.2)[0]))]  # one peak: the paper's box
+
+    ridge = np.full((6, 12), 0.0, np.float32)
+    ridge[2:4, 1:11] = 0.5  # one region above 20 %, two peaks 8 cells apart on it
+    ridge[2:4, 2] = ridge[2:4, 9] = 1.0
+    left, right = sorted(peak_boxes(ridge, (60, 120)))
+    peaks_at = [int((2 + 0.5) * 10), int((9 + 0.5) * 10)]  # the peaks' pixel columns, 25 and 95
+    assert left[2] == right[0] == sum(peaks_at) // 2 + 1  # split where the nearer peak changes (a tie: the first)
+    whole = boxes_from_map(cv2.resize(ridge, (120, 60), interpolation=cv2.INTER_LINEAR), 0.2)[0]
+    assert (left[0], left[1], right[2], right[3]) == whole and left[1:4:2] == right[1:4:2]
+
+    ridge[2:4, 9] = 0.6  # below 0.7 of the maximum: not a peak, its part joins the other's box
+    assert peak_boxes(ridge, (60, 120)) == [list(map(float, whole))]
+    assert peak_boxes(np.zeros((6, 12), np.float32), (60, 120)) == []
