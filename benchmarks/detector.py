@@ -79,10 +79,11 @@ def spread(values: list[float]) -> dict:
 
 
 def dataset_folder(photos, folder: Path) -> Path:
-    """A folder of class folders linking `photos` [(path, class)], as a user's upload would hold them."""
+    """A folder of class folders holding copies of `photos` [(path, class)], as a user's upload would
+    (training reads no links)."""
     for path, name in photos:
         (folder / name).mkdir(parents=True, exist_ok=True)
-        (folder / name / path.name).symlink_to(path.resolve())
+        shutil.copyfile(path, folder / name / path.name)
     return folder
 
 

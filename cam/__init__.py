@@ -5,8 +5,9 @@ from .data import load_image
 from .localize import Prediction, Result, localize, localize_batch
 from .models import CamModel, load_model
 from .settings import BEST, PLAIN, PRESETS, RECOMMENDED, Settings
+from .train import Recipe
 
 __all__ = [
-    "BEST", "CamModel", "PLAIN", "PRESETS", "Prediction", "RECOMMENDED", "Result", "Settings", "boxes_from_map", "iou",
+    "BEST", "CamModel", "PLAIN", "PRESETS", "Prediction", "RECOMMENDED", "Recipe", "Result", "Settings", "boxes_from_map", "iou",
     "load_image", "load_model", "localize", "localize_batch",
 ]

@@ -20,10 +20,10 @@ from torch import nn
 
 DETECTOR_FILE = "detector.safetensors"  # beside a checkpoint's model.safetensors; its config under "detector"
 # The teacher's boxes (`peak_boxes`): peaks at 0.7 of the map's maximum at least 3 cells apart, the
-# paper's 20 % region shared among them; the student sees 2 x 2 mosaics in half of its steps
+# paper's 20 % region shared among them; the student sees 2 x 2 mosaics in 3 of 4 steps
 # (docs/experiments.md, "Detection from labels alone": chosen on 3 folds of the fruit photos).
 PEAK_RADIUS, PEAK_LEVEL, REGION_LEVEL, MIN_REGION_PIXELS = 3, 0.7, 0.2, 16
-MOSAIC_SHARE = 0.5
+MOSAIC_SHARE = 0.75
 BOX_CLASS_MIN = 0.05  # a box is reported for each class at least this probable inside it
 DEFAULT_CONFIG = {"width": 64, "convs": 2, "score_threshold": 0.05, "nms_threshold": 0.5, "per_image": 50}
 
