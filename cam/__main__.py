@@ -102,11 +102,15 @@ def cmd_localize(args) -> int:
                 while stem in used_names:
                     stem += "_"
                 used_names.add(stem)
-                top, image = result.predictions[0], result.image  # the photo at its own size
-                render.save_png(render.overlay(image, top.cam, args.opacity), out / f"{stem}_overlay.png")
+                image = result.image  # the photo at its own size
+                if result.predictions:  # none above --min-score: no map to overlay, the rest is written
+                    render.save_png(render.overlay(image, result.predictions[0].cam, args.opacity),
+                                    out / f"{stem}_overlay.png")
                 render.save_png(render.draw_boxes(image, result), out / f"{stem}_boxes.png")
                 (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
             _emit(record)
+            if not result.predictions:
+                print(f"note: {path}: no class scored at least {settings.min_score:g}", file=sys.stderr, flush=True)
 
     paths = find_images(args.images)
     # A progress bar only for a person watching a terminal: piped or logged stderr keeps one line per error.

@@ -138,6 +138,8 @@ def localize_batch(model: CamModel, images, settings: Settings | str | None = No
             batch = preprocess(model, [photo.pixels for photo in photos], size)
             logits, indices, small, refined, ran = make_maps(model, batch, method, lambda z: _ranked(z, topk, chosen),
                                                              settings.flip, settings.refine, settings.adapt)
+            if not torch.isfinite(logits).all():  # else every score is NaN and the result silently empty
+                raise ValueError(f"{model.spec} gave NaN or infinite scores: its weights or the input are broken")
             scores = logits.softmax(1).gather(1, indices)
             small = small.cpu().numpy()
             for i, photo in enumerate(photos):

@@ -36,7 +36,7 @@ def views(result: Result, opacity: float, folder: Path):
     file path is copied into its cache atomically.
     """
     shown = _scaled_result(result, DISPLAY_SIDE)
-    overlay = _jpeg(render.overlay(shown.image, shown.predictions[0].cam, opacity), folder / "overlay.jpg")
+    overlay = _jpeg(render.top_overlay(shown, opacity), folder / "overlay.jpg")
     boxes = _jpeg(render.draw_boxes(shown.image, shown), folder / "boxes.jpg")
     tiles = [(_jpeg(tile, folder / f"map_{rank + 1}.jpg"), caption)
              for rank, (tile, caption) in enumerate(render.gallery(_scaled_result(shown, GALLERY_SIDE), opacity))]
@@ -144,11 +144,11 @@ class OutputFolders:
 
 def write_downloads(result: Result, folder: Path, opacity: float) -> list[str]:
     """At the photo's own size: overlay PNG, boxes PNG, boxes JSON and the raw maps (.npy, k x H x W
-    float32) of a Result."""
+    float32; k may be 0) of a Result."""
     paths = [folder / name for name in ("overlay.png", "boxes.png", "boxes.json", "maps.npy")]
     image = result.image  # the photo at its own size, decoded again if it was localized reduced
-    render.save_png(render.overlay(image, result.predictions[0].cam, opacity), paths[0])
+    render.save_png(render.top_overlay(result, opacity, image), paths[0])
     render.save_png(render.draw_boxes(image, result), paths[1])
     paths[2].write_text(json.dumps(result.to_dict(), indent=2))
-    np.save(paths[3], np.stack([p.cam for p in result.predictions]))
+    np.save(paths[3], np.array([p.cam for p in result.predictions], np.float32).reshape(-1, *result.size))
     return [str(p) for p in paths]
