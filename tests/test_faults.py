@@ -120,7 +120,7 @@ def test_typed_hub_models_are_checked_first_and_kept_in_a_small_lru(tmp_path, mo
 
     import cam.service.model_cache as service
 
-    cache = ModelCache(tmp_path / "none", hub_models=2)
+    cache = ModelCache(tmp_path / "none", max_models=2)
     with pytest.raises(ValueError, match="timm:resnet50"):  # a typo: refused with close names, nothing fetched
         cache.get("timm:resnet5")
     with pytest.raises(ValueError, match="choose 'default'"):
