@@ -185,7 +185,11 @@ def cmd_app(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import torch
+
     from .train import train
+
+    torch.manual_seed(args.seed)  # this process's own RNG: random weights and mode full's dropout repeat
 
     bar = _progress_bar("train")
 
@@ -285,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .runtime import steady_allocator
+
+        steady_allocator()  # process-wide malloc tuning: the CLI's process is its own
         return args.run(args)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush

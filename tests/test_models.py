@@ -174,14 +174,14 @@ def test_preprocessing_matches_pillows_resize_within_one_grey_level(default_mode
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="fixes glibc's malloc only")
-def test_after_load_model_large_blocks_come_from_the_heap(tiny_model):
+def test_after_steady_allocator_large_blocks_come_from_the_heap():
     class Mallinfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
 
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = Mallinfo2
-    assert cam.runtime.steady_allocator() is True  # done once, by load_model
+    assert cam.runtime.steady_allocator() is True  # done once, by the app and the CLI at start
     mapped = libc.mallinfo2().hblkhd
     block = np.ones(4 << 20)  # 32 MB: mapped apart by glibc's default thresholds, and unmapped on free
     assert libc.mallinfo2().hblkhd == mapped and block.sum() == 4 << 20

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from ..localize import localize
+from ..runtime import steady_allocator
 from ..service import ModelCache, OutputFolders, limit_malloc_arenas, private_gradio_cache
 from . import collection_tab, compare_tab, finetune_tab, live_tab, localize_tab
 from .components import example_photos
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     limit_malloc_arenas()
+    steady_allocator()  # process-wide malloc tuning, the server's own (cam.runtime)
     private_gradio_cache()
     # A stop request (SIGTERM: what Spaces and process managers send) is handled as Ctrl-C: Gradio
     # closes its server, deleting the files it cached, and the app's own folders go at exit.
