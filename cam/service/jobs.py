@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -33,7 +32,8 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
     """Label uploaded photos and zips (`cam.label.label`, the recommended setting) into `folder`:
     the contact sheet (boxed thumbnails of the first SHEET_PHOTOS photos, captioned), the run's
     summary with the first errors, and a zip of the COCO, YOLO and VOC files, their photos and the
-    logs. `classes`, comma-separated names (empty: all), are the classes boxed and exported."""
+    logs. `classes`, comma-separated names (empty: all), are the classes boxed and exported.
+    `folder` must outlive the run: lease it (`OutputFolders.lease`), since a large one runs for minutes."""
     from types import SimpleNamespace
 
     from ..label import label
@@ -64,14 +64,9 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
         caption = f"{record['file']}: {top['label']} {top['score']:.2f}" if top else f"{record['file']}: no class above the minimum score"
         sheet.append((_jpeg(render.draw_boxes(image, shown), folder / f"sheet_{len(sheet):03d}.jpg"), caption))
 
-    def report(done: int, total: int) -> None:
-        os.utime(folder)  # a long run's folder stays fresh for OutputFolders' sweep, which goes by age
-        if progress:
-            progress(done, total)
-
     out = folder / "labels"
     try:
-        summary = label(files, out, model=model, settings=settings, progress=report, on_record=add_to_sheet)
+        summary = label(files, out, model=model, settings=settings, progress=progress, on_record=add_to_sheet)
     except ValueError as exc:
         raise ValueError(without_folders(str(exc), files)) from None
     summary["first_errors"] = [f"{e['file']}: {without_folders(e['error'].replace(e['path'] + ': ', ''), files)}"

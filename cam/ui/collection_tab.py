@@ -18,8 +18,9 @@ def build(ctx) -> None:
             progress(done / max(total, 1), desc=f"{done}/{total} photos")
 
         try:
-            sheet, summary, archive = label_collection(cache, choice, files, folders.new(), topk, min_score,
-                                                       threshold, classes, progress=report)
+            with folders.lease() as folder:  # the VOC files and the zip take minutes for a large collection
+                sheet, summary, archive = label_collection(cache, choice, files, folder, topk, min_score, threshold,
+                                                           classes, progress=report)
         except ValueError as exc:
             raise readable(exc, *(files or [])) from None
         if not summary["labelled"]:

@@ -54,7 +54,8 @@ def build(ctx, model: gr.Dropdown) -> None:
         name = Path(event["checkpoint"]).name
         progress(1.0, desc="localizing the validation photos")
         try:
-            review = validation_review(cache, name, zip_file, folders.new())
+            with folders.lease() as folder:  # localizing every validation photo can outlast the folders' expiry
+                review = validation_review(cache, name, zip_file, folder)
         except ValueError as exc:
             raise readable(exc, zip_file) from None
         yield (f"Done: **{name}**, validation accuracy {metrics['val_accuracy']:.1%} in {metrics['seconds']:.0f} s. "
@@ -65,7 +66,8 @@ def build(ctx, model: gr.Dropdown) -> None:
         # A plain (not generator) event, so that Gradio's cache expiry also covers the archive.
         if choice not in cache.choices() or choice == "default":
             raise gr.Error("Choose a fine-tuned checkpoint in the model menu.")
-        return checkpoint_archive(str(cache.checkpoints / choice), folders.new())
+        with folders.lease() as folder:
+            return checkpoint_archive(str(cache.checkpoints / choice), folder)
 
     with gr.Tab("Fine-tune"):
         gr.Markdown("Teach the model your own classes: upload a **.zip with one folder of images per class** "
