@@ -23,7 +23,7 @@ from .conftest import ROOT
 from .datasets import COLOURS, square_image
 from .images import hostile_files
 
-OUTPUTS = ["coco.json", "errors.jsonl", "predictions.jsonl", "run.json", "voc", "yolo"]
+OUTPUTS = ["coco.json", "errors.jsonl", "images", "predictions.jsonl", "run.json", "voc", "yolo"]  # images: COCO's
 
 
 def _photos(folder: Path, count: int, size: int = 64) -> list[Path]:
@@ -159,7 +159,8 @@ def test_bad_files_go_to_the_errors_file_and_the_rest_is_labelled(tiny_checkpoin
     assert all(e["error"].startswith(e["path"]) and e["path"] == str(folder / e["file"]) for e in errors)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert lines[-1]["labelled"] == 3 and lines[-1]["errors"] == 7 and len(lines) == 11
-    assert sorted(p.name for p in out.iterdir()) == ["coco.json", "errors.jsonl", "predictions.jsonl", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["coco.json", "errors.jsonl", "images", "predictions.jsonl",
+                                                     "run.json"]
 
 
 def test_a_run_killed_at_any_moment_resumes_to_the_same_files(tiny_checkpoint, tmp_path):
