@@ -522,3 +522,85 @@ def test_api_collection_errors_name_files_not_server_folders(server, tmp_path):
         client.predict([handle_file(str(unreadable))], "default", 1, 0.0, 0.2, api_name="/label")
     message = str(info.value)
     assert "None of the 1 photos could be read: holiday.jpg: " in message and "/tmp" not in message, message
+
+
+def test_api_nothing_of_the_server_leaks_from_any_endpoint(server, tmp_path):
+    """Every endpoint with good and bad inputs: no returned string, no returned text file and no
+    file inside a returned zip names the server's temp dir, working dir, checkpoints or home."""
+    import numpy as np
+    from gradio_client import handle_file
+
+    import cam
+    from cam.train import save_checkpoint
+
+    from .images import jpeg_bytes
+
+    client = _client(server)
+    folders = {str(f) for p in (SYSTEM_TEMP, ROOT, server["checkpoints"], Path.home())
+               for f in (p, Path(p).resolve())}
+    found = []
+
+    def look(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                look(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                look(item)
+        elif isinstance(value, str) and value.startswith(str(server["downloads"])):  # a file it sent: its content
+            path = Path(value)
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as packed:
+                    found.extend((f"{path.name}:{name}", packed.read(name).decode("latin-1")) for name in packed.namelist())
+            elif path.suffix in (".json", ".jsonl", ".txt", ".yaml", ".xml"):
+                found.append((path.name, path.read_text()))
+        elif isinstance(value, str):
+            found.append(("answer", value))
+
+    def call(*args, api_name):
+        try:
+            answer = client.predict(*args, api_name=api_name)
+        except Exception as exc:  # noqa: BLE001 (its message is what a visitor reads)
+            look(str(exc))
+            return None
+        look(answer)
+        return answer
+
+    def localize(photo, choice="default", topk=2):
+        return call(handle_file(str(photo)), choice, topk, 0.2, False, 0.5, 288, False, True, api_name="/localize")
+
+    checkpoint = save_checkpoint(cam.load_model("timm:test_resnet", pretrained=False, device="cpu"),
+                                 server["checkpoints"], {}, {}).name
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image at all")
+    rotated = tmp_path / "rotated.jpg"
+    rotated.write_bytes(jpeg_bytes(np.full((40, 80, 3), 128, np.uint8), exif_orientation=6))
+    broken_zip = tmp_path / "holiday.zip"
+    broken_zip.write_bytes(b"not a zip")
+    bundle = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.write(EXAMPLES / "coffee.png", "kitchen/coffee.png")
+        archive.writestr("kitchen/broken.jpg", b"not a photo")
+
+    assert localize(EXAMPLES / "coffee.png", checkpoint)[4]["model"] == checkpoint  # its menu name
+    for photo, choice in ((bad, "default"), (rotated, "default"), (EXAMPLES / "coffee.png", "../../etc"),
+                          (EXAMPLES / "coffee.png", str(server["checkpoints"] / checkpoint))):
+        localize(photo, choice)
+    localize(EXAMPLES / "chelsea.png", checkpoint)
+    call(0.5, True, 0.5, api_name="/rerender")
+    assert len(call(0.5, api_name="/downloads")) == 4
+    call(handle_file(str(EXAMPLES / "coffee.png")), "default", "cam", False, checkpoint, "gradcam", True, 2,
+         api_name="/compare")
+    call(handle_file(str(bad)), "default", "cam", False, "default", "cam", False, 2, api_name="/compare")
+    for files in ([EXAMPLES / "chelsea.png", bundle, bad], [broken_zip], [bad]):
+        call([handle_file(str(f)) for f in files], "default", 1, 0.0, 0.2, api_name="/label")
+    call(handle_file(str(broken_zip)), "head", 1, 0.01, 0.2, api_name="/train")
+    call(handle_file(str(dataset_zip(tmp_path / "colours.zip", per_class=3))), "head", 1, 0.01, 0.34,
+         api_name="/train")
+    call(checkpoint, api_name="/checkpoint_archive")
+    call("no-such-checkpoint", api_name="/checkpoint_archive")
+    call(api_name="/models")
+    assert any(name.startswith("labels.zip:") for name, _ in found)  # the zips were searched
+    leaks = [(name, folder, text[max(text.find(folder) - 80, 0):text.find(folder) + 80])
+             for name, text in found for folder in folders if folder in text]
+    assert not leaks, leaks

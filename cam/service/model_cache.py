@@ -92,7 +92,9 @@ class ModelCache:
         if choice == DEFAULT_SPEC:
             return load_model(DEFAULT_SPEC, device=self.device, runtime=self.runtime)
         if listed:
-            return load_model(str(self.checkpoints / choice), device=self.device, runtime=self.runtime)
+            model = load_model(str(self.checkpoints / choice), device=self.device, runtime=self.runtime)
+            model.spec = choice  # its menu name, not the server's path: results and downloads carry it
+            return model
         check_hub_spec(choice)
         _check_reachable(HUB_HOSTS[choice.partition(":")[0]], choice)
         return load_model(choice, pretrained=True, device=self.device, runtime=self.runtime)

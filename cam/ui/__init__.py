@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     cache = ModelCache()
     warm(cache)
+    # show_error off: gr.Error's readable messages still reach the page; any other exception's text
+    # could name the server's folders (every event handler is `guarded` and logs those in full).
     build_app(cache).queue(default_concurrency_limit=4).launch(
-        server_name=args.host, server_port=args.port, show_error=True, css=CSS, head=live_tab.CAMERA_MESSAGES,
+        server_name=args.host, server_port=args.port, show_error=False, css=CSS, head=live_tab.CAMERA_MESSAGES,
         max_file_size="50mb")

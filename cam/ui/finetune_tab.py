@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..service import checkpoint_archive, training_updates, validation_review
 from ..train import DEFAULT_EPOCHS, DEFAULT_LR
-from .components import readable
+from .components import guarded, readable
 
 CURVES = {"loss": "training loss", "train_accuracy": "training accuracy", "val_accuracy": "validation accuracy"}
 
@@ -95,7 +95,7 @@ def build(ctx, model: gr.Dropdown) -> None:
                                     format="jpeg", elem_id="review")
                 checkpoint_file = gr.File(label="Checkpoint (.zip)", interactive=False, elem_id="checkpoint_file")
         mode.change(lambda m: (DEFAULT_EPOCHS[m], DEFAULT_LR[m]), mode, [epochs, lr], api_visibility="private")
-    start.click(run_training, [dataset, mode, epochs, lr, val_split],
+    start.click(guarded(run_training), [dataset, mode, epochs, lr, val_split],
                 [train_status, train_plot, train_metrics, confusion, model, review],
                 api_name="train", concurrency_limit=1, concurrency_id="train"
-                ).success(download_checkpoint, model, checkpoint_file, api_name="checkpoint_archive")
+                ).success(guarded(download_checkpoint), model, checkpoint_file, api_name="checkpoint_archive")
