@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from gradio_client.exceptions import AppError
 
 from cam.export import split_of
 
@@ -104,11 +105,11 @@ def test_api_localize_bad_file_then_good(server, tmp_path):
 
     bad = tmp_path / "broken.jpg"
     bad.write_text("not an image at all")
-    with pytest.raises(Exception, match="not an image this app can read"):
+    with pytest.raises(AppError, match="not an image this app can read"):
         _localize(client, bad)
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes((EXAMPLES / "grace_hopper.jpg").read_bytes()[:5000])
-    with pytest.raises(Exception, match="truncated or corrupt"):
+    with pytest.raises(AppError, match="truncated or corrupt"):
         _localize(client, truncated)
     assert _localize(client, EXAMPLES / "coffee.png", topk=2)[4]["predictions"][0]["label"] == "espresso"
 
@@ -125,7 +126,7 @@ def test_api_localize_with_a_gradient_method_names_it(server):
     _, _, gallery, _, result = client.predict(handle_file(str(EXAMPLES / "coffee.png")), "default", 2, 0.2, False, 0.5,
                                               288, True, True, "auto", True, api_name="/localize")
     assert result["adapted"] is True and all(tile["caption"].endswith("· CAM, refined, adapted") for tile in gallery)
-    with pytest.raises(Exception, match="scorecam is not in the list of choices: .'auto', 'cam', 'gradcam'"):
+    with pytest.raises(AppError, match="scorecam is not in the list of choices: .'auto', 'cam', 'gradcam'"):
         client.predict(handle_file(str(EXAMPLES / "coffee.png")), "default", 2, 0.2, False, 0.5, 288, False, True,
                        "scorecam", api_name="/localize")
 
@@ -149,13 +150,13 @@ def test_api_compare_two_settings_then_a_deleted_checkpoint(server):
     assert client.predict(photo, "default", "auto", True, folder.name, "auto", True, 2, api_name="/compare")[3] == \
         f"**B**: {folder.name}, CAM, refined"
     shutil.rmtree(folder)
-    with pytest.raises(Exception, match=f"B: unknown model '{folder.name}': choose 'default' or a checkpoint"):
+    with pytest.raises(AppError, match=f"B: unknown model '{folder.name}': choose 'default' or a checkpoint"):
         client.predict(photo, "default", "auto", True, folder.name, "auto", True, 2, api_name="/compare")
 
 
 def test_api_rejects_models_outside_checkpoints(server):
     client = _client(server)
-    with pytest.raises(Exception):
+    with pytest.raises(AppError, match="unknown model '../../etc': choose 'default' or a checkpoint listed in the menu"):
         _localize(client, EXAMPLES / "coffee.png", choice="../../etc")
 
 
@@ -305,7 +306,7 @@ def test_api_hostile_inputs_get_errors_and_the_server_keeps_serving(server, tmp_
     for name, data in {**hostile_files(photo), "bomb.png": bomb_png()}.items():
         path = tmp_path / name
         path.write_bytes(data)
-        with pytest.raises(Exception) as info:
+        with pytest.raises(AppError) as info:
             _localize(client, path)
         assert "Traceback" not in str(info.value) and len(str(info.value)) < 400, name
 
@@ -315,8 +316,11 @@ def test_api_hostile_inputs_get_errors_and_the_server_keeps_serving(server, tmp_
         return client.predict(handle_file(str(EXAMPLES / "coffee.png")), "default", values["topk"], values["threshold"],
                               False, 0.5, 288, False, True, api_name="/localize")
 
-    for bad in ({"topk": 0}, {"topk": 10000}, {"threshold": -1}, {"threshold": 2}):
-        with pytest.raises(Exception):
+    for bad, message in (({"topk": 0}, "Value 0 is less than minimum value 1"),
+                         ({"topk": 10000}, "Value 10000 is greater than maximum value 10"),
+                         ({"threshold": -1}, "Value -1 is less than minimum value 0"),
+                         ({"threshold": 2}, "Value 2 is greater than maximum value 1")):
+        with pytest.raises(AppError, match=message):
             call(**bad)
 
     rotated = tmp_path / "rotated.jpg"  # stored 80 wide, 40 high; EXIF says: display rotated 90 degrees
@@ -328,7 +332,7 @@ def test_api_hostile_inputs_get_errors_and_the_server_keeps_serving(server, tmp_
     with zipfile.ZipFile(bad_zip, "w") as archive:
         archive.writestr("../evil.png", b"x")
     before = sorted(p.name for p in server["checkpoints"].iterdir())  # other tests share the folder
-    with pytest.raises(Exception, match="outside"):
+    with pytest.raises(AppError, match="outside"):
         client.predict(handle_file(str(bad_zip)), "head", 2, 0.01, 0.2, api_name="/train")
     assert sorted(p.name for p in server["checkpoints"].iterdir()) == before
     assert _localize(client, EXAMPLES / "chelsea.png", topk=1)[4]["predictions"][0]["label"] in CATS
@@ -379,9 +383,9 @@ def test_api_label_a_collection_and_refuse_a_hostile_zip(server, tmp_path):
     escape = tmp_path / "escape.zip"
     with zipfile.ZipFile(escape, "w") as archive:
         archive.writestr("../evil.png", b"x")
-    with pytest.raises(Exception, match="outside"):
+    with pytest.raises(AppError, match="outside"):
         client.predict([handle_file(str(escape))], "default", 1, 0.0, 0.2, api_name="/label")
-    with pytest.raises(Exception, match="Add photos"):
+    with pytest.raises(AppError, match="Add photos"):
         client.predict([], "default", 1, 0.0, 0.2, api_name="/label")
 
 
@@ -512,13 +516,13 @@ def test_api_collection_errors_name_files_not_server_folders(server, tmp_path):
     client = _client(server)
     broken = tmp_path / "holiday.zip"
     broken.write_bytes(b"not a zip at all")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(AppError) as info:
         client.predict([handle_file(str(broken))], "default", 1, 0.0, 0.2, api_name="/label")
     message = str(info.value)
     assert "holiday.zip" in message and "/tmp" not in message and "gradio" not in message, message
     unreadable = tmp_path / "holiday.jpg"
     unreadable.write_bytes(b"no photo here")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(AppError) as info:
         client.predict([handle_file(str(unreadable))], "default", 1, 0.0, 0.2, api_name="/label")
     message = str(info.value)
     assert "None of the 1 photos could be read: holiday.jpg: " in message and "/tmp" not in message, message
