@@ -108,6 +108,7 @@ def test_the_start_and_epochs_are_chosen_by_folds_of_the_training_photos_alone()
 
 def test_full_mode_starts_from_the_head_mode_classifier_and_validates_it(tmp_path, monkeypatch):
     zip_path = dataset_zip(tmp_path / "shapes.zip", per_class=3)
+    torch.manual_seed(0)  # the random backbone (pretrained=False) comes from the caller's RNG: the same in both runs
     head_summary = train(zip_path, model_spec=TINY, pretrained=False, mode="head", out=tmp_path / "c", input_size=64)
     assert head_summary["metrics"]["best_epoch"] > 0  # its classifier trained on from the start
     head_mode = cam.load_model(head_summary["checkpoint"], device="cpu")
@@ -120,6 +121,7 @@ def test_full_mode_starts_from_the_head_mode_classifier_and_validates_it(tmp_pat
         return real_keep_best(model, best, epoch, *rest)
 
     monkeypatch.setattr(cam.train, "_keep_best", recording_keep_best)
+    torch.manual_seed(0)
     summary = train(zip_path, model_spec=TINY, pretrained=False, mode="full", epochs=2, out=tmp_path / "c",
                     input_size=64)
     assert list(starts) == [0, 1, 2] and summary["metrics"]["best_epoch"] in starts
