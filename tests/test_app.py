@@ -24,6 +24,8 @@ from .conftest import EXAMPLES, ROOT
 from .datasets import COLOURS, dataset_zip
 from .browser import BROWSER_FLAGS, chromium, fake_camera_flags, start_live
 
+pytestmark = pytest.mark.slow  # a real server per module
+
 ARTIFACTS = ROOT / "test-artifacts"
 SYSTEM_TEMP = Path(tempfile.gettempdir())  # where the app keeps its folders (the tests point tempfile elsewhere)
 LIVE_SECONDS = 8  # the test server's live streams are short, and one at a time: a closed tab's slot must come back
@@ -184,6 +186,7 @@ def test_api_train_then_localize_with_the_new_model(server, tmp_path):
     assert {p["label"] for p in result["predictions"]} == set(COLOURS)
 
 
+@pytest.mark.browser
 def test_browser_example_upload_and_slider(server):
     with _app_page(server, 90_000) as page:
         from playwright.sync_api import expect
@@ -263,6 +266,7 @@ def _browser_or_skip():
         pytest.skip("Chromium is not installed (apt-get install chromium); browser test skipped")
 
 
+@pytest.mark.browser
 def test_browser_fine_tune_tab_trains_and_selects_the_new_model(server, tmp_path):
     from playwright.sync_api import expect
 
@@ -389,6 +393,7 @@ def test_api_label_a_collection_and_refuse_a_hostile_zip(server, tmp_path):
         client.predict([], "default", 1, 0.0, 0.2, api_name="/label")
 
 
+@pytest.mark.browser
 def test_browser_collection_tab_labels_three_photos_and_downloads_the_zip(server, tmp_path):
     from playwright.sync_api import expect
 
@@ -417,6 +422,7 @@ def _cached_files(server) -> set[Path]:
     return {f for folder in _owned_temp_folders(server["pid"]) for f in folder.rglob("*") if f.is_file()}
 
 
+@pytest.mark.browser
 def test_browser_live_tab_streams_the_fake_camera_and_a_closed_tab_frees_its_slot(server, tmp_path):
     from playwright.sync_api import expect
 
@@ -455,6 +461,7 @@ def test_browser_live_tab_streams_the_fake_camera_and_a_closed_tab_frees_its_slo
     assert not written, "a live stream wrote files"
 
 
+@pytest.mark.browser
 def test_browser_live_tab_says_why_when_the_camera_is_absent_or_refused(server):
     from playwright.sync_api import expect
 
@@ -476,6 +483,7 @@ def test_api_parameters_are_named_as_the_settings_fields(server):
     assert set(names) - {"image", "choice", "opacity"} <= set(NAMES)  # the README's API example calls them so
 
 
+@pytest.mark.browser
 def test_browser_first_visit_opens_on_a_result_with_the_examples_in_view(fresh_server):
     import statistics
 

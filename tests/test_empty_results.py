@@ -14,6 +14,7 @@ from .conftest import EXAMPLES
 from .test_cli import run_cli
 
 
+@pytest.mark.slow
 def test_the_cli_writes_an_empty_result_says_so_and_exits_0(tmp_path):
     out = tmp_path / "out"
     proc = run_cli("localize", str(EXAMPLES / "chelsea.png"), "--out", str(out), "--min-score", "0.99",

@@ -47,6 +47,7 @@ def openvino_model(tmp_path, monkeypatch):
     return cam.load_model("timm:test_resnet", pretrained=False, device="cpu", runtime="openvino")
 
 
+@pytest.mark.slow
 def test_a_size_that_cannot_convert_runs_on_pytorch_and_other_sizes_stay_compiled(openvino_model, photo, caplog,
                                                                                  monkeypatch):
     real, exported = cam.runtime.export_onnx, []
@@ -76,6 +77,7 @@ def test_a_size_that_cannot_convert_runs_on_pytorch_and_other_sizes_stay_compile
         "that input size runs on PyTorch"]
 
 
+@pytest.mark.slow
 def test_requests_for_a_compiled_size_do_not_wait_for_another_sizes_conversion(openvino_model, photo, monkeypatch):
     cam.localize(openvino_model, photo, input_size=224)  # compiled
     real, started, release = cam.runtime.export_onnx, threading.Event(), threading.Event()
@@ -100,6 +102,7 @@ def test_requests_for_a_compiled_size_do_not_wait_for_another_sizes_conversion(o
         converting.join()
 
 
+@pytest.mark.slow
 def test_a_cache_that_cannot_be_written_keeps_the_compiled_runtime(openvino_model, photo, caplog, monkeypatch):
     import openvino
 

@@ -20,6 +20,7 @@ NOT_EXACT = ["timm:test_vit", "timm:test_convnext", "timm:mobilenetv3_small_050"
              "torchvision:mobilenet_v3_small", "timm:swin_tiny_patch4_window7_224"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", EXACT)
 def test_cam_mean_plus_bias_equals_logit(spec, photo):
     torch.manual_seed(0)
@@ -38,6 +39,7 @@ GUIDES = {"timm:test_resnet": "layer4", "timm:test_efficientnet": "blocks.4", "t
           "torchvision:mobilenet_v2": "features.14"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", list(GUIDES))
 def test_the_guide_is_the_input_of_the_last_strided_stage(spec, photo):
     model = cam.load_model(spec, pretrained=False, device="cpu")
@@ -68,6 +70,7 @@ def test_flip_keeps_the_identity(tiny_model, photo):
     torch.testing.assert_close(rebuilt, logits, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", NOT_EXACT)
 def test_heads_where_cam_is_not_exact_load_for_the_gradient_methods(spec, photo):
     model = cam.load_model(spec, pretrained=False, device="cpu")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -16,6 +17,7 @@ from .conftest import ROOT
 from .datasets import dataset_zip
 
 
+@pytest.mark.slow
 def test_load_model_leaves_malloc_alone():
     code = ("import cam, cam.runtime; cam.load_model('timm:test_resnet', pretrained=False, device='cpu', "
             "runtime='torch'); print(cam.runtime.steady_allocator.cache_info().currsize)")
@@ -50,6 +52,7 @@ def test_tf32_is_off_only_while_inference_runs_and_comes_back_after_the_last_thr
         torch.backends.cudnn.allow_tf32 = saved
 
 
+@pytest.mark.slow
 def test_train_uses_its_own_generator_not_torchs_global_rng(tmp_path):
     start = save_checkpoint(cam.load_model("timm:test_resnet", pretrained=False, device="cpu", runtime="torch"),
                             tmp_path / "start", {}, {})

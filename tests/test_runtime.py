@@ -16,6 +16,7 @@ import cam.runtime
 from .conftest import EXAMPLES
 
 pytest.importorskip("openvino")
+pytestmark = pytest.mark.slow  # the default model converted and compiled, at several sizes
 THREADS = torch.get_num_threads()
 PHOTOS = [EXAMPLES / name for name in ("chelsea.png", "coffee.png", "rocket.jpg")]
 
