@@ -82,7 +82,7 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
 
 def without_folders(text: str, files=()) -> str:
     """`text` without the server's folders: the folders the uploaded `files` lie in are cut (a
-    visitor knows the files by name), then any path under the server's own folders (`SERVER_FOLDERS`)
+    visitor knows the files by name), then any path under the server's own folders (`server_folders`)
     is cut down to its last part."""
     for folder in {str(Path(f).parent) for f in files}:
         if len(folder) > 1:
