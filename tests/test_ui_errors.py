@@ -51,3 +51,20 @@ def test_paths_under_the_servers_folders_are_cut_to_their_names(tmp_path):
         cut = without_folders(text, [f"{folder}/deep/er/photo 1.jpg"])
         assert not any(f in cut for f in server_folders()), cut
         assert cut.startswith("'photo 1.jpg': cannot read x.zip:kitchen/a.jpg")
+
+
+def test_a_stop_request_while_launch_sets_up_closes_the_server_and_returns(monkeypatch):
+    import cam.ui as ui
+
+    closed = []
+
+    def interrupted_launch(self, **options):  # SIGTERM (as Ctrl-C) after the server started, before serving
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gr.Blocks, "launch", interrupted_launch)
+    monkeypatch.setattr(gr.Blocks, "close", lambda self: closed.append(self))
+    for name, stub in (("private_gradio_cache", lambda: None), ("warm", lambda cache: None)):
+        monkeypatch.setattr(ui, name, stub)
+    monkeypatch.setattr(ui.signal, "signal", lambda *args: None)  # the test process keeps its own handlers
+    ui.main(["--port", "0"])  # returns: the process exits 0 and its folders go at exit
+    assert len(closed) == 1

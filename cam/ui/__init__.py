@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     warm(cache)
     # show_error off: gr.Error's readable messages still reach the page; any other exception's text
     # could name the server's folders (every event handler is `guarded` and logs those in full).
-    build_app(cache).queue(default_concurrency_limit=4).launch(
-        server_name=args.host, server_port=args.port, show_error=False, css=CSS, head=live_tab.CAMERA_MESSAGES,
-        max_file_size="50mb")
+    demo = build_app(cache).queue(default_concurrency_limit=4)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, show_error=False, css=CSS,
+                    head=live_tab.CAMERA_MESSAGES, max_file_size="50mb")
+    except KeyboardInterrupt:  # a stop request while launch was still setting up (once serving, Gradio catches it)
+        demo.close()
