@@ -19,11 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cam  # noqa: E402
+import cam.runtime  # noqa: E402
 from cam.preprocess import inference_batch_size  # noqa: E402
 from cam.localize import localize_batch  # noqa: E402
 
 
 def main() -> None:
+    cam.runtime.steady_allocator()  # as the app and the CLI do at start: the figures are theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--photos", type=int, default=120)

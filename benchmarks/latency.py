@@ -104,6 +104,7 @@ def gradcam_side_by_side(spec: str, photo: np.ndarray, topk: int, repeats: int) 
 
 
 def main() -> None:
+    cam.runtime.steady_allocator()  # as the app and the CLI do at start: the figures are theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--image", default=str(Path(__file__).resolve().parents[1] / "examples" / "coffee.png"))

@@ -227,6 +227,9 @@ def app_visitors(folder: Path, scratch: Path, visitors: int, seconds: float) -> 
 
 
 def main() -> None:
+    from cam.runtime import steady_allocator
+
+    steady_allocator()  # as the app and the CLI do at start: the figures are theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, nargs="?")
     parser.add_argument("--photos", type=int, default=40)

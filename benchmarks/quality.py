@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataclasses import replace  # noqa: E402
 
 import cam  # noqa: E402
+import cam.runtime  # noqa: E402
 from cam.evaluate import best_iou, evaluate, read_dataset  # noqa: E402
 from cam.settings import BEST, PLAIN, RECOMMENDED  # noqa: E402
 
@@ -111,6 +112,7 @@ def compare_runtimes(folder, rounds: int) -> None:
 
 
 def main() -> None:
+    cam.runtime.steady_allocator()  # as the app and the CLI do at start: the figures are theirs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("--cv-splits", type=int, default=0, help="threshold cross-validation splits (0: none)")

@@ -102,11 +102,15 @@ def cmd_localize(args) -> int:
                 while stem in used_names:
                     stem += "_"
                 used_names.add(stem)
-                top, image = result.predictions[0], result.image  # the photo at its own size
-                render.save_png(render.overlay(image, top.cam, args.opacity), out / f"{stem}_overlay.png")
+                image = result.image  # the photo at its own size
+                if result.predictions:  # none above --min-score: no map to overlay, the rest is written
+                    render.save_png(render.overlay(image, result.predictions[0].cam, args.opacity),
+                                    out / f"{stem}_overlay.png")
                 render.save_png(render.draw_boxes(image, result), out / f"{stem}_boxes.png")
                 (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
             _emit(record)
+            if not result.predictions:
+                print(f"note: {path}: no class scored at least {settings.min_score:g}", file=sys.stderr, flush=True)
 
     paths = find_images(args.images)
     # A progress bar only for a person watching a terminal: piped or logged stderr keeps one line per error.
@@ -181,7 +185,11 @@ def cmd_app(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import torch
+
     from .train import Recipe, train
+
+    torch.manual_seed(args.seed)  # this process's own RNG: random weights and mode full's dropout repeat
 
     bar = _progress_bar("train")
 
@@ -290,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .runtime import steady_allocator
+
+        steady_allocator()  # process-wide malloc tuning: the CLI's process is its own
         return args.run(args)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush

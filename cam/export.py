@@ -162,31 +162,51 @@ def write_voc(log, classes: list[tuple[int, str]], folder, val_fraction: float) 
 
 
 def place_photos(out, photos, formats, val_fraction: float, copy: bool = False) -> None:
-    """Put the labelled photos where the trainers look: `yolo/images/{split}/` and the VOC devkit's
-    `JPEGImages/` (as JPEG: other formats are converted). `photos` holds (relative name, path,
-    must copy) for each; a link to the photo's absolute path unless `copy` or the photo must be
-    copied (one unpacked from a zip goes when the run ends). Photos already in place are kept."""
+    """Put the labelled photos where the readers look: `images/` beside `coco.json` (by relative
+    name: COCO's `file_name`), `yolo/images/{split}/` and the VOC devkit's `JPEGImages/` (as JPEG:
+    other formats are converted). `photos` holds (relative name, path, must copy) for each; a link
+    to the photo's absolute path unless `copy` or the photo must be copied (one unpacked from a zip
+    goes when the run ends). A photo stored on its side (an EXIF orientation, as phones write) gets
+    an upright copy without the tag in every format, as labelling tools auto-orient: boxes are in
+    upright pixels, and readers that ignore the tag (PIL, torchvision's VOCDetection) then agree.
+    Photos already in place are kept."""
     out = Path(out)
     for name, path, must_copy in photos:
         stem, suffix = flat_stem(name), PurePosixPath(name).suffix.lower()
+        rotated = _stored_on_its_side(path)
         targets = []
+        if "coco" in formats:
+            targets.append((out / "images" / name, rotated))
         if "yolo" in formats:
-            targets.append((out / "yolo" / "images" / split_of(name, val_fraction) / f"{stem}{suffix}", False))
+            targets.append((out / "yolo" / "images" / split_of(name, val_fraction) / f"{stem}{suffix}", rotated))
         if "voc" in formats:
-            targets.append((out / "voc" / VOC_DEVKIT / "JPEGImages" / f"{stem}.jpg", suffix not in (".jpg", ".jpeg")))
+            targets.append((out / "voc" / VOC_DEVKIT / "JPEGImages" / f"{stem}.jpg",
+                            rotated or suffix not in (".jpg", ".jpeg")))
         for target, convert in targets:
             if target.exists() or target.is_symlink():
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.partial")
-            if convert:
-                Image.fromarray(load_image(path)).save(partial, format="JPEG", quality=95)
+            if convert:  # upright pixels, no EXIF: the format the target's suffix names
+                image = Image.fromarray(load_image(path))
+                image_format = Image.registered_extensions().get(target.suffix.lower(), "PNG")
+                image.save(partial, format=image_format, **({"quality": 95} if image_format == "JPEG" else {}))
             elif copy or must_copy:
                 shutil.copyfile(path, partial)
             else:
                 partial.unlink(missing_ok=True)
                 os.symlink(os.path.abspath(path), partial)
             os.replace(partial, target)
+
+
+def _stored_on_its_side(path) -> bool:
+    """Whether the photo's EXIF orientation turns or mirrors it (anything but 1): its stored pixels
+    are not the upright ones the boxes are in."""
+    try:
+        with Image.open(path) as image:
+            return image.getexif().get(0x0112, 1) not in (0, 1)
+    except (OSError, ValueError):
+        return False
 
 
 def read_yolo(folder) -> dict[str, list[tuple[int, tuple[float, float, float, float]]]]:

@@ -150,6 +150,8 @@ def localize_batch(model: CamModel, images, settings: Settings | str | None = No
                                                              settings.flip, settings.refine, settings.adapt, shared)
             found = detections(model.detector, outputs[2], outputs[1], *model.classifier_params(), size) if detect \
                 else None
+            if not torch.isfinite(logits).all():  # else every score is NaN and the result silently empty
+                raise ValueError(f"{model.spec} gave NaN or infinite scores: its weights or the input are broken")
             scores = logits.softmax(1).gather(1, indices)
             small = small.cpu().numpy()
             for i, photo in enumerate(photos):

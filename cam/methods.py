@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .extractor import FeatureExtractor, ModeGuard
 from .models import CamModel
-from .runtime import run_compiled
+from .runtime import full_float32, run_compiled
 
 GRADIENT_METHODS = ("gradcam", "gradcam++", "layercam")
 # `adapt_contrast` takes 0.3 of a map's mean to 0.02: a 20% cut then falls at (0.3 * mean) ** 0.41.
@@ -55,8 +55,8 @@ def gradient_maps(model: CamModel, batch: torch.Tensor, choose, method: str, fli
     n = batch.shape[0]
     x = torch.cat([batch, batch.flip(-1)]) if flip else batch
     guide_extractor = FeatureExtractor(model.guide_module, inputs=True) if guide and model.guide_layer else None
-    with (ModeGuard(model.net), torch.enable_grad(), FeatureExtractor(model.feature_module, detach=False) as extractor,
-          guide_extractor or contextlib.nullcontext()):
+    with (ModeGuard(model.net), torch.enable_grad(), full_float32(model.device),
+          FeatureExtractor(model.feature_module, detach=False) as extractor, guide_extractor or contextlib.nullcontext()):
         logits = model.net(x.detach().requires_grad_(True)).float()
         ranked = (logits[:n] + logits[n:]) / 2 if flip else logits
         indices = choose(ranked.detach())
@@ -75,11 +75,13 @@ def gradient_maps(model: CamModel, batch: torch.Tensor, choose, method: str, fli
 
 
 def _batched_gradients(chosen: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """d chosen[:, j] / d features for every column j at once: (k, N, C, h, w)."""
+    """d chosen[:, j] / d features for every column j at once: (k, N, C, h, w). The batched pass
+    keeps the graph (freed with it on return), so that the per-class retry can still run backward
+    where the batched one failed part way."""
     k = chosen.shape[1]
     one_hot = torch.eye(k, dtype=chosen.dtype, device=chosen.device)[:, None, :].expand(k, chosen.shape[0], k)
     try:
-        return torch.autograd.grad(chosen, features, grad_outputs=one_hot, is_grads_batched=True)[0]
+        return torch.autograd.grad(chosen, features, grad_outputs=one_hot, is_grads_batched=True, retain_graph=True)[0]
     except RuntimeError:  # an operator without a batching rule: one backward pass per class
         return torch.stack([torch.autograd.grad(chosen[:, j].sum(), features, retain_graph=j < k - 1)[0]
                             for j in range(k)])
@@ -166,8 +168,8 @@ def forward(model: CamModel, batch: torch.Tensor, flip: bool = False, guide: boo
     else:  # PyTorch, or a compiled runtime that failed on this batch or could not convert the model
         ran = "torch"
         guide_extractor = FeatureExtractor(model.guide_module, inputs=True) if guide and model.guide_layer else None
-        with (ModeGuard(model.net), torch.inference_mode(), FeatureExtractor(model.feature_module) as extractor,
-              guide_extractor or contextlib.nullcontext()):
+        with (ModeGuard(model.net), torch.inference_mode(), full_float32(model.device),
+              FeatureExtractor(model.feature_module) as extractor, guide_extractor or contextlib.nullcontext()):
             logits = model.net(x)
         maps = [model.features_to_maps(extractor.features).float()]
         if guide_extractor is not None:

@@ -131,23 +131,17 @@ def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | 
     models and checkpoints always carry their weights. `device` defaults to CUDA when present
     (`check_device`). `runtime` runs CAM's forward passes: "torch", "openvino" (OpenVINO's compiled
     CPU runtime, float32) or "auto" (OpenVINO on a CPU where it is installed, else PyTorch);
-    `model.runtime` says which. Gradient methods and training always run on PyTorch. On CUDA,
-    loading turns cuDNN's TF32 off for the process, so convolutions run in full float32 as on the
-    CPU. On glibc, the first call fixes malloc's thresholds for the process
-    (`cam.runtime.steady_allocator`), which keeps forward passes from running 1.7x slower in some
-    processes than in others.
+    `model.runtime` says which. Gradient methods and training always run on PyTorch. Loading
+    changes no process-wide setting: inference on CUDA turns TF32 off only while it runs
+    (`cam.runtime.full_float32`), and malloc's tuning (`cam.runtime.steady_allocator`) is the
+    app's and the CLI's, at start.
     """
-    from .runtime import check_runtime, openvino_available, steady_allocator
+    from .runtime import check_runtime, openvino_available
 
     if not isinstance(spec, (str, Path)):
         raise TypeError(f"spec must be a string or path, got {type(spec).__name__}")
     check_runtime(runtime)
-    steady_allocator()
     device = check_device(device)
-    if device.type == "cuda":
-        # cuDNN's default TF32 convolutions moved Lite0's maps by up to 0.5% of their peak on an H200
-        # and a box edge by 29 px; in full float32 the GPU's maps and boxes are the CPU's (tests/test_cuda.py).
-        torch.backends.cudnn.allow_tf32 = False
     if runtime == "openvino" and (device.type != "cpu" or not openvino_available()):
         raise ValueError("runtime 'openvino' runs on the CPU and needs the openvino and onnx packages "
                          "(pip install openvino onnx)"

@@ -91,9 +91,16 @@ def method_name(result: Result) -> str:
             + (", adapted" if result.adapted else ""))
 
 
+def top_overlay(result: Result, opacity: float = 0.5, image: np.ndarray | None = None) -> np.ndarray:
+    """The top class's heatmap over `image` (default: the photo at its own size); the image itself
+    when no class made the minimum score, since an empty result is a valid one."""
+    image = result.image if image is None else image
+    return overlay(image, result.predictions[0].cam, opacity) if result.predictions else image
+
+
 def heatmap_with_boxes(result: Result, opacity: float = 0.5) -> np.ndarray:
     """The top class's heatmap over the image with every prediction's boxes drawn on it."""
-    return draw_boxes(overlay(result.image, result.predictions[0].cam, opacity), result)
+    return draw_boxes(top_overlay(result, opacity), result)
 
 
 def gallery(result: Result, opacity: float = 0.5, colormap: str = "turbo") -> list[tuple[np.ndarray, str]]:

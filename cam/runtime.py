@@ -80,32 +80,47 @@ def torch_yields_threads():
         torch.set_num_threads(saved)
 
 
-class ConversionError(RuntimeError):
-    """A compiled runtime cannot convert or compile the model (as opposed to one call failing)."""
+_FULL_FLOAT32 = threading.Lock()
+_float32_users = {"count": 0, "saved": True}  # threads inside `full_float32`, and the flag they found
 
 
-_FALLBACK = threading.Lock()
+@contextlib.contextmanager
+def full_float32(device: torch.device):
+    """cuDNN's convolutions in full float32 (TF32 off) while inside, on CUDA; nothing elsewhere.
+    cuDNN's default TF32 moved Lite0's maps by up to 0.5% of their peak on an H200 and a box edge
+    by 29 px; in float32 the GPU's maps and boxes are the CPU's (tests/test_cuda.py). The flag is
+    PyTorch's, for the whole process: the caller's value comes back when the last thread inside
+    leaves, and other threads' convolutions meanwhile also run in float32."""
+    if device.type != "cuda":
+        yield
+        return
+    with _FULL_FLOAT32:
+        if _float32_users["count"] == 0:
+            _float32_users["saved"] = torch.backends.cudnn.allow_tf32
+            torch.backends.cudnn.allow_tf32 = False
+        _float32_users["count"] += 1
+    try:
+        yield
+    finally:
+        with _FULL_FLOAT32:
+            _float32_users["count"] -= 1
+            if _float32_users["count"] == 0:
+                torch.backends.cudnn.allow_tf32 = _float32_users["saved"]
 
 
 def run_compiled(model, x: torch.Tensor):
     """The compiled runtime's (logits, features, guide) for the batch `x`, or None where PyTorch must
-    run it: the model has no compiled runner, or its runner failed. A model that cannot be converted
-    switches to PyTorch for good, once (under a lock, one log line); any other failure is this
-    call's alone, run again on PyTorch and logged, and the next call tries the runtime again."""
+    run it: the model has no compiled runner, the runner cannot run this input size (it says so
+    by returning None, and keeps to PyTorch for that size only), or this call failed. A failed
+    call is this call's alone, run again on PyTorch and logged; the next call tries the runtime again."""
     runner = model.runner
     if runner is None:
         return None
-    log = logging.getLogger("cam.runtime")
     try:
         return runner(x)
-    except ConversionError as exc:
-        with _FALLBACK:
-            if model.runner is runner:
-                log.warning("%s cannot convert %s (%s); using PyTorch", model.runtime, model.spec, _first_line(exc))
-                model.runtime, model.runner = "torch", None
     except Exception as exc:  # a call's failure can be any error; that call still gets its answer
-        log.warning("%s failed on a batch of %s (%s: %s); this batch runs on PyTorch", model.runtime, model.spec,
-                    type(exc).__name__, _first_line(exc))
+        logging.getLogger("cam.runtime").warning("%s failed on a batch of %s (%s: %s); this batch runs on PyTorch",
+                                                 model.runtime, model.spec, type(exc).__name__, _first_line(exc))
     return None
 
 
@@ -145,9 +160,12 @@ class _Outputs(nn.Module):
 
 
 class OpenVinoRunner:
-    """`runner(batch) -> (logits, features, guide or None)` as float32 tensors, from OpenVINO.
+    """`runner(batch) -> (logits, features, guide or None)` as float32 tensors from OpenVINO, or None
+    for an input size it cannot convert or compile: that size runs on PyTorch from then on (logged
+    once), every other size keeps the compiled runtime.
 
-    Thread-safe: each call gets its own infer request; compiling a new size happens once, under a lock.
+    Thread-safe: each call gets its own infer request. A size is converted once, under a lock of
+    its own: requests for sizes already compiled never wait on a conversion.
     """
 
     name = "openvino"
@@ -156,37 +174,61 @@ class OpenVinoRunner:
         self.model = model
         self.digest = model.weights_digest()
         self._compiled: collections.OrderedDict = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._unconvertible: set[tuple[int, int]] = set()
+        self._converting: dict[tuple[int, int], threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the three above; held only for lookups
 
-    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        try:
-            compiled = self._compiled_for(tuple(batch.shape[2:]))
-        except Exception as exc:  # a converter's failure can be any error
-            raise ConversionError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        compiled = self._compiled_for(tuple(batch.shape[2:]))
+        if compiled is None:
+            return None
         outputs = compiled.create_infer_request().infer({0: batch.detach().cpu().contiguous().numpy()})
         values = [torch.from_numpy(outputs[port]) for port in compiled.outputs]
         return values[0], values[1], values[2] if len(values) > 2 else None
 
     def _compiled_for(self, size: tuple[int, int]):
+        """The model compiled at `size`, converted now if need be; None where it cannot be."""
         with self._lock:
             if size in self._compiled:
                 self._compiled.move_to_end(size)
                 return self._compiled[size]
-            import openvino as ov
-
-            path = self.cache_path(size, ov.__version__)
-            core = ov.Core()
-            if path.is_file():
-                converted = core.read_model(path)
-            else:
-                with tempfile.TemporaryDirectory(prefix="cam-onnx-") as scratch:
-                    converted = ov.convert_model(export_onnx(self.model, size, Path(scratch) / "model.onnx"))
-                    _save_atomically(ov, converted, path)
-            compiled = core.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-            self._compiled[size] = compiled
-            while len(self._compiled) > SIZES_KEPT:
-                self._compiled.popitem(last=False)
+            if size in self._unconvertible:
+                return None
+            converting = self._converting.setdefault(size, threading.Lock())
+        with converting:  # one conversion per size; a second request for it waits for the first
+            with self._lock:
+                if size in self._compiled or size in self._unconvertible:
+                    return self._compiled.get(size)
+            try:
+                compiled = self._convert(size)
+            except Exception as exc:  # a converter's failure can be any error
+                logging.getLogger("cam.runtime").warning(
+                    "%s cannot convert %s at %dx%d (%s: %s); that input size runs on PyTorch", self.name,
+                    self.model.spec, *size, type(exc).__name__, _first_line(exc))
+                compiled = None
+            with self._lock:
+                if compiled is None:
+                    self._unconvertible.add(size)
+                else:
+                    self._compiled[size] = compiled
+                    while len(self._compiled) > SIZES_KEPT:
+                        self._compiled.popitem(last=False)
+                self._converting.pop(size, None)
             return compiled
+
+    def _convert(self, size: tuple[int, int]):
+        """The model converted (or read from the disk cache) and compiled for the CPU at `size`."""
+        import openvino as ov
+
+        path = self.cache_path(size, ov.__version__)
+        core = ov.Core()
+        if path.is_file():
+            converted = core.read_model(path)
+        else:
+            with tempfile.TemporaryDirectory(prefix="cam-onnx-") as scratch:
+                converted = ov.convert_model(export_onnx(self.model, size, Path(scratch) / "model.onnx"))
+                _save_atomically(ov, converted, path)
+        return core.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     def cache_path(self, size: tuple[int, int], version: str) -> Path:
         """Where the model converted at `size` is kept: named by the weights' digest and by what else
@@ -208,12 +250,16 @@ def export_onnx(model, size: tuple[int, int], path: Path) -> Path:
 
 def _save_atomically(ov, converted, path: Path) -> None:
     """Write the IR (.xml + .bin) under temporary names, then rename both: a reader never sees half of one.
-    A cache that cannot be written is skipped: the model is converted again in the next process."""
+    A cache that cannot be written (any error: OpenVINO raises its own) is skipped and logged: the
+    model is converted again in the next process."""
+    temp = path.with_name(f".{os.getpid()}.{threading.get_ident()}.{path.name}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{os.getpid()}.{threading.get_ident()}.{path.name}")
         ov.save_model(converted, temp, compress_to_fp16=False)
         os.replace(temp.with_suffix(".bin"), path.with_suffix(".bin"))
         os.replace(temp, path)
-    except OSError:
-        pass
+    except Exception as exc:
+        logging.getLogger("cam.runtime").warning("cannot cache the converted model in %s (%s: %s)", path.parent,
+                                                 type(exc).__name__, _first_line(exc))
+        for leftover in (temp, temp.with_suffix(".bin")):
+            leftover.unlink(missing_ok=True)

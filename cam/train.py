@@ -153,7 +153,9 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
     written atomically to `out/experiment_YYYY-MM-DD_HH_MM[_N]`, the recipe recorded. Images are
     seen at the recipe's `input_size`, which becomes the checkpoint's own input size.
     `progress(dict)` receives stage, epoch, step, loss and accuracy; setting `cancel` stops the run
-    without a checkpoint.
+    without a checkpoint. Torch's global RNG is never seeded here; only what takes no generator
+    draws from it: random weights (`pretrained=False`) and mode full's dropout (`python -m cam
+    train` seeds it with `--seed`); the detector's initial weights come from the recipe's seed.
     """
     if "model_spec" in options:
         options["model"] = options.pop("model_spec")
@@ -161,7 +163,6 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
     check_device(device)
     started = time.perf_counter()
     report = progress or (lambda _info: None)
-    torch.manual_seed(recipe.seed)
     remove_orphaned_temp_folders("cam-train-")
     scratch = private_temp_folder("cam-train-")
     try:
@@ -283,7 +284,7 @@ def _replace_classifier(model: CamModel, num_classes: int) -> tuple[torch.Tensor
     parent_name, _, attr = model.classifier_layer.rpartition(".")
     parent = model.net.get_submodule(parent_name) if parent_name else model.net
     old = getattr(parent, attr)
-    new = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+    new = nn.utils.skip_init(nn.Linear, old.in_features, num_classes, device=old.weight.device)  # no RNG draw
     nn.init.zeros_(new.weight)
     nn.init.zeros_(new.bias)
     setattr(parent, attr, new)
@@ -396,7 +397,7 @@ def _choose_start(starts: dict, features, mirrored, labels, epochs, lr, batch_si
         for fold in folds:
             held = torch.tensor(fold, device=labels.device)
             kept = torch.tensor(sorted(set(range(len(labels))) - set(fold)), device=labels.device)
-            head = nn.Linear(features.shape[1], int(labels.max()) + 1).to(features.device)
+            head = nn.utils.skip_init(nn.Linear, features.shape[1], int(labels.max()) + 1, device=features.device)
 
             def score(epoch, *_):
                 with torch.no_grad():

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from gradio_client.exceptions import AppError
 
 from cam.export import split_of
 
 from .conftest import EXAMPLES, ROOT
 from .datasets import COLOURS, dataset_zip
 from .browser import BROWSER_FLAGS, chromium, fake_camera_flags, start_live
+
+pytestmark = pytest.mark.slow  # a real server per module
 
 ARTIFACTS = ROOT / "test-artifacts"
 SYSTEM_TEMP = Path(tempfile.gettempdir())  # where the app keeps its folders (the tests point tempfile elsewhere)
@@ -104,11 +107,11 @@ def test_api_localize_bad_file_then_good(server, tmp_path):
 
     bad = tmp_path / "broken.jpg"
     bad.write_text("not an image at all")
-    with pytest.raises(Exception, match="not an image this app can read"):
+    with pytest.raises(AppError, match="not an image this app can read"):
         _localize(client, bad)
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes((EXAMPLES / "grace_hopper.jpg").read_bytes()[:5000])
-    with pytest.raises(Exception, match="truncated or corrupt"):
+    with pytest.raises(AppError, match="truncated or corrupt"):
         _localize(client, truncated)
     assert _localize(client, EXAMPLES / "coffee.png", topk=2)[4]["predictions"][0]["label"] == "espresso"
 
@@ -125,7 +128,7 @@ def test_api_localize_with_a_gradient_method_names_it(server):
     _, _, gallery, _, result = client.predict(handle_file(str(EXAMPLES / "coffee.png")), "default", 2, 0.2, False, 0.5,
                                               288, True, True, "auto", True, api_name="/localize")
     assert result["adapted"] is True and all(tile["caption"].endswith("· CAM, refined, adapted") for tile in gallery)
-    with pytest.raises(Exception, match="scorecam is not in the list of choices: .'auto', 'cam', 'gradcam'"):
+    with pytest.raises(AppError, match="scorecam is not in the list of choices: .'auto', 'cam', 'gradcam'"):
         client.predict(handle_file(str(EXAMPLES / "coffee.png")), "default", 2, 0.2, False, 0.5, 288, False, True,
                        "scorecam", api_name="/localize")
 
@@ -149,13 +152,13 @@ def test_api_compare_two_settings_then_a_deleted_checkpoint(server):
     assert client.predict(photo, "default", "auto", True, folder.name, "auto", True, 2, api_name="/compare")[3] == \
         f"**B**: {folder.name}, CAM, refined"
     shutil.rmtree(folder)
-    with pytest.raises(Exception, match=f"B: unknown model '{folder.name}': choose 'default' or a checkpoint"):
+    with pytest.raises(AppError, match=f"B: unknown model '{folder.name}': choose 'default' or a checkpoint"):
         client.predict(photo, "default", "auto", True, folder.name, "auto", True, 2, api_name="/compare")
 
 
 def test_api_rejects_models_outside_checkpoints(server):
     client = _client(server)
-    with pytest.raises(Exception):
+    with pytest.raises(AppError, match="unknown model '../../etc': choose 'default' or a checkpoint listed in the menu"):
         _localize(client, EXAMPLES / "coffee.png", choice="../../etc")
 
 
@@ -183,6 +186,7 @@ def test_api_train_then_localize_with_the_new_model(server, tmp_path):
     assert {p["label"] for p in result["predictions"]} == set(COLOURS)
 
 
+@pytest.mark.browser
 def test_browser_example_upload_and_slider(server):
     with _app_page(server, 90_000) as page:
         from playwright.sync_api import expect
@@ -262,6 +266,7 @@ def _browser_or_skip():
         pytest.skip("Chromium is not installed (apt-get install chromium); browser test skipped")
 
 
+@pytest.mark.browser
 def test_browser_fine_tune_tab_trains_and_selects_the_new_model(server, tmp_path):
     from playwright.sync_api import expect
 
@@ -305,7 +310,7 @@ def test_api_hostile_inputs_get_errors_and_the_server_keeps_serving(server, tmp_
     for name, data in {**hostile_files(photo), "bomb.png": bomb_png()}.items():
         path = tmp_path / name
         path.write_bytes(data)
-        with pytest.raises(Exception) as info:
+        with pytest.raises(AppError) as info:
             _localize(client, path)
         assert "Traceback" not in str(info.value) and len(str(info.value)) < 400, name
 
@@ -315,8 +320,11 @@ def test_api_hostile_inputs_get_errors_and_the_server_keeps_serving(server, tmp_
         return client.predict(handle_file(str(EXAMPLES / "coffee.png")), "default", values["topk"], values["threshold"],
                               False, 0.5, 288, False, True, api_name="/localize")
 
-    for bad in ({"topk": 0}, {"topk": 10000}, {"threshold": -1}, {"threshold": 2}):
-        with pytest.raises(Exception):
+    for bad, message in (({"topk": 0}, "Value 0 is less than minimum value 1"),
+                         ({"topk": 10000}, "Value 10000 is greater than maximum value 10"),
+                         ({"threshold": -1}, "Value -1 is less than minimum value 0"),
+                         ({"threshold": 2}, "Value 2 is greater than maximum value 1")):
+        with pytest.raises(AppError, match=message):
             call(**bad)
 
     rotated = tmp_path / "rotated.jpg"  # stored 80 wide, 40 high; EXIF says: display rotated 90 degrees
@@ -328,7 +336,7 @@ def test_api_hostile_inputs_get_errors_and_the_server_keeps_serving(server, tmp_
     with zipfile.ZipFile(bad_zip, "w") as archive:
         archive.writestr("../evil.png", b"x")
     before = sorted(p.name for p in server["checkpoints"].iterdir())  # other tests share the folder
-    with pytest.raises(Exception, match="outside"):
+    with pytest.raises(AppError, match="outside"):
         client.predict(handle_file(str(bad_zip)), "head", 2, 0.01, 0.2, api_name="/train")
     assert sorted(p.name for p in server["checkpoints"].iterdir()) == before
     assert _localize(client, EXAMPLES / "chelsea.png", topk=1)[4]["predictions"][0]["label"] in CATS
@@ -379,12 +387,13 @@ def test_api_label_a_collection_and_refuse_a_hostile_zip(server, tmp_path):
     escape = tmp_path / "escape.zip"
     with zipfile.ZipFile(escape, "w") as archive:
         archive.writestr("../evil.png", b"x")
-    with pytest.raises(Exception, match="outside"):
+    with pytest.raises(AppError, match="outside"):
         client.predict([handle_file(str(escape))], "default", 1, 0.0, 0.2, api_name="/label")
-    with pytest.raises(Exception, match="Add photos"):
+    with pytest.raises(AppError, match="Add photos"):
         client.predict([], "default", 1, 0.0, 0.2, api_name="/label")
 
 
+@pytest.mark.browser
 def test_browser_collection_tab_labels_three_photos_and_downloads_the_zip(server, tmp_path):
     from playwright.sync_api import expect
 
@@ -413,6 +422,7 @@ def _cached_files(server) -> set[Path]:
     return {f for folder in _owned_temp_folders(server["pid"]) for f in folder.rglob("*") if f.is_file()}
 
 
+@pytest.mark.browser
 def test_browser_live_tab_streams_the_fake_camera_and_a_closed_tab_frees_its_slot(server, tmp_path):
     from playwright.sync_api import expect
 
@@ -451,6 +461,7 @@ def test_browser_live_tab_streams_the_fake_camera_and_a_closed_tab_frees_its_slo
     assert not written, "a live stream wrote files"
 
 
+@pytest.mark.browser
 def test_browser_live_tab_says_why_when_the_camera_is_absent_or_refused(server):
     from playwright.sync_api import expect
 
@@ -472,6 +483,7 @@ def test_api_parameters_are_named_as_the_settings_fields(server):
     assert set(names) - {"image", "choice", "opacity"} <= set(NAMES)  # the README's API example calls them so
 
 
+@pytest.mark.browser
 def test_browser_first_visit_opens_on_a_result_with_the_examples_in_view(fresh_server):
     import statistics
 
@@ -512,16 +524,98 @@ def test_api_collection_errors_name_files_not_server_folders(server, tmp_path):
     client = _client(server)
     broken = tmp_path / "holiday.zip"
     broken.write_bytes(b"not a zip at all")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(AppError) as info:
         client.predict([handle_file(str(broken))], "default", 1, 0.0, 0.2, api_name="/label")
     message = str(info.value)
     assert "holiday.zip" in message and "/tmp" not in message and "gradio" not in message, message
     unreadable = tmp_path / "holiday.jpg"
     unreadable.write_bytes(b"no photo here")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(AppError) as info:
         client.predict([handle_file(str(unreadable))], "default", 1, 0.0, 0.2, api_name="/label")
     message = str(info.value)
     assert "None of the 1 photos could be read: holiday.jpg: " in message and "/tmp" not in message, message
+
+
+def test_api_nothing_of_the_server_leaks_from_any_endpoint(server, tmp_path):
+    """Every endpoint with good and bad inputs: no returned string, no returned text file and no
+    file inside a returned zip names the server's temp dir, working dir, checkpoints or home."""
+    import numpy as np
+    from gradio_client import handle_file
+
+    import cam
+    from cam.train import save_checkpoint
+
+    from .images import jpeg_bytes
+
+    client = _client(server)
+    folders = {str(f) for p in (SYSTEM_TEMP, ROOT, server["checkpoints"], Path.home())
+               for f in (p, Path(p).resolve())}
+    found = []
+
+    def look(value):
+        if isinstance(value, dict):
+            for item in value.values():
+                look(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                look(item)
+        elif isinstance(value, str) and value.startswith(str(server["downloads"])):  # a file it sent: its content
+            path = Path(value)
+            if zipfile.is_zipfile(path):
+                with zipfile.ZipFile(path) as packed:
+                    found.extend((f"{path.name}:{name}", packed.read(name).decode("latin-1")) for name in packed.namelist())
+            elif path.suffix in (".json", ".jsonl", ".txt", ".yaml", ".xml"):
+                found.append((path.name, path.read_text()))
+        elif isinstance(value, str):
+            found.append(("answer", value))
+
+    def call(*args, api_name):
+        try:
+            answer = client.predict(*args, api_name=api_name)
+        except Exception as exc:  # noqa: BLE001 (its message is what a visitor reads)
+            look(str(exc))
+            return None
+        look(answer)
+        return answer
+
+    def localize(photo, choice="default", topk=2):
+        return call(handle_file(str(photo)), choice, topk, 0.2, False, 0.5, 288, False, True, api_name="/localize")
+
+    checkpoint = save_checkpoint(cam.load_model("timm:test_resnet", pretrained=False, device="cpu"),
+                                 server["checkpoints"], {}, {}).name
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image at all")
+    rotated = tmp_path / "rotated.jpg"
+    rotated.write_bytes(jpeg_bytes(np.full((40, 80, 3), 128, np.uint8), exif_orientation=6))
+    broken_zip = tmp_path / "holiday.zip"
+    broken_zip.write_bytes(b"not a zip")
+    bundle = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(bundle, "w") as archive:
+        archive.write(EXAMPLES / "coffee.png", "kitchen/coffee.png")
+        archive.writestr("kitchen/broken.jpg", b"not a photo")
+
+    assert localize(EXAMPLES / "coffee.png", checkpoint)[4]["model"] == checkpoint  # its menu name
+    for photo, choice in ((bad, "default"), (rotated, "default"), (EXAMPLES / "coffee.png", "../../etc"),
+                          (EXAMPLES / "coffee.png", str(server["checkpoints"] / checkpoint))):
+        localize(photo, choice)
+    localize(EXAMPLES / "chelsea.png", checkpoint)
+    call(0.5, True, 0.5, api_name="/rerender")
+    assert len(call(0.5, api_name="/downloads")) == 4
+    call(handle_file(str(EXAMPLES / "coffee.png")), "default", "cam", False, checkpoint, "gradcam", True, 2,
+         api_name="/compare")
+    call(handle_file(str(bad)), "default", "cam", False, "default", "cam", False, 2, api_name="/compare")
+    for files in ([EXAMPLES / "chelsea.png", bundle, bad], [broken_zip], [bad]):
+        call([handle_file(str(f)) for f in files], "default", 1, 0.0, 0.2, api_name="/label")
+    call(handle_file(str(broken_zip)), "head", 1, 0.01, 0.2, api_name="/train")
+    call(handle_file(str(dataset_zip(tmp_path / "colours.zip", per_class=3))), "head", 1, 0.01, 0.34,
+         api_name="/train")
+    call(checkpoint, api_name="/checkpoint_archive")
+    call("no-such-checkpoint", api_name="/checkpoint_archive")
+    call(api_name="/models")
+    assert any(name.startswith("labels.zip:") for name, _ in found)  # the zips were searched
+    leaks = [(name, folder, text[max(text.find(folder) - 80, 0):text.find(folder) + 80])
+             for name, text in found for folder in folders if folder in text]
+    assert not leaks, leaks
 
 
 def test_api_localize_takes_boxes_from_the_detector_or_the_maps(server, tmp_path):
@@ -543,7 +637,7 @@ def test_api_localize_takes_boxes_from_the_detector_or_the_maps(server, tmp_path
         assert all(len(p["box_scores"]) == len(p["boxes"]) for p in runs["detector"]["predictions"])
         assert runs["cam"]["boxes_from"] == "cam" and all(len(p["boxes"]) == 1 and "box_scores" not in p
                                                           for p in runs["cam"]["predictions"])
-        with pytest.raises(Exception, match="has no detector: train one with `cam train DATA --detector`"):
+        with pytest.raises(AppError, match="has no detector: train one with `cam train DATA --detector`"):
             client.predict(photo, "default", 3, 0.2, False, 0.5, 288, False, True, "auto", False, "detector",
                            api_name="/localize")
     finally:

@@ -10,6 +10,8 @@ import cam
 
 from .conftest import EXAMPLES, ROOT
 
+pytestmark = pytest.mark.slow  # each test runs the CLI in processes of its own
+
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "cam", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -30,7 +30,15 @@ def gpu_model():
 
 def test_models_load_onto_the_gpu_and_run_on_pytorch_there(gpu_model):
     assert gpu_model.device.type == "cuda" and gpu_model.runtime == "torch"
-    assert torch.backends.cudnn.allow_tf32 is False  # full float32 convolutions, as on the CPU
+    assert torch.backends.cudnn.allow_tf32 is True  # loading changes no process-wide flag
+    seen = []
+    hook = gpu_model.net.register_forward_hook(lambda *_: seen.append(torch.backends.cudnn.allow_tf32))
+    try:
+        cam.localize(gpu_model, PHOTOS[0])
+        cam.localize(gpu_model, PHOTOS[0], method="gradcam")
+    finally:
+        hook.remove()
+    assert seen == [False, False] and torch.backends.cudnn.allow_tf32 is True  # full float32 only while it runs
     assert all(p.device.type == "cuda" for p in gpu_model.net.parameters())
     with pytest.raises(ValueError, match="runs on the CPU"):
         cam.load_model("default", runtime="openvino")

@@ -184,6 +184,7 @@ def test_zipped_photos_and_copies_are_real_files(tiny_model, tmp_path):
         assert data["val"] == "images/train"  # no validation photo: Ultralytics validates on the training set
 
 
+@pytest.mark.slow
 def test_cli_classes_from_a_list_or_a_file(tmp_path):
     _collection(tmp_path / "in", 4)
     (tmp_path / "classes.txt").write_text("bee\nant\n")

@@ -89,6 +89,7 @@ def test_evaluate_makes_the_maps_of_the_quality_preset(tiny_model, tmp_path, mon
     assert evaluate(tiny_model, folder)[0]["adapted"] is False and len(adapted) == 1
 
 
+@pytest.mark.slow
 def test_cli_evaluate_writes_json_csv_and_plot(tmp_path):
     folder = box_dataset(tmp_path, ["x.png,285,0,0,64,64"])
     proc = subprocess.run([sys.executable, "-m", "cam", "evaluate", str(folder), "--per-image", str(tmp_path / "rows.csv"),

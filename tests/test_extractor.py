@@ -9,6 +9,7 @@ def _hook_count(net):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
 
 
+@pytest.mark.slow
 def test_no_hooks_after_calls(tiny_model, photo):
     before = _hook_count(tiny_model.net)
     for _ in range(20):

@@ -7,12 +7,16 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 import cam
 from cam.service import ModelCache
 from cam.train import train
 
 from .conftest import ROOT
 from .datasets import dataset_zip
+
+pytestmark = pytest.mark.slow  # training processes, killed
 
 TINY = "timm:test_resnet"
 
@@ -116,11 +120,9 @@ def _alive(pid: int) -> bool:
 
 
 def test_typed_hub_models_are_checked_first_and_kept_in_a_small_lru(tmp_path, monkeypatch):
-    import pytest
-
     import cam.service.model_cache as service
 
-    cache = ModelCache(tmp_path / "none", hub_models=2)
+    cache = ModelCache(tmp_path / "none", max_models=2)
     with pytest.raises(ValueError, match="timm:resnet50"):  # a typo: refused with close names, nothing fetched
         cache.get("timm:resnet5")
     with pytest.raises(ValueError, match="choose 'default'"):
@@ -145,8 +147,6 @@ def test_typed_hub_models_are_checked_first_and_kept_in_a_small_lru(tmp_path, mo
 
 def test_an_unreachable_hub_is_one_clear_message_at_once(tmp_path, monkeypatch):
     import time as clock
-
-    import pytest
 
     import cam.service.model_cache as service
 
@@ -175,8 +175,6 @@ def test_a_checkpoint_written_again_under_its_name_is_loaded_afresh(tmp_path):
 
 
 def test_the_model_cache_loads_on_the_runtime_it_is_given(tmp_path, monkeypatch):
-    import pytest
-
     monkeypatch.setenv("CAM_RUNTIME", "torch")  # how a server's operator picks it
     assert ModelCache(tmp_path / "c").get("default").runtime == "torch"
     with pytest.raises(ValueError, match="runtime must be one of auto, torch, openvino"):

@@ -23,7 +23,7 @@ from .conftest import ROOT
 from .datasets import COLOURS, square_image
 from .images import hostile_files
 
-OUTPUTS = ["coco.json", "errors.jsonl", "predictions.jsonl", "run.json", "voc", "yolo"]
+OUTPUTS = ["coco.json", "errors.jsonl", "images", "predictions.jsonl", "run.json", "voc", "yolo"]  # images: COCO's
 
 
 def _photos(folder: Path, count: int, size: int = 64) -> list[Path]:
@@ -142,6 +142,7 @@ def test_a_hostile_zip_is_refused_before_anything_is_written(tiny_model, tmp_pat
     assert not (tmp_path / "evil.png").exists() and not (out / LOG).exists() and not (out / "coco.json").exists()
 
 
+@pytest.mark.slow
 def test_bad_files_go_to_the_errors_file_and_the_rest_is_labelled(tiny_checkpoint, tmp_path):
     photo = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     folder = tmp_path / "in"
@@ -159,9 +160,11 @@ def test_bad_files_go_to_the_errors_file_and_the_rest_is_labelled(tiny_checkpoin
     assert all(e["error"].startswith(e["path"]) and e["path"] == str(folder / e["file"]) for e in errors)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert lines[-1]["labelled"] == 3 and lines[-1]["errors"] == 7 and len(lines) == 11
-    assert sorted(p.name for p in out.iterdir()) == ["coco.json", "errors.jsonl", "predictions.jsonl", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["coco.json", "errors.jsonl", "images", "predictions.jsonl",
+                                                     "run.json"]
 
 
+@pytest.mark.slow
 def test_a_run_killed_at_any_moment_resumes_to_the_same_files(tiny_checkpoint, tmp_path):
     _photos(tmp_path / "in", 400, size=96)
     command = [sys.executable, "-m", "cam", "label", str(tmp_path / "in"), "--model", tiny_checkpoint,
@@ -205,6 +208,7 @@ def test_a_rerun_with_other_settings_or_model_is_refused(tiny_model, tmp_path):
     assert again["new"] == 0 and again["skipped"] == 2 and _files(out) == before
 
 
+@pytest.mark.slow
 def test_bad_options_and_unwritable_folders_are_one_line(tiny_checkpoint, tmp_path):
     _photos(tmp_path / "in", 1)
     blocker = tmp_path / "file"
@@ -238,6 +242,7 @@ def test_the_ray_engine_refuses_a_device_before_starting_ray(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_the_ray_engine_writes_the_same_files_as_the_local_one(tiny_checkpoint, tmp_path):
     ray = pytest.importorskip("ray")
     import cam
@@ -258,6 +263,7 @@ def test_the_ray_engine_writes_the_same_files_as_the_local_one(tiny_checkpoint, 
     assert _files(tmp_path / "ray") == _files(tmp_path / "local")
 
 
+@pytest.mark.slow
 def test_a_terminal_gets_a_progress_bar_with_photos_per_second(tiny_checkpoint, tmp_path):
     from .test_cli import run_cli_in_terminal
 

@@ -15,6 +15,8 @@ from cam.train import save_checkpoint
 from .conftest import EXAMPLES
 from .images import hostile_files, jpeg_bytes
 
+pytestmark = pytest.mark.slow  # the default model on the app's runtime
+
 
 def _decode(url: str) -> np.ndarray:
     header, _, data = url.partition(",")

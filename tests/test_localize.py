@@ -198,6 +198,7 @@ def test_default_model_box_finds_a_cat_placed_in_a_larger_scene(default_model):
     assert top.cam[50, 50] < 0.2 and top.cam[:100, :200].mean() < 0.1  # the empty corner stays cold
 
 
+@pytest.mark.slow
 def test_large_photos_are_shown_scaled_and_downloaded_at_full_size(tiny_model, tmp_path):
     from cam.service import DISPLAY_SIDE, views, write_downloads
 
@@ -238,6 +239,7 @@ def test_full_size_maps_are_made_on_first_read_and_dropped_by_compact(tiny_model
         assert np.array_equal(original, again.cam)
 
 
+@pytest.mark.slow
 def test_upsampling_is_torchs_bilinear_with_pixel_centres_aligned():
     import torch
     import torch.nn.functional as F
@@ -255,6 +257,7 @@ def test_upsampling_is_torchs_bilinear_with_pixel_centres_aligned():
         np.testing.assert_allclose(full, reference[0, 0].numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_maps_are_normalised_after_upsampling_without_a_pass_over_the_big_map():
     from cam.upsample import normalise_for_size, upsample_map
 
@@ -306,6 +309,7 @@ def test_boxes_cut_band_by_band_equal_the_boxes_of_each_upsampled_map(monkeypatc
         assert both == [cam.boxes_from_map(localize_module.upsample_map(other, size), threshold, every), expected]
 
 
+@pytest.mark.slow
 def test_localize_boxes_are_the_paper_rule_on_the_returned_maps(default_model):
     for path in sorted(EXAMPLES.glob("*.png"))[:3]:
         for input_size, refine in ((None, False), (None, True), (288, True)):

@@ -50,6 +50,7 @@ PEER_LAYERS = {"timm:test_resnet": (lambda net: net.layer4, None),
                "timm:test_vit": (lambda net: net.blocks[-1].norm1, _vit_reshape)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", GRADIENT_METHODS)
 @pytest.mark.parametrize("spec", list(PEER_LAYERS))
 def test_maps_equal_pytorch_grad_cam(spec, method, photo):
@@ -95,6 +96,7 @@ def test_one_backward_leaves_no_hooks_and_no_gradients(tiny_model, photo):
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules()) == hooks
 
 
+@pytest.mark.slow
 def test_on_a_gap_model_gradcam_is_the_relu_of_cam(default_model):
     from cam.methods import class_maps, forward_features
 

@@ -20,6 +20,7 @@ NOT_EXACT = ["timm:test_vit", "timm:test_convnext", "timm:mobilenetv3_small_050"
              "torchvision:mobilenet_v3_small", "timm:swin_tiny_patch4_window7_224"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", EXACT)
 def test_cam_mean_plus_bias_equals_logit(spec, photo):
     torch.manual_seed(0)
@@ -38,6 +39,7 @@ GUIDES = {"timm:test_resnet": "layer4", "timm:test_efficientnet": "blocks.4", "t
           "torchvision:mobilenet_v2": "features.14"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", list(GUIDES))
 def test_the_guide_is_the_input_of_the_last_strided_stage(spec, photo):
     model = cam.load_model(spec, pretrained=False, device="cpu")
@@ -68,6 +70,7 @@ def test_flip_keeps_the_identity(tiny_model, photo):
     torch.testing.assert_close(rebuilt, logits, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", NOT_EXACT)
 def test_heads_where_cam_is_not_exact_load_for_the_gradient_methods(spec, photo):
     model = cam.load_model(spec, pretrained=False, device="cpu")
@@ -174,14 +177,14 @@ def test_preprocessing_matches_pillows_resize_within_one_grey_level(default_mode
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="fixes glibc's malloc only")
-def test_after_load_model_large_blocks_come_from_the_heap(tiny_model):
+def test_after_steady_allocator_large_blocks_come_from_the_heap():
     class Mallinfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
 
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = Mallinfo2
-    assert cam.runtime.steady_allocator() is True  # done once, by load_model
+    assert cam.runtime.steady_allocator() is True  # done once, by the app and the CLI at start
     mapped = libc.mallinfo2().hblkhd
     block = np.ones(4 << 20)  # 32 MB: mapped apart by glibc's default thresholds, and unmapped on free
     assert libc.mallinfo2().hblkhd == mapped and block.sum() == 4 << 20

@@ -8,7 +8,11 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from .conftest import EXAMPLES, ROOT
+
+pytestmark = pytest.mark.slow  # builds and installs the wheel
 
 
 def _requirements(name: str) -> set[str]:

@@ -35,6 +35,7 @@ def upright():
     return scene()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_exif_orientation_gives_the_upright_frame(orientation, upright, tiny_model, tmp_path):
     stored = np.ascontiguousarray(STORED[orientation](upright))
@@ -118,6 +119,7 @@ def test_photos_decode_in_parallel_in_order(upright, tmp_path):
 
 @pytest.mark.parametrize("working, size", [((384, 512), (1536, 2048)), ((378, 504), (3024, 4032)),
                                            ((500, 333), (1999, 1333))])
+@pytest.mark.slow
 def test_boxes_cut_at_working_size_match_the_full_size_boxes(working, size):
     rng = np.random.default_rng(7)
     smalls = np.zeros((4, 9, 9), np.float32)

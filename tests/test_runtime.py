@@ -1,5 +1,6 @@
 """The compiled CPU runtime (OpenVINO): the same classes, maps and boxes as PyTorch, every input size
-and batch, a disk cache, safe under threads, and PyTorch where it cannot run."""
+and batch, a disk cache, safe under threads, and PyTorch where it cannot run (one input size at a
+time: tests/test_fallbacks.py)."""
 
 import logging
 import sys
@@ -15,6 +16,7 @@ import cam.runtime
 from .conftest import EXAMPLES
 
 pytest.importorskip("openvino")
+pytestmark = pytest.mark.slow  # the default model converted and compiled, at several sizes
 THREADS = torch.get_num_threads()
 PHOTOS = [EXAMPLES / name for name in ("chelsea.png", "coffee.png", "rocket.jpg")]
 
@@ -115,31 +117,6 @@ def test_only_the_calling_thread_yields_its_threads():
 def test_gradient_methods_run_on_pytorch(compiled):
     result = cam.localize(compiled, PHOTOS[1], topk=2, method="gradcam")
     assert result.runtime == "torch" and result.method == "gradcam"
-
-
-def test_a_model_it_cannot_convert_falls_back_to_pytorch_once_with_one_log_line(photo, caplog):
-    model = cam.load_model("timm:test_resnet", pretrained=False, device="cpu", runtime="openvino")
-    entered = threading.Barrier(4)
-
-    def broken(batch):
-        entered.wait(timeout=30)  # four calls fail at once: one switch, one line
-        raise cam.runtime.ConversionError("RuntimeError: cannot convert this operator")
-
-    model.runner = broken
-    results = []
-    with caplog.at_level(logging.WARNING, logger="cam.runtime"):
-        threads = [threading.Thread(target=lambda: results.append(cam.localize(model, photo, topk=2)))
-                   for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert model.runtime == "torch" and model.runner is None
-    assert [r.runtime for r in results] == ["torch"] * 4
-    assert [r.getMessage() for r in caplog.records] == [
-        "openvino cannot convert timm:test_resnet (RuntimeError: cannot convert this operator); using PyTorch"]
-    reference = cam.localize(model, photo, topk=2)  # on PyTorch from now on
-    assert all(r.predictions[0].boxes == reference.predictions[0].boxes for r in results)
 
 
 def test_a_failing_call_runs_again_on_pytorch_and_leaves_the_runtime_in_place(compiled, caplog, monkeypatch):

@@ -27,6 +27,7 @@ def _temp_dirs():
     return sorted(p for p in os.listdir(tempfile.gettempdir()) if p.startswith("cam-train-"))
 
 
+@pytest.mark.slow
 def test_head_training_writes_a_checkpoint_that_reloads_and_localizes(tmp_path):
     zip_path = dataset_zip(tmp_path / "shapes.zip", top="shapes/", extra={"__MACOSX/._x": b"x", "notes.txt": b"hi"})
     out = tmp_path / "checkpoints"
@@ -50,6 +51,7 @@ def test_head_training_writes_a_checkpoint_that_reloads_and_localizes(tmp_path):
     assert {p.label for p in result.predictions} == set(COLOURS)
 
 
+@pytest.mark.slow
 def test_full_training_and_unique_names(tmp_path, monkeypatch):
     sizes = []
     real_preprocess = cam.train.preprocess
@@ -106,8 +108,10 @@ def test_the_start_and_epochs_are_chosen_by_folds_of_the_training_photos_alone()
     assert one == {"start": "prototypes", "epochs": 3, "cv_accuracy": None}  # a class of one photo: no folds
 
 
+@pytest.mark.slow
 def test_full_mode_starts_from_the_head_mode_classifier_and_validates_it(tmp_path, monkeypatch):
     zip_path = dataset_zip(tmp_path / "shapes.zip", per_class=3)
+    torch.manual_seed(0)  # the random backbone (pretrained=False) comes from the caller's RNG: the same in both runs
     head_summary = train(zip_path, model_spec=TINY, pretrained=False, mode="head", out=tmp_path / "c", input_size=64)
     assert head_summary["metrics"]["best_epoch"] > 0  # its classifier trained on from the start
     head_mode = cam.load_model(head_summary["checkpoint"], device="cpu")
@@ -120,6 +124,7 @@ def test_full_mode_starts_from_the_head_mode_classifier_and_validates_it(tmp_pat
         return real_keep_best(model, best, epoch, *rest)
 
     monkeypatch.setattr(cam.train, "_keep_best", recording_keep_best)
+    torch.manual_seed(0)
     summary = train(zip_path, model_spec=TINY, pretrained=False, mode="full", epochs=2, out=tmp_path / "c",
                     input_size=64)
     assert list(starts) == [0, 1, 2] and summary["metrics"]["best_epoch"] in starts
@@ -229,6 +234,7 @@ def test_corrupt_archive_and_too_many_files(tmp_path, monkeypatch):
     assert not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow
 def test_cli_train_prints_progress_and_checkpoint(tmp_path):
     zip_path = dataset_zip(tmp_path / "shapes.zip")
     proc = subprocess.run([sys.executable, "-m", "cam", "train", str(zip_path), "--model", TINY, "--epochs", "2",
@@ -239,6 +245,7 @@ def test_cli_train_prints_progress_and_checkpoint(tmp_path):
     assert "train [" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_train_bad_zip_is_one_line(tmp_path):
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"not a zip")
@@ -254,6 +261,7 @@ def _checkpoint(tmp_path):
     return tmp_path / "c" / os.path.basename(summary["checkpoint"])
 
 
+@pytest.mark.slow
 def test_hostile_checkpoints_are_refused(tmp_path):
     import pickle
 
@@ -281,6 +289,7 @@ def test_hostile_checkpoints_are_refused(tmp_path):
         cam.load_model(str(folder))
 
 
+@pytest.mark.slow
 def test_hundred_thousand_tiny_files_are_refused_quickly(tmp_path):
     zip_path = tmp_path / "many.zip"
     with zipfile.ZipFile(zip_path, "w") as archive:

@@ -7,9 +7,11 @@ import collections
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -33,10 +35,11 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
     """Label uploaded photos and zips (`cam.label.label`, the recommended setting) into `folder`:
     the contact sheet (boxed thumbnails of the first SHEET_PHOTOS photos, captioned), the run's
     summary with the first errors, and a zip of the COCO, YOLO and VOC files, their photos and the
-    logs. `classes`, comma-separated names (empty: all), are the classes boxed and exported."""
+    logs. `classes`, comma-separated names (empty: all), are the classes boxed and exported.
+    `folder` must outlive the run: lease it (`OutputFolders.lease`), since a large one runs for minutes."""
     from types import SimpleNamespace
 
-    from ..label import label
+    from ..label import ERRORS, label
 
     files = [str(f) for f in files or []]
     if not files:
@@ -64,29 +67,50 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
         caption = f"{record['file']}: {top['label']} {top['score']:.2f}" if top else f"{record['file']}: no class above the minimum score"
         sheet.append((_jpeg(render.draw_boxes(image, shown), folder / f"sheet_{len(sheet):03d}.jpg"), caption))
 
-    def report(done: int, total: int) -> None:
-        os.utime(folder)  # a long run's folder stays fresh for OutputFolders' sweep, which goes by age
-        if progress:
-            progress(done, total)
-
     out = folder / "labels"
     try:
-        summary = label(files, out, model=model, settings=settings, progress=report, on_record=add_to_sheet)
+        summary = label(files, out, model=model, settings=settings, progress=progress, on_record=add_to_sheet)
     except ValueError as exc:
         raise ValueError(without_folders(str(exc), files)) from None
-    summary["first_errors"] = [f"{e['file']}: {without_folders(e['error'].replace(e['path'] + ': ', ''), files)}"
-                               for e in itertools.islice(read_log(out / "errors.jsonl"), 5)]
+    _scrub_log(out / ERRORS, files)  # it travels in the download
+    summary["first_errors"] = [f"{e['file']}: {e['error'].replace(e['path'] + ': ', '')}"
+                               for e in itertools.islice(read_log(out / ERRORS), 5)]
     portable_data_yaml(out / "yolo" / "data.yaml")
     archive = shutil.make_archive(str(folder / "labels"), "zip", root_dir=out)  # links are followed: photos included
     return sheet, summary, archive
 
 
-def without_folders(text: str, files) -> str:
-    """`text` without the server's folders the uploaded `files` lie in: a visitor knows them by name."""
+def without_folders(text: str, files=()) -> str:
+    """`text` without the server's folders: the folders the uploaded `files` lie in are cut (a
+    visitor knows the files by name), then any path under the server's own folders (`server_folders`)
+    is cut down to its last part."""
     for folder in {str(Path(f).parent) for f in files}:
         if len(folder) > 1:
             text = text.replace(folder + "/", "")
-    return text
+    return _server_paths().sub(lambda m: m.group(0).rstrip("/").rpartition("/")[2], text)
+
+
+def server_folders() -> list[str]:
+    """The server's folders a visitor must never read: temp, working dir, checkpoints, home, the
+    code's own and Gradio's cache; longest first, so that the most specific cuts first."""
+    folders = {tempfile.gettempdir(), os.environ.get("GRADIO_TEMP_DIR", ""), os.getcwd(), str(ROOT),
+               str(CHECKPOINTS), str(Path.home())}
+    return sorted({os.path.realpath(f) for f in folders if len(f) > 1} | {f for f in folders if len(f) > 1},
+                  key=len, reverse=True)
+
+
+def _server_paths() -> re.Pattern:
+    """A path under one of `server_folders()`: the folder, then any run of path characters."""
+    roots = "|".join(re.escape(f.rstrip("/")) for f in server_folders())
+    return re.compile(rf"(?:{roots})(?![^/\s'\":;,)\]}}])(?:/[^\s'\":;,)\]}}]*)?")
+
+
+def _scrub_log(path: Path, files) -> None:
+    """Rewrite a log's text fields `without_folders`: an upload's record names its server path."""
+    records = [{k: without_folders(v, files) if isinstance(v, str) else v for k, v in record.items()}
+               for record in read_log(path)]
+    if path.is_file():
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))
 
 
 def portable_data_yaml(path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The models a server shares: loaded once, lazily, by menu choice; typed hub names in a small LRU."""
+"""The models a server shares: loaded once, lazily, by menu choice, kept in one small LRU."""
 
 from __future__ import annotations
 
@@ -31,22 +31,26 @@ def is_checkpoint(folder: Path) -> bool:
 class ModelCache:
     """Models by menu choice, each loaded once, lazily, and shared by all requests.
 
-    Menu choices are 'default' and the names of complete checkpoint folders under `checkpoints`,
-    kept once loaded. A typed 'timm:NAME' or 'torchvision:NAME' loads with its hub weights (where
-    the machine reaches the hub, as on Spaces) into a small LRU of `hub_models`, since a visitor
-    can name any of hundreds. Anything else, a path included, is refused. Models load on `runtime`
-    (default: the CAM_RUNTIME environment variable, else "auto").
+    Menu choices are 'default' and the names of complete checkpoint folders under `checkpoints`.
+    A typed 'timm:NAME' or 'torchvision:NAME' loads with its hub weights (where the machine reaches
+    the hub, as on Spaces). Anything else, a path included, is refused. Every kind shares one LRU of
+    `max_models` models (a visitor can name hundreds of hub models, a server can hold many
+    checkpoints). Each model loads under a lock of its own: a slow download delays only the
+    requests for that model. Models load on `runtime` (default: the CAM_RUNTIME environment
+    variable, else "auto").
     """
 
-    def __init__(self, checkpoints: Path = CHECKPOINTS, device: str | None = None, hub_models: int = 2,
+    def __init__(self, checkpoints: Path = CHECKPOINTS, device: str | None = None, max_models: int = 4,
                  runtime: str | None = None):
         self.checkpoints = Path(checkpoints)
         self.device = device
         self.runtime = check_runtime(runtime or os.environ.get("CAM_RUNTIME", "auto"))  # what runs the networks
-        self.hub_models = hub_models
+        if max_models < 1:
+            raise ValueError(f"max_models must be at least 1, got {max_models!r}")
+        self.max_models = max_models
         self._models: collections.OrderedDict[tuple[str, int], CamModel] = collections.OrderedDict()
-        self._lock = threading.Lock()  # guards the dict
-        self._loading = threading.Lock()  # one load at a time; cached models are served meanwhile
+        self._loading: dict[tuple[str, int], threading.Lock] = {}  # a lock per model being loaded
+        self._lock = threading.Lock()  # guards both dicts; held only for lookups
 
     def choices(self) -> list[str]:
         found = sorted(p.name for p in self.checkpoints.iterdir() if is_checkpoint(p)) if self.checkpoints.is_dir() else []
@@ -63,26 +67,37 @@ class ModelCache:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        with self._loading:
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # a second request for the same model waits for the first's load
             with self._lock:
                 if key in self._models:
+                    self._models.move_to_end(key)
                     return self._models[key]
-            if choice == DEFAULT_SPEC:
-                model = load_model(DEFAULT_SPEC, device=self.device, runtime=self.runtime)
-            elif listed:
-                model = load_model(str(self.checkpoints / choice), device=self.device, runtime=self.runtime)
-            else:
-                check_hub_spec(choice)
-                _check_reachable(HUB_HOSTS[choice.partition(":")[0]], choice)
-                model = load_model(choice, pretrained=True, device=self.device, runtime=self.runtime)
+            try:
+                model = self._load(choice, listed)
+            except BaseException:
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
             with self._lock:
                 for old in [k for k in self._models if k[0] == choice]:  # a checkpoint since written again
                     del self._models[old]
                 self._models[key] = model
-                hub = [k for k in self._models if k[0].startswith(("timm:", "torchvision:"))]
-                for old in hub[:max(len(hub) - self.hub_models, 0)]:  # least recently used first
-                    del self._models[old]
+                while len(self._models) > self.max_models:  # least recently used first
+                    self._models.popitem(last=False)
+                self._loading.pop(key, None)
             return model
+
+    def _load(self, choice: str, listed: bool) -> CamModel:
+        if choice == DEFAULT_SPEC:
+            return load_model(DEFAULT_SPEC, device=self.device, runtime=self.runtime)
+        if listed:
+            model = load_model(str(self.checkpoints / choice), device=self.device, runtime=self.runtime)
+            model.spec = choice  # its menu name, not the server's path: results and downloads carry it
+            return model
+        check_hub_spec(choice)
+        _check_reachable(HUB_HOSTS[choice.partition(":")[0]], choice)
+        return load_model(choice, pretrained=True, device=self.device, runtime=self.runtime)
 
     def _key(self, choice: str) -> tuple[str, int]:
         """A checkpoint is known by its name and its weights file's modification time: one trained again

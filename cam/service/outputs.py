@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -36,7 +38,7 @@ def views(result: Result, opacity: float, folder: Path):
     file path is copied into its cache atomically.
     """
     shown = _scaled_result(result, DISPLAY_SIDE)
-    overlay = _jpeg(render.overlay(shown.image, shown.predictions[0].cam, opacity), folder / "overlay.jpg")
+    overlay = _jpeg(render.top_overlay(shown, opacity), folder / "overlay.jpg")
     boxes = _jpeg(render.draw_boxes(shown.image, shown), folder / "boxes.jpg")
     tiles = [(_jpeg(tile, folder / f"map_{rank + 1}.jpg"), caption)
              for rank, (tile, caption) in enumerate(render.gallery(_scaled_result(shown, GALLERY_SIDE), opacity))]
@@ -114,41 +116,60 @@ def _scaled_result(result: Result, side: int) -> Result:
 
 class OutputFolders:
     """Per-request folders for output files under one private temporary root. A daemon thread
-    removes folders older than `max_age` seconds (by then Gradio has copied what it serves), so
-    disk use returns to nothing once requests stop."""
+    removes folders unchanged for `max_age` seconds (by then Gradio has copied what it serves), so
+    disk use returns to nothing once requests stop; a folder under `lease` is never removed."""
 
     def __init__(self, max_age: float = 600):
         remove_orphaned_temp_folders("cam-outputs-")  # left by servers that were stopped or killed
         self.root = private_temp_folder("cam-outputs-")
         atexit.register(shutil.rmtree, self.root, ignore_errors=True)  # a clean stop leaves nothing behind
         self.max_age = max_age
+        self._leased: set[Path] = set()
+        self._lock = threading.Lock()  # guards `_leased` against the sweep
         threading.Thread(target=self._sweep_forever, name="cam-outputs-sweep", daemon=True).start()
 
     def new(self) -> Path:
         return Path(tempfile.mkdtemp(dir=self.root))
 
+    @contextlib.contextmanager
+    def lease(self):
+        """A new folder that the sweep leaves alone while a job writes into it, however long it runs
+        (a collection's VOC files and zip, a review), and that then has `max_age` seconds from the
+        job's end for Gradio to copy what the job returned."""
+        folder = self.new()
+        with self._lock:
+            self._leased.add(folder)
+        try:
+            yield folder
+        finally:
+            with self._lock:
+                self._leased.discard(folder)
+                if folder.exists():
+                    os.utime(folder)
+
     def sweep(self) -> None:
         now = time.time()
-        for old in self.root.iterdir():
-            try:
-                if old.is_dir() and now - old.stat().st_mtime > self.max_age:
-                    shutil.rmtree(old, ignore_errors=True)
-            except FileNotFoundError:
-                pass
+        with self._lock:
+            for old in self.root.iterdir():
+                try:
+                    if old.is_dir() and old not in self._leased and now - old.stat().st_mtime > self.max_age:
+                        shutil.rmtree(old, ignore_errors=True)
+                except FileNotFoundError:
+                    pass
 
     def _sweep_forever(self) -> None:
         while self.root.exists():
-            time.sleep(max(self.max_age / 4, 1))
+            time.sleep(min(max(self.max_age / 4, 0.1), 30))
             self.sweep()
 
 
 def write_downloads(result: Result, folder: Path, opacity: float) -> list[str]:
     """At the photo's own size: overlay PNG, boxes PNG, boxes JSON and the raw maps (.npy, k x H x W
-    float32) of a Result."""
+    float32; k may be 0) of a Result."""
     paths = [folder / name for name in ("overlay.png", "boxes.png", "boxes.json", "maps.npy")]
     image = result.image  # the photo at its own size, decoded again if it was localized reduced
-    render.save_png(render.overlay(image, result.predictions[0].cam, opacity), paths[0])
+    render.save_png(render.top_overlay(result, opacity, image), paths[0])
     render.save_png(render.draw_boxes(image, result), paths[1])
     paths[2].write_text(json.dumps(result.to_dict(), indent=2))
-    np.save(paths[3], np.stack([p.cam for p in result.predictions]))
+    np.save(paths[3], np.array([p.cam for p in result.predictions], np.float32).reshape(-1, *result.size))
     return [str(p) for p in paths]

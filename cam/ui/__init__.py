@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from ..localize import localize
+from ..runtime import steady_allocator
 from ..service import ModelCache, OutputFolders, limit_malloc_arenas, private_gradio_cache
 from . import collection_tab, compare_tab, finetune_tab, live_tab, localize_tab
 from .components import example_photos
@@ -68,12 +69,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     limit_malloc_arenas()
+    steady_allocator()  # process-wide malloc tuning, the server's own (cam.runtime)
     private_gradio_cache()
     # A stop request (SIGTERM: what Spaces and process managers send) is handled as Ctrl-C: Gradio
     # closes its server, deleting the files it cached, and the app's own folders go at exit.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     cache = ModelCache()
     warm(cache)
-    build_app(cache).queue(default_concurrency_limit=4).launch(
-        server_name=args.host, server_port=args.port, show_error=True, css=CSS, head=live_tab.CAMERA_MESSAGES,
-        max_file_size="50mb")
+    # show_error off: gr.Error's readable messages still reach the page; any other exception's text
+    # could name the server's folders (every event handler is `guarded` and logs those in full).
+    demo = build_app(cache).queue(default_concurrency_limit=4)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, show_error=False, css=CSS,
+                    head=live_tab.CAMERA_MESSAGES, max_file_size="50mb")
+    except KeyboardInterrupt:  # a stop request while launch was still setting up (once serving, Gradio catches it)
+        demo.close()

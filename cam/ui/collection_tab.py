@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..service import label_collection
 from ..settings import RECOMMENDED
-from .components import model_menu, readable
+from .components import guarded, model_menu, readable
 
 
 def build(ctx) -> None:
@@ -18,8 +18,9 @@ def build(ctx) -> None:
             progress(done / max(total, 1), desc=f"{done}/{total} photos")
 
         try:
-            sheet, summary, archive = label_collection(cache, choice, files, folders.new(), topk, min_score,
-                                                       threshold, classes, progress=report)
+            with folders.lease() as folder:  # the VOC files and the zip take minutes for a large collection
+                sheet, summary, archive = label_collection(cache, choice, files, folder, topk, min_score, threshold,
+                                                           classes, progress=report)
         except ValueError as exc:
             raise readable(exc, *(files or [])) from None
         if not summary["labelled"]:
@@ -59,7 +60,7 @@ def build(ctx) -> None:
                 sheet = gr.Gallery(label="Contact sheet", columns=6, height=420, format="jpeg", elem_id="sheet")
                 labels_file = gr.File(label="Boxes (.zip: COCO, YOLO, Pascal VOC)", interactive=False,
                                       elem_id="labels_file", visible=False)  # shown once labelled
-    label_button.click(run_labelling, [collection, collection_model, collection_topk, min_score, collection_threshold,
+    label_button.click(guarded(run_labelling), [collection, collection_model, collection_topk, min_score, collection_threshold,
                                        collection_classes],
                        [collection_status, sheet, labels_file], api_name="label", concurrency_limit=1,
                        concurrency_id="label").success(lambda: gr.File(visible=True), None, labels_file,

@@ -8,7 +8,7 @@ from ..methods import METHODS
 from ..render import method_name
 from ..service import analyze, compare_views
 from ..settings import Settings
-from .components import PhotoInput, example_photos, model_menu, readable
+from .components import PhotoInput, example_photos, guarded, model_menu, readable
 
 
 def build(ctx) -> None:
@@ -55,5 +55,5 @@ def build(ctx) -> None:
                         gr.Dataframe(headers=["rank", "class", "score", "boxes (x0, y0, x1, y1)"], interactive=False,
                                      elem_id=f"compare_table_{side}")]
         gr.Examples([[str(p)] for p in example_photos()[:4]], inputs=[compare_image], label="Examples")
-    compare_button.click(run_compare, [compare_image, *sides, compare_topk], compare_outputs, api_name="compare",
+    compare_button.click(guarded(run_compare), [compare_image, *sides, compare_topk], compare_outputs, api_name="compare",
                          concurrency_limit=4, concurrency_id="infer")

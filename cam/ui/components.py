@@ -4,6 +4,9 @@ the webcam's frames as bytes, pictures as data URLs, and the example photos."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
+import inspect
 import logging
 from pathlib import Path
 
@@ -70,6 +73,40 @@ def model_menu(cache, **options) -> gr.Dropdown:
     menu = gr.Dropdown(cache.choices(), value="default", **options)
     menu.focus(lambda: gr.Dropdown(choices=cache.choices()), None, menu, api_visibility="private")
     return menu
+
+
+UNEXPECTED = "something went wrong (logged)"
+
+
+def guarded(handler):
+    """`handler` (an event's function, plain or generator) whose unexpected errors reach the visitor
+    as one line, UNEXPECTED, and the log in full: an exception's own text can name the server's
+    folders. Its gr.Errors (the expected, readable ones) pass through. Gradio reads the handler's
+    signature (gr.Progress) through `functools.wraps`."""
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def stream(*args, **kwargs):
+            with _unexpected_errors_logged(handler):
+                yield from handler(*args, **kwargs)
+        return stream
+
+    @functools.wraps(handler)
+    def call(*args, **kwargs):
+        with _unexpected_errors_logged(handler):
+            return handler(*args, **kwargs)
+    return call
+
+
+@contextlib.contextmanager
+def _unexpected_errors_logged(handler):
+    """Inside: an exception other than gr.Error is logged with its traceback and becomes gr.Error(UNEXPECTED)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Exception:
+        log.exception("unexpected error in %s", getattr(handler, "__qualname__", handler))
+        raise gr.Error(UNEXPECTED) from None
 
 
 def readable(exc: Exception, *places) -> gr.Error:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..service import checkpoint_archive, training_updates, validation_review
 from ..train import DEFAULT_EPOCHS, DEFAULT_LR
-from .components import readable
+from .components import guarded, readable
 
 CURVES = {"loss": "training loss", "train_accuracy": "training accuracy", "val_accuracy": "validation accuracy"}
 
@@ -58,7 +58,8 @@ def build(ctx, model: gr.Dropdown) -> None:
         name = Path(event["checkpoint"]).name
         progress(1.0, desc="localizing the validation photos")
         try:
-            review = validation_review(cache, name, zip_file, folders.new())
+            with folders.lease() as folder:  # localizing every validation photo can outlast the folders' expiry
+                review = validation_review(cache, name, zip_file, folder)
         except ValueError as exc:
             raise readable(exc, zip_file) from None
         yield (f"Done: **{name}**, validation accuracy {metrics['val_accuracy']:.1%} in {metrics['seconds']:.0f} s. "
@@ -69,7 +70,8 @@ def build(ctx, model: gr.Dropdown) -> None:
         # A plain (not generator) event, so that Gradio's cache expiry also covers the archive.
         if choice not in cache.choices() or choice == "default":
             raise gr.Error("Choose a fine-tuned checkpoint in the model menu.")
-        return checkpoint_archive(str(cache.checkpoints / choice), folders.new())
+        with folders.lease() as folder:
+            return checkpoint_archive(str(cache.checkpoints / choice), folder)
 
     with gr.Tab("Fine-tune"):
         gr.Markdown("Teach the model your own classes: upload a **.zip with one folder of images per class** "
@@ -100,7 +102,7 @@ def build(ctx, model: gr.Dropdown) -> None:
                                     format="jpeg", elem_id="review")
                 checkpoint_file = gr.File(label="Checkpoint (.zip)", interactive=False, elem_id="checkpoint_file")
         mode.change(lambda m: (DEFAULT_EPOCHS[m], DEFAULT_LR[m]), mode, [epochs, lr], api_visibility="private")
-    start.click(run_training, [dataset, mode, epochs, lr, val_split, detector],
+    start.click(guarded(run_training), [dataset, mode, epochs, lr, val_split, detector],
                 [train_status, train_plot, train_metrics, confusion, model, review],
                 api_name="train", concurrency_limit=1, concurrency_id="train"
-                ).success(download_checkpoint, model, checkpoint_file, api_name="checkpoint_archive")
+                ).success(guarded(download_checkpoint), model, checkpoint_file, api_name="checkpoint_archive")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..service import live_frame
-from .components import LiveInput, LiveOverlay, model_menu, readable
+from .components import LiveInput, LiveOverlay, guarded, model_menu, readable
 
 # Gradio shows nothing when the webcam cannot be had; this wraps the browser's camera request to say why.
 CAMERA_MESSAGES = """<script>
@@ -67,6 +67,6 @@ def build(ctx) -> None:
             with gr.Column(scale=1, min_width=320):
                 live_overlay = LiveOverlay(show_label=False, interactive=False, format="jpeg", elem_id="live_overlay")
                 live_caption = gr.Markdown(elem_id="live_caption")
-    webcam.stream(run_live, [webcam, live_model, live_topk], [live_overlay, live_caption], api_visibility="private",
+    webcam.stream(guarded(run_live), [webcam, live_model, live_topk], [live_overlay, live_caption], api_visibility="private",
                   stream_every=0.1, time_limit=ctx.live_seconds, concurrency_limit=ctx.live_streams,
                   concurrency_id="live", show_progress="hidden")

@@ -8,7 +8,7 @@ import gradio as gr
 from ..methods import METHODS
 from ..service import analyze, compact, views, write_downloads
 from ..settings import BOX_SOURCES, PRESETS, RECOMMENDED, Settings
-from .components import PhotoInput, example_photos, readable
+from .components import PhotoInput, example_photos, guarded, readable
 
 ABOUT = """### How it works
 A network that ends in global average pooling and one linear layer scores class *c* as the
@@ -67,9 +67,10 @@ def build(ctx, demo: gr.Blocks) -> gr.Dropdown:
         if result is None:
             raise gr.Error("Localize a photo first.")
         try:
-            return write_downloads(result, folders.new(), opacity)
+            with folders.lease() as folder:  # a 12 MP photo's PNGs take a while
+                return write_downloads(result, folder, opacity)
         except ValueError as exc:
-            raise readable(exc) from None
+            raise readable(exc, result.source if isinstance(result.source, str) else None) from None
 
     photos = example_photos()
     with gr.Tab("Localize"):
@@ -126,19 +127,19 @@ def build(ctx, demo: gr.Blocks) -> gr.Dropdown:
     outputs = [overlay, boxed, gallery, table, result_json, last]
     inputs = [image, model, topk, threshold, all_regions, opacity, input_size, flip, refine, method, adapt, boxes]
     quality.input(preset_controls, quality, [input_size, flip, refine, adapt], api_visibility="private")
-    run.click(run_localize, inputs, outputs, api_name="localize", concurrency_limit=4, concurrency_id="infer")
-    image.change(run_localize, inputs, outputs, api_visibility="private", concurrency_limit=4,
+    run.click(guarded(run_localize), inputs, outputs, api_name="localize", concurrency_limit=4, concurrency_id="infer")
+    image.change(guarded(run_localize), inputs, outputs, api_visibility="private", concurrency_limit=4,
                  concurrency_id="infer", trigger_mode="always_last")
-    demo.load(run_localize, inputs, outputs, api_visibility="private", concurrency_limit=4,
+    demo.load(guarded(run_localize), inputs, outputs, api_visibility="private", concurrency_limit=4,
               concurrency_id="infer")  # a finished result for the example photo the page opens on
-    threshold.change(rerender, [last, threshold, all_regions, opacity], outputs, api_name="rerender",
+    threshold.change(guarded(rerender), [last, threshold, all_regions, opacity], outputs, api_name="rerender",
                      show_progress="hidden", trigger_mode="always_last", concurrency_limit=4, concurrency_id="render")
     for control in (opacity, all_regions):
-        control.change(rerender, [last, threshold, all_regions, opacity], outputs, api_visibility="private",
+        control.change(guarded(rerender), [last, threshold, all_regions, opacity], outputs, api_visibility="private",
                        show_progress="hidden", trigger_mode="always_last", concurrency_limit=4, concurrency_id="render")
-    boxes.change(run_localize, inputs, outputs, api_visibility="private", concurrency_limit=4, concurrency_id="infer",
+    boxes.change(guarded(run_localize), inputs, outputs, api_visibility="private", concurrency_limit=4, concurrency_id="infer",
                  trigger_mode="always_last")
     refresh.click(lambda: gr.Dropdown(choices=cache.choices()), None, model, api_name="models")
-    download_button.click(prepare_downloads, [last, opacity], files, api_name="downloads").success(
+    download_button.click(guarded(prepare_downloads), [last, opacity], files, api_name="downloads").success(
         lambda: gr.File(visible=True), None, files, api_visibility="private")  # API answers stay plain files
     return model

@@ -1,0 +1,104 @@
+"""A phone photo stored on its side (EXIF orientation 6) is exported auto-oriented: every format
+gets an upright copy without the tag, so readers that ignore EXIF agree with the upright boxes."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cam import export
+from cam.label import LOG, label
+
+from .images import jpeg_bytes
+
+UPRIGHT = (600, 400)  # (height, width) as the photo is seen
+OBJECT = (250, 50, 350, 150)  # x0, y0, x1, y1 of the red square, in upright pixels
+
+
+def _phone_photo(path):
+    """A grey photo with a red square at OBJECT, stored turned a quarter left with orientation 6
+    (display turned right): 600 wide, 400 high as stored."""
+    upright = np.full((*UPRIGHT, 3), 128, np.uint8)
+    x0, y0, x1, y1 = OBJECT
+    upright[y0:y1, x0:x1] = (220, 30, 30)
+    path.write_bytes(jpeg_bytes(np.ascontiguousarray(np.rot90(upright)), exif_orientation=6))
+    return path
+
+
+@pytest.fixture
+def exported(tmp_path):
+    """The formats of a log whose one photo is the phone photo, boxed at OBJECT."""
+    photo = _phone_photo(tmp_path / "phone.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    record = {"file": "phone.jpg", "width": UPRIGHT[1], "height": UPRIGHT[0],
+              "predictions": [{"class_index": 0, "label": "square", "score": 0.9, "boxes": [list(OBJECT)]}]}
+    (out / LOG).write_text(json.dumps(record) + "\n")
+    export.place_photos(out, [("phone.jpg", str(photo), False)], export.FORMATS, val_fraction=0.0)
+    classes = [(0, "square")]
+    export.write_coco(out / LOG, classes, out / "coco.json")
+    export.write_yolo(out / LOG, classes, out / "yolo", 0.0)
+    export.write_voc(out / LOG, classes, out / "voc", 0.0)
+    return out
+
+
+def _red_inside(image: Image.Image, box) -> bool:
+    pixels = np.asarray(image.convert("RGB").crop(tuple(box)), dtype=float)
+    return pixels[..., 0].mean() > 180 and pixels[..., 1].mean() < 80
+
+
+def test_voc_detection_reads_upright_photos_that_match_the_boxes(exported):
+    from torchvision.datasets import VOCDetection
+
+    image, target = VOCDetection(str(exported / "voc"), year="2012", image_set="trainval")[0]
+    size = target["annotation"]["size"]
+    assert image.size == (int(size["width"]), int(size["height"])) == (UPRIGHT[1], UPRIGHT[0])
+    box = target["annotation"]["object"][0]["bndbox"]
+    assert _red_inside(image, (int(box["xmin"]) - 1, int(box["ymin"]) - 1, int(box["xmax"]), int(box["ymax"])))
+
+
+def test_pycocotools_and_plain_pil_read_upright_photos_that_match_the_boxes(exported):
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(exported / "coco.json"))
+    info = coco.loadImgs(1)[0]
+    image = Image.open(exported / "images" / info["file_name"])  # no exif_transpose
+    assert image.size == (info["width"], info["height"]) and "Orientation" not in str(image.getexif())
+    x, y, w, h = coco.loadAnns(coco.getAnnIds(imgIds=1))[0]["bbox"]
+    assert _red_inside(image, (x, y, x + w, y + h))
+
+
+def test_yolo_images_are_upright_copies(exported):
+    (image_path,) = (exported / "yolo" / "images" / "train").iterdir()
+    image = Image.open(image_path)
+    assert not image_path.is_symlink() and image.size == (UPRIGHT[1], UPRIGHT[0])
+    assert image.getexif().get(0x0112) is None
+    ((_, (cx, cy, w, h)),) = export.read_yolo(exported / "yolo")["phone"]
+    x0, y0, x1, y1 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    assert _red_inside(image, tuple(round(v * side) for v, side in zip((x0, y0, x1, y1), image.size * 2)))
+
+
+def test_ultralytics_loads_the_photo_and_boxes_in_agreement(exported):
+    pytest.importorskip("ultralytics")
+    from ultralytics.data.dataset import YOLODataset
+
+    data = {"names": {0: "square"}, "nc": 1, "channels": 3}
+    dataset = YOLODataset(img_path=str(exported / "yolo" / "images" / "train"), data=data, augment=False,
+                          imgsz=640, rect=False, cache=False)
+    label = dataset.get_image_and_label(0)
+    assert label["ori_shape"] == UPRIGHT
+
+
+def test_label_places_upright_copies_and_links_photos_stored_upright(tiny_model, tmp_path):
+    (tmp_path / "in").mkdir()
+    _phone_photo(tmp_path / "in" / "phone.jpg")
+    (tmp_path / "in" / "plain.jpg").write_bytes(jpeg_bytes(np.full((40, 60, 3), 90, np.uint8)))
+    out = tmp_path / "out"
+    label([tmp_path / "in"], out, model=tiny_model, val_fraction=0.0)
+    sizes = {r["file"]: (r["width"], r["height"]) for r in export.read_log(out / LOG)}
+    assert sizes == {"phone.jpg": (UPRIGHT[1], UPRIGHT[0]), "plain.jpg": (60, 40)}
+    for folder in (out / "images", out / "yolo" / "images" / "train", out / "voc" / export.VOC_DEVKIT / "JPEGImages"):
+        for path in folder.iterdir():
+            assert Image.open(path).size == sizes[path.name], path
+            assert path.is_symlink() == (path.name == "plain.jpg")  # only the rotated photo is copied

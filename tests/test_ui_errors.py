@@ -1,0 +1,70 @@
+"""Unexpected errors in the app's handlers reach the visitor as one line and the log in full; the
+messages a visitor reads name no server folder."""
+
+import inspect
+import logging
+
+import gradio as gr
+import pytest
+
+from cam.service import ModelCache, without_folders
+from cam.service.jobs import server_folders
+from cam.ui import build_app
+from cam.ui.components import UNEXPECTED, guarded
+
+
+def test_an_unexpected_error_is_one_line_for_the_visitor_and_logged_in_full(caplog):
+    def handler(image, progress=gr.Progress()):
+        raise RuntimeError(f"cannot open {server_folders()[-1]}/secret/file.bin")
+
+    with caplog.at_level(logging.ERROR, logger="cam.ui"), pytest.raises(gr.Error) as info:
+        guarded(handler)("photo.jpg")
+    assert info.value.message == UNEXPECTED
+    assert "secret/file.bin" in caplog.text and "Traceback" in caplog.text
+    assert "progress" in inspect.signature(guarded(handler)).parameters  # Gradio still sees its gr.Progress
+
+
+def test_a_generator_handler_streams_and_its_readable_errors_pass_through():
+    def stream():
+        yield 1
+        raise gr.Error("Upload a .zip first.")
+
+    wrapped = guarded(stream)
+    assert inspect.isgeneratorfunction(wrapped)
+    updates = wrapped()
+    assert next(updates) == 1
+    with pytest.raises(gr.Error, match="Upload a .zip first."):
+        next(updates)
+
+
+def test_every_api_event_is_guarded(tmp_path):
+    demo = build_app(ModelCache(tmp_path / "checkpoints"))
+    named = {fn.api_name: fn.fn for fn in demo.fns.values() if fn.api_name and fn.fn is not None}
+    expected = {"localize", "rerender", "downloads", "compare", "label", "train", "checkpoint_archive"}
+    assert expected <= set(named)
+    assert all(hasattr(named[name], "__wrapped__") for name in expected), named
+
+
+def test_paths_under_the_servers_folders_are_cut_to_their_names(tmp_path):
+    for folder in server_folders():
+        text = f"'{folder}/deep/er/photo 1.jpg': cannot read {folder}/x.zip:kitchen/a.jpg, ({folder})"
+        cut = without_folders(text, [f"{folder}/deep/er/photo 1.jpg"])
+        assert not any(f in cut for f in server_folders()), cut
+        assert cut.startswith("'photo 1.jpg': cannot read x.zip:kitchen/a.jpg")
+
+
+def test_a_stop_request_while_launch_sets_up_closes_the_server_and_returns(monkeypatch):
+    import cam.ui as ui
+
+    closed = []
+
+    def interrupted_launch(self, **options):  # SIGTERM (as Ctrl-C) after the server started, before serving
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gr.Blocks, "launch", interrupted_launch)
+    monkeypatch.setattr(gr.Blocks, "close", lambda self: closed.append(self))
+    for name, stub in (("private_gradio_cache", lambda: None), ("warm", lambda cache: None)):
+        monkeypatch.setattr(ui, name, stub)
+    monkeypatch.setattr(ui.signal, "signal", lambda *args: None)  # the test process keeps its own handlers
+    ui.main(["--port", "0"])  # returns: the process exits 0 and its folders go at exit
+    assert len(closed) == 1
