@@ -71,6 +71,7 @@ def trained(tmp_path_factory):
     return {"summary": summary, "data": data, "squares": squares, "folder": folder}
 
 
+@pytest.mark.slow  # trains a detector
 def test_the_detector_finds_two_objects_where_the_map_gives_one_box(trained):
     model = cam.load_model(trained["summary"]["checkpoint"], runtime="torch")
     photo = _photo(TWO_SQUARES, COLOURS["red"], seed=7)
@@ -88,6 +89,7 @@ def test_the_detector_finds_two_objects_where_the_map_gives_one_box(trained):
     assert detected.with_threshold(0.2).boxes_from == "cam"  # re-cutting the maps gives the maps' boxes
 
 
+@pytest.mark.slow  # trains a detector
 def test_the_checkpoint_holds_both_and_loads_back_the_same(trained):
     folder = trained["summary"]["checkpoint"]
     config = json.loads((Path(folder) / "config.json").read_text())
@@ -106,6 +108,7 @@ def test_the_checkpoint_holds_both_and_loads_back_the_same(trained):
         cam.Settings(boxes="yolo")
 
 
+@pytest.mark.slow  # trains a detector
 def test_the_cli_chooses_the_boxes(trained, tmp_path):
     photo = tmp_path / "two.png"
     photo.write_bytes(_png(_photo(TWO_SQUARES, COLOURS["red"], seed=7)))
@@ -120,6 +123,7 @@ def test_the_cli_chooses_the_boxes(trained, tmp_path):
     assert runs["cam"]["boxes_from"] == "cam" and len(runs["cam"]["predictions"][0]["boxes"]) == 1
 
 
+@pytest.mark.slow  # trains a detector
 def test_label_exports_the_detectors_scored_boxes(trained, tmp_path):
     from cam.label import label
 
@@ -133,6 +137,7 @@ def test_label_exports_the_detectors_scored_boxes(trained, tmp_path):
     assert len((tmp_path / "out" / "yolo" / "labels" / "train" / "two.txt").read_text().splitlines()) == len(scores)
 
 
+@pytest.mark.slow  # trains a detector
 def test_training_from_reviewed_coco_boxes(trained, tmp_path):
     squares = trained["squares"]
     names = sorted(squares)
