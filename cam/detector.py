@@ -24,7 +24,6 @@ DETECTOR_FILE = "detector.safetensors"  # beside a checkpoint's model.safetensor
 # (docs/experiments.md, "Detection from labels alone": chosen on 3 folds of the fruit photos).
 PEAK_RADIUS, PEAK_LEVEL, REGION_LEVEL, MIN_REGION_PIXELS = 3, 0.7, 0.2, 16
 MOSAIC_SHARE = 0.75
-BOX_CLASS_MIN = 0.05  # a box is reported for each class at least this probable inside it
 DEFAULT_CONFIG = {"width": 64, "convs": 2, "score_threshold": 0.05, "nms_threshold": 0.5, "per_image": 50}
 
 
@@ -109,16 +108,16 @@ def box_probabilities(features: torch.Tensor, boxes: torch.Tensor, weight: torch
 
 def detections(student: Student, guide: torch.Tensor, features: torch.Tensor, weight: torch.Tensor,
                bias: torch.Tensor, size: tuple[int, int]) -> list[list[tuple[int, float, list[float]]]]:
-    """Per image of the batch: (class index, score, box in input pixels) for each found box and each
-    class at least `BOX_CLASS_MIN` probable inside it; score = objectness x that probability."""
+    """Per image of the batch: (class index, score, box in input pixels) for each found box, named by
+    its most probable class (one label a box, as YOLO and VOC files hold them); score = objectness x
+    that probability."""
     found = []
     for (boxes, objectness), image_features in zip(student(guide, features, size), features):
         if len(boxes) == 0:
             found.append([])
             continue
-        probabilities = box_probabilities(image_features, boxes, weight, bias, size)
-        found.append([(c, float(o * p[c]), box.tolist()) for box, o, p in zip(boxes, objectness, probabilities)
-                      for c in torch.nonzero(p >= BOX_CLASS_MIN).flatten().tolist()])
+        best, classes = box_probabilities(image_features, boxes, weight, bias, size).max(1)
+        found.append([(int(c), float(o * p), box.tolist()) for box, o, p, c in zip(boxes, objectness, best, classes)])
     return found
 
 
@@ -226,7 +225,8 @@ def fit_student(student: Student, full: list, tiles: list, size: tuple[int, int]
     step (cancellation); `report(dict)` follows each step."""
     kept = [i for i, sample in enumerate(full) if len(sample[2])]
     if not kept:
-        raise ValueError("the teacher found no box in any training photo: no detector can learn from them")
+        raise ValueError("none of the training photos has a box to learn from (the teacher's maps gave none, or "
+                         "the reviewed boxes hold none for them)")
     tile = mosaic_side(size)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=1e-4)

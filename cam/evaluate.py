@@ -125,29 +125,30 @@ class WsolScores:
 def evaluate(model: CamModel, folder, settings: Settings | str | None = None, batch_size: int | None = None,
              progress=None, **options) -> tuple[dict, list[dict]]:
     """`score_folder`'s metrics of all its images, and its per-image rows. Where the boxes come from
-    the detector (`Settings.boxes`), its boxes score top1_loc and gt_known_loc instead, with
-    `detection_scores`' AP50 and CorLoc beside them; the map metrics (MaxBoxAcc) stay the maps'."""
-    settings = settings_of(settings, **options)
-    scores, extra = score_folder(model, folder, settings, batch_size, progress)
-    metrics = {**scores.metrics(), **extra, "boxes_from": "cam"}
+    the detector (`Settings.boxes`: auto with a checkpoint that has one, or detector),
+    `detection_scores`' ap50, corloc and detector_top1_loc are added; the maps' own metrics stay."""
     from .localize import box_source
 
-    if box_source(model, settings.boxes) == "detector":
-        metrics.update(detection_scores(model, folder, settings, batch_size), boxes_from="detector")
+    settings = settings_of(settings, **options)
+    detect = box_source(model, settings.boxes) == "detector"  # refused before the pass, not after
+    scores, extra = score_folder(model, folder, settings, batch_size, progress)
+    metrics = {**scores.metrics(), **extra, "boxes_from": "detector" if detect else "cam"}
+    if detect:
+        metrics.update(detection_scores(model, folder, settings, batch_size))
     return metrics, scores.rows
 
 
 def detection_scores(model: CamModel, folder, settings: Settings | str | None = None,
                      batch_size: int | None = None) -> dict:
-    """The detector's boxes on `folder` (images/ and boxes.csv), every class ranked and every box
-    kept: ap50 (`average_precision`), corloc (the best box of each image's class hits a true box),
-    top1_loc (the top class is right and its best box hits) and gt_known_loc (the true class's best
-    box hits); a hit is IoU >= 0.5."""
+    """The detector's boxes on `folder` (images/ and boxes.csv; one class an image), every class
+    ranked and every box kept, from CAM's pass without flip: ap50 (`average_precision`), corloc (the
+    best box of the image's class hits a true box: GT-known localization with the detector's box)
+    and detector_top1_loc (the top class is right, and so is its best box); a hit is IoU >= 0.5."""
     from .localize import localize_batch
 
     samples = read_dataset(folder)
     settings = replace(settings_of(settings), boxes="detector", box_score=0.0, topk=len(model.class_names),
-                       classes=None, min_score=0.0)
+                       classes=None, min_score=0.0, method="cam", flip=False)
     results = localize_batch(model, [Path(folder) / "images" / s.file for s in samples], settings, batch_size)
     found, truths, top1, known = [], [], 0, 0
     for sample, result in zip(samples, results):
@@ -155,11 +156,11 @@ def detection_scores(model: CamModel, folder, settings: Settings | str | None = 
                       for box, score in zip(p.boxes, p.box_scores)])
         truths.append([(sample.label, box) for box in sample.boxes])
         best = {p.class_index: p.boxes[:1] for p in result.predictions}
-        known += best_iou(best[sample.label], sample.boxes) >= 0.5
-        top1 += result.predictions[0].class_index == sample.label and best_iou(best[sample.label], sample.boxes) >= 0.5
+        hit = best_iou(best[sample.label], sample.boxes) >= 0.5
+        known += hit
+        top1 += hit and result.predictions[0].class_index == sample.label
     n = len(samples)
-    return {"ap50": average_precision(found, truths), "corloc": known / n, "top1_loc": top1 / n,
-            "gt_known_loc": known / n}
+    return {"ap50": average_precision(found, truths), "corloc": known / n, "detector_top1_loc": top1 / n}
 
 
 def average_precision(found: list[list[tuple]], truths: list[list[tuple]], level: float = 0.5) -> float:

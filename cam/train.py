@@ -75,8 +75,9 @@ def stratified_folds(labels: list[int], folds: int, seed: int) -> list[list[int]
 @dataclass(frozen=True)
 class Recipe:
     """How a checkpoint is trained: one frozen object that `train`, the CLI and the app fill in, and
-    that the checkpoint records. `epochs`, `lr` and `input_size` left None take the mode's defaults
-    (`DEFAULT_EPOCHS`, `DEFAULT_LR`, `DEFAULT_INPUT_SIZE`); each field is checked on creation."""
+    that the checkpoint records (`resolved`). `epochs`, `lr`, `input_size` and `detector_epochs` left
+    None take the mode's defaults (`DEFAULT_EPOCHS`, `DEFAULT_LR`, `DEFAULT_INPUT_SIZE`,
+    `DETECTOR_EPOCHS`) when it runs; each field is checked on creation."""
 
     model: str = "default"  # the spec training starts from (`cam.load_model`)
     mode: str = "head"  # head: the classifier on frozen features; full: the whole network
@@ -94,28 +95,29 @@ class Recipe:
     def __post_init__(self):
         if self.mode not in DEFAULT_EPOCHS:
             raise ValueError(f"mode must be 'head' or 'full', got {self.mode!r}")
-        epochs = DEFAULT_EPOCHS[self.mode] if self.epochs is None else self.epochs
-        lr = DEFAULT_LR[self.mode] if self.lr is None else self.lr
-        size = DEFAULT_INPUT_SIZE[self.mode] if self.input_size is None else self.input_size
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs != int(epochs) \
-                or not 1 <= epochs <= 1000:
-            raise ValueError(f"epochs must be an integer between 1 and 1000, got {self.epochs!r}")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
+        for name, low, high in (("epochs", 1, 1000), ("detector_epochs", 1, 1000), ("batch_size", 1, 100_000),
+                                ("seed", -2**63, 2**63 - 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+                raise ValueError(f"{name} must be an integer between {low} and {high}, got {value!r}")
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                                    or not 0 < self.lr < 1):
             raise ValueError(f"lr must be between 0 and 1, got {self.lr!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if self.detector_epochs is None:
-            object.__setattr__(self, "detector_epochs", DETECTOR_EPOCHS)
-        if isinstance(self.detector_epochs, bool) or not isinstance(self.detector_epochs, int) \
-                or not 1 <= self.detector_epochs <= 1000:
-            raise ValueError(f"detector_epochs must be an integer between 1 and 1000, got {self.detector_epochs!r}")
+        if isinstance(self.val_split, bool) or not isinstance(self.val_split, (int, float)) \
+                or not 0 < self.val_split < 1:
+            raise ValueError(f"val_split must be between 0 and 1, got {self.val_split!r}")
+        object.__setattr__(self, "model", str(self.model))
+        object.__setattr__(self, "pretrained", bool(self.pretrained))
+        object.__setattr__(self, "detector", bool(self.detector) or self.boxes_from is not None)
         if self.boxes_from is not None:
             object.__setattr__(self, "boxes_from", str(self.boxes_from))
-        for name, value in (("detector", bool(self.detector) or self.boxes_from is not None), ("epochs", int(epochs)), ("lr", float(lr)), ("input_size", size),
-                            ("model", str(self.model)), ("pretrained", bool(self.pretrained))):
-            object.__setattr__(self, name, value)
+
+    def resolved(self) -> "Recipe":
+        """The recipe with the mode's defaults in the fields left None: what a checkpoint records."""
+        return replace(self, epochs=DEFAULT_EPOCHS[self.mode] if self.epochs is None else self.epochs,
+                       lr=float(DEFAULT_LR[self.mode] if self.lr is None else self.lr),
+                       input_size=DEFAULT_INPUT_SIZE[self.mode] if self.input_size is None else self.input_size,
+                       detector_epochs=DETECTOR_EPOCHS if self.detector_epochs is None else self.detector_epochs)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,15 +139,14 @@ class _Run:
     report: object
     cancel: threading.Event | None
     names: list[str]  # each photo's path relative to the dataset's class folders ("apple/1.jpg")
-    photo_sizes: list[tuple[int, int]]  # each photo's own upright (height, width)
 
 
 def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str | None = None, progress=None,
           cancel: threading.Event | None = None, **options) -> dict:
     """Fine-tune a classifier on `data` (a .zip or a folder of class folders); return the summary.
 
-    `recipe` (default `Recipe()`) says how; keyword `options` (its field names, and `model_spec` for
-    `model`) replace its fields. mode 'head': the backbone is frozen, its pooled features computed
+    `recipe` (default `Recipe()`; a model spec string stands for `Recipe(model=...)`) says how;
+    keyword `options` (its field names, and `model_spec` for `model`) replace its fields. mode 'head': the backbone is frozen, its pooled features computed
     once and a new linear classifier trained on them (seconds on a CPU), its start and epochs (up
     to `epochs`) chosen by cross-validation on the training photos (`_choose_start`). mode 'full':
     the whole network is trained with augmentation from the classifier mode head trains, the
@@ -157,9 +158,11 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
     draws from it: random weights (`pretrained=False`) and mode full's dropout (`python -m cam
     train` seeds it with `--seed`); the detector's initial weights come from the recipe's seed.
     """
+    if isinstance(recipe, (str, Path)):  # train(data, "timm:resnet18"), as before the recipe
+        recipe, options = None, {"model": str(recipe), **options}
     if "model_spec" in options:
         options["model"] = options.pop("model_spec")
-    recipe = replace(recipe or Recipe(), **options)
+    recipe = replace(recipe or Recipe(), **options).resolved()
     check_device(device)
     started = time.perf_counter()
     report = progress or (lambda _info: None)
@@ -173,22 +176,26 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
             folder = scratch / "data"
         class_names, items, skipped_scan = scan_dataset(folder)
         skipped += skipped_scan
+        names = [path.relative_to(folder).as_posix() for path, _ in items]
+        reviewed = read_coco_boxes(recipe.boxes_from, names, class_names) if recipe.boxes_from else None
         model = load_model(recipe.model, pretrained=recipe.pretrained, device=device, runtime="torch")  # its weights change
         size = check_input_size(recipe.input_size, model)
         if model.classifier_layer is None:
             why = "CAM is not exact for its head" if not model.cam_exact else "it has no linear classifier to retrain"
             raise ValueError(f"fine-tuning keeps CAM exact, so it needs a model with global average pooling and one "
                              f"linear classifier; {why} in {recipe.model!r}: pick e.g. 'default' or 'timm:resnet18'")
+        if recipe.detector and model.guide_layer is None:
+            raise ValueError(f"the detector is built on the feature map one stride finer than the classifier's, and "
+                             f"{recipe.model!r} has none: pick e.g. 'default' or 'timm:resnet18'")
         report({"stage": "loading images", "images": len(items)})
         photos = read_photos([path for path, _ in items], cover=max(size))
         labels = [label for _, label in items]
         train_idx, val_idx = stratified_split(labels, recipe.val_split, recipe.seed)
-        names = [path.relative_to(folder).as_posix() for path, _ in items]
         run = _Run(model, _replace_classifier(model, len(class_names)), [photo.pixels for photo in photos], labels,
-                   train_idx, val_idx, size, recipe, report, cancel, names, [photo.size for photo in photos])
+                   train_idx, val_idx, size, recipe, report, cancel, names)
         best = (_train_head if recipe.mode == "head" else _train_full)(run)
         model.net.load_state_dict(best["state"])
-        detector_metrics = _train_detector(run, class_names) if recipe.detector else None
+        detector_metrics = _train_detector(run, reviewed) if recipe.detector else None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     model.class_names = class_names
@@ -206,17 +213,20 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
     return {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
 
 
-def _train_detector(run: _Run, class_names: list[str]) -> dict:
-    """Set `run.model.detector`: a `cam.detector.Student` trained on the teacher's boxes of every
-    photo (the classifier just trained, its map of the photo's class), or on the reviewed boxes of
-    `recipe.boxes_from` (photos it does not list are left out); returns what it learned from."""
+def _train_detector(run: _Run, reviewed: dict | None) -> dict:
+    """Set `run.model.detector`: a `cam.detector.Student` trained on the training photos (the
+    validation photos stay unseen, as for the classifier) and the teacher's boxes of them (the
+    classifier just trained, its map of each photo's class), or the `reviewed` boxes
+    (`read_coco_boxes`; photos it does not list are left out); returns what it learned from."""
     from .detector import build_student, fit_student, training_samples
 
     recipe, started = run.recipe, time.perf_counter()
-    indices, boxes = list(range(len(run.arrays))), None
-    if recipe.boxes_from is not None:
-        reviewed = read_coco_boxes(recipe.boxes_from, run.names, class_names)
+    indices, boxes = run.train_idx, None
+    if reviewed is not None:
         indices = [i for i in indices if run.names[i] in reviewed]
+        if not indices:
+            raise ValueError(f"{recipe.boxes_from} lists none of the training photos (the validation photos are "
+                             "left out of training)")
         boxes = [reviewed[run.names[i]] for i in indices]
     run.report({"stage": "teacher boxes" if boxes is None else "reviewed boxes", "images": len(indices)})
     full, tiles = training_samples(run.model, [run.arrays[i] for i in indices], [run.labels[i] for i in indices],
@@ -234,15 +244,15 @@ def _train_detector(run: _Run, class_names: list[str]) -> dict:
 def read_coco_boxes(path, names: list[str], class_names: list[str]) -> dict[str, list[tuple]]:
     """Reviewed boxes from a COCO file (ours from `cam label`, or one corrected in a labelling tool),
     by dataset photo name: {name: [(x0, y0, x1, y1) as fractions of the photo's width and height]}.
-    A photo is matched by its path (or a path ending in it), else by its file name where that is
-    unique. A file that is not COCO, names a class the dataset lacks or matches none of its photos
+    A photo is matched by its path (or a path ending in it: `dataset/apple/1.jpg`), else by its file
+    name where that is unique in the dataset. Images without a size are skipped. A file that is not COCO, names a class the dataset lacks or matches none of its photos
     is refused in one line."""
     from collections import Counter
 
     try:
         coco = json.loads(Path(path).read_text())
         images = {int(image["id"]): (str(image["file_name"]), float(image["width"]), float(image["height"]))
-                  for image in coco["images"]}
+                  for image in coco["images"] if float(image["width"]) > 0 and float(image["height"]) > 0}
         categories = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
         annotations = [(int(a["image_id"]), int(a["category_id"]), [float(v) for v in a["bbox"]])
                        for a in coco["annotations"]]
@@ -257,7 +267,7 @@ def read_coco_boxes(path, names: list[str], class_names: list[str]) -> dict[str,
     def match(file_name: str) -> str | None:
         file_name = file_name.replace("\\", "/")
         for name in names:
-            if file_name == name or file_name.endswith("/" + name) or name.endswith("/" + file_name):
+            if file_name == name or file_name.endswith("/" + name):
                 return name
         base = PurePosixPath(file_name).name
         return next((n for n in names if PurePosixPath(n).name == base), None) if by_file[base] == 1 else None

@@ -66,6 +66,7 @@ def trained(tmp_path_factory):
     """A tiny classifier and its detector, trained on one-square photos (seconds)."""
     folder = tmp_path_factory.mktemp("detector")
     data, squares = _one_square_dataset(folder / "squares.zip")
+    torch.manual_seed(0)  # the random backbone (pretrained=False) draws from the global generator
     summary = train(data, Recipe(model=TINY, pretrained=False, epochs=5, input_size=128, detector=True,
                                  detector_epochs=30), out=folder / "checkpoints")
     return {"summary": summary, "data": data, "squares": squares, "folder": folder}
@@ -79,7 +80,7 @@ def test_the_detector_finds_two_objects_where_the_map_gives_one_box(trained):
     detected = cam.localize(model, photo, topk=1)
     top = detected.predictions[0]
     assert detected.boxes_from == "detector" and top.label == "red"
-    assert top.box_scores == sorted(top.box_scores, reverse=True) and min(top.box_scores) >= 0.3
+    assert top.box_scores and top.box_scores == sorted(top.box_scores, reverse=True) and min(top.box_scores) >= 0.3
     inside = [_centres_inside(box, truths) for box in top.boxes]
     assert all(len(found) < 2 for found in inside) and {0, 1} <= {i for found in inside for i in found}
     mapped = cam.localize(model, photo, topk=1, boxes="cam")
@@ -94,7 +95,8 @@ def test_the_checkpoint_holds_both_and_loads_back_the_same(trained):
     folder = trained["summary"]["checkpoint"]
     config = json.loads((Path(folder) / "config.json").read_text())
     assert config["recipe"]["detector"] is True and config["detector"]["in_channels"]
-    assert config["metrics"]["detector"]["boxes_from"] == "teacher" and config["metrics"]["detector"]["images"] == 24
+    detector = config["metrics"]["detector"]
+    assert detector["boxes_from"] == "teacher" and detector["images"] == config["metrics"]["train_images"] == 20
     first, second = cam.load_model(folder, runtime="torch"), cam.load_model(folder, runtime="torch")
     for (name, a), (_, b) in zip(first.detector.state_dict().items(), second.detector.state_dict().items()):
         assert torch.equal(a, b), name
@@ -138,6 +140,27 @@ def test_label_exports_the_detectors_scored_boxes(trained, tmp_path):
 
 
 @pytest.mark.slow  # trains a detector
+def test_evaluate_scores_the_detectors_boxes_or_the_maps(trained, tmp_path):
+    from cam.evaluate import evaluate
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for k in range(4):  # two red squares a photo: label 1 (red), both boxes true
+        squares = [(8 + 4 * k, 20, 36), (72 - 4 * k, 60, 36)]
+        (tmp_path / "images" / f"{k}.png").write_bytes(_png(_photo(squares, COLOURS["red"], seed=50 + k)))
+        rows += [f"{k}.png,1,{x},{y},{x + s},{y + s}" for x, y, s in squares]
+    (tmp_path / "boxes.csv").write_text("file,label,x0,y0,x1,y1\n" + "\n".join(rows) + "\n")
+    model = cam.load_model(trained["summary"]["checkpoint"], runtime="torch")
+    detected, rows_detected = evaluate(model, tmp_path)
+    mapped, rows_mapped = evaluate(model, tmp_path, boxes="cam")
+    assert detected["boxes_from"] == "detector" and mapped["boxes_from"] == "cam" and "ap50" not in mapped
+    assert 0 <= detected["ap50"] <= 1 and detected["detector_top1_loc"] <= detected["corloc"]
+    assert rows_detected == rows_mapped and detected["top1_loc"] == mapped["top1_loc"]  # the maps' own metrics stay
+    with pytest.raises(ValueError, match="has no detector"):
+        evaluate(cam.load_model(TINY, pretrained=False, runtime="torch"), tmp_path, boxes="detector")
+
+
+@pytest.mark.slow  # trains a detector
 def test_training_from_reviewed_coco_boxes(trained, tmp_path):
     squares = trained["squares"]
     names = sorted(squares)
@@ -154,7 +177,7 @@ def test_training_from_reviewed_coco_boxes(trained, tmp_path):
     summary = train(trained["data"], Recipe(model=TINY, pretrained=False, epochs=2, input_size=128, detector_epochs=2,
                                             boxes_from=str(path)), out=tmp_path / "c")
     assert summary["metrics"]["detector"] == {**summary["metrics"]["detector"], "boxes_from": "reviewed",
-                                              "images": 24, "boxes_per_photo": 1.0}
+                                              "images": 20, "boxes_per_photo": 1.0}
 
     for bad, message in ((json.dumps({**coco, "categories": [{"id": 1, "name": "dog"}]}), "classes the dataset lacks: dog"),
                          (json.dumps({**coco, "images": [{"id": 1, "file_name": "x.png", "width": 9, "height": 9}]}),
@@ -231,3 +254,28 @@ def test_the_teachers_boxes_split_the_region_between_its_peaks():
     ridge[2:4, 9] = 0.6  # below 0.7 of the maximum: not a peak, its part joins the other's box
     assert peak_boxes(ridge, (60, 120)) == [list(map(float, whole))]
     assert peak_boxes(np.zeros((6, 12), np.float32), (60, 120)) == []
+
+
+def test_a_recipe_takes_its_modes_defaults_when_it_runs(tmp_path):
+    from dataclasses import replace
+
+    full = replace(Recipe(), mode="full").resolved()  # as train(data, mode="full") builds it
+    assert (full.epochs, full.lr, full.input_size, full.detector_epochs) == (5, 1e-3, 288, 24)
+    assert Recipe(boxes_from="x.json").detector is True
+    for bad, message in (({"val_split": 5}, "val_split must be between 0 and 1"),
+                         ({"epochs": 0}, "epochs must be an integer between 1 and 1000"),
+                         ({"mode": "fast"}, "mode must be 'head' or 'full'")):
+        with pytest.raises(ValueError, match=message):
+            Recipe(**bad)
+
+
+def test_reviewed_boxes_match_a_file_name_only_where_it_is_unique(tmp_path):
+    coco = {"images": [{"id": 1, "file_name": "1.jpg", "width": 10, "height": 10},
+                       {"id": 2, "file_name": "export/banana/2.jpg", "width": 10, "height": 10},
+                       {"id": 3, "file_name": "3.jpg", "width": 0, "height": 0}],
+            "categories": [{"id": 1, "name": "apple"}],
+            "annotations": [{"id": k, "image_id": k, "category_id": 1, "bbox": [1, 2, 5, 5]} for k in (1, 2, 3)]}
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(coco))
+    names = ["apple/1.jpg", "banana/1.jpg", "banana/2.jpg", "apple/3.jpg"]
+    assert read_coco_boxes(path, names, ["apple", "banana"]) == {"banana/2.jpg": [(0.1, 0.2, 0.6, 0.7)]}
