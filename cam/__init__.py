@@ -8,6 +8,6 @@ from .settings import BEST, PLAIN, PRESETS, RECOMMENDED, Settings
 from .train import Recipe
 
 __all__ = [
-    "BEST", "CamModel", "PLAIN", "PRESETS", "Prediction", "RECOMMENDED", "Recipe", "Result", "Settings", "boxes_from_map", "iou",
-    "load_image", "load_model", "localize", "localize_batch",
+    "BEST", "CamModel", "PLAIN", "PRESETS", "Prediction", "RECOMMENDED", "Recipe", "Result", "Settings",
+    "boxes_from_map", "iou", "load_image", "load_model", "localize", "localize_batch",
 ]

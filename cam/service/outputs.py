@@ -61,9 +61,19 @@ def live_frame(cache: ModelCache, choice: str, frame, topk: int = 3, opacity: fl
 
 
 def _score_table(result: Result) -> list[list]:
-    """Rows of rank, class, score and boxes (JSON, in the photo's pixels)."""
-    return [[rank + 1, p.label, round(p.score, 4), json.dumps([list(b) for b in p.boxes])]
-            for rank, p in enumerate(result.predictions)]
+    """Rows of rank, class, score and boxes (JSON, in the photo's pixels; a detector's box followed
+    by its score)."""
+    rows = []
+    for rank, p in enumerate(result.predictions):
+        boxes = [list(b) for b in p.boxes] if p.box_scores is None else [[*b, s] for b, s in zip(p.boxes, p.box_scores)]
+        rows.append([rank + 1, p.label, round(p.score, 4), json.dumps(boxes)])
+    return rows
+
+
+def reboxed(result: Result, threshold: float, all_regions: bool) -> Result:
+    """The result boxed at another map threshold (no network run); a detector's boxes, which the
+    threshold does not cut, stay as they are."""
+    return result if result.boxes_from == "detector" else result.with_threshold(threshold, all_regions)
 
 
 def compare_views(result: Result, folder: Path, name: str, opacity: float = 0.5):

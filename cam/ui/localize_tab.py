@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..methods import METHODS
-from ..service import analyze, compact, views, write_downloads
+from ..service import analyze, compact, reboxed, views, write_downloads
 from ..settings import BOX_SOURCES, PRESETS, RECOMMENDED, Settings
 from .components import PhotoInput, example_photos, guarded, readable
 
@@ -57,8 +57,7 @@ def build(ctx, demo: gr.Blocks) -> gr.Dropdown:
         if result is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), None
         try:
-            if result.boxes_from == "cam":  # the detector's boxes do not depend on the threshold
-                result = result.with_threshold(threshold, all_regions)
+            result = reboxed(result, threshold, all_regions)
             return (*views(result, opacity, folders.new()), compact(result))
         except ValueError as exc:
             raise readable(exc) from None
