@@ -24,6 +24,7 @@ DETECTOR_FILE = "detector.safetensors"  # beside a checkpoint's model.safetensor
 # (docs/experiments.md, "Detection from labels alone": chosen on 3 folds of the fruit photos).
 PEAK_RADIUS, PEAK_LEVEL, REGION_LEVEL, MIN_REGION_PIXELS = 3, 0.7, 0.2, 16
 MOSAIC_SHARE = 0.75
+BOX_CLASS_MIN = 0.05  # a box is reported for each class at least this probable inside it
 DEFAULT_CONFIG = {"width": 64, "convs": 2, "score_threshold": 0.05, "nms_threshold": 0.5, "per_image": 50}
 
 
@@ -108,16 +109,18 @@ def box_probabilities(features: torch.Tensor, boxes: torch.Tensor, weight: torch
 
 def detections(student: Student, guide: torch.Tensor, features: torch.Tensor, weight: torch.Tensor,
                bias: torch.Tensor, size: tuple[int, int]) -> list[list[tuple[int, float, list[float]]]]:
-    """Per image of the batch: (class index, score, box in input pixels) for each found box, named by
-    its most probable class (one label a box, as YOLO and VOC files hold them); score = objectness x
-    that probability."""
+    """Per image of the batch: (class index, score, box in input pixels) for each found box and each
+    class at least `BOX_CLASS_MIN` probable inside it; score = objectness x that probability. A box
+    can thus stand under two classes, each scored (a ranking of hypotheses, as detectors give);
+    the exports without scores keep its best (`cam.export`)."""
     found = []
     for (boxes, objectness), image_features in zip(student(guide, features, size), features):
         if len(boxes) == 0:
             found.append([])
             continue
-        best, classes = box_probabilities(image_features, boxes, weight, bias, size).max(1)
-        found.append([(int(c), float(o * p), box.tolist()) for box, o, p, c in zip(boxes, objectness, best, classes)])
+        probabilities = box_probabilities(image_features, boxes, weight, bias, size)
+        found.append([(c, float(o * p[c]), box.tolist()) for box, o, p in zip(boxes, objectness, probabilities)
+                      for c in torch.nonzero(p >= BOX_CLASS_MIN).flatten().tolist()])
     return found
 
 

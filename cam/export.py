@@ -64,14 +64,29 @@ def _class_ids(classes: list[tuple[int, str]]) -> dict[int, int]:
     return {index: position for position, (index, _) in enumerate(classes)}
 
 
-def _annotations(record: dict, ids: dict[int, int]):
+def _annotations(record: dict, ids: dict[int, int], one_label_a_box: bool = False):
     """(class id, [x, y, w, h], score) for every box of a photo's record: the detector's box score
-    where it gave the boxes, else the class's probability."""
+    where it gave the boxes, else the class's probability. A detector can name one box under two
+    classes, each scored (COCO keeps both, as detectors' results do); `one_label_a_box` keeps only
+    its best-scored, for the formats without scores (YOLO, VOC), whose labels would contradict."""
+    found, best = [], {}  # best: a detector box's best-scored annotation
     for p in record["predictions"]:
-        scores = p.get("box_scores") or [p["score"]] * len(p["boxes"])
+        detected = p.get("box_scores") is not None
+        scores = p["box_scores"] if detected else [p["score"]] * len(p["boxes"])
         for (x0, y0, x1, y1), score in zip(p["boxes"], scores):
             if p["class_index"] in ids:
-                yield ids[p["class_index"]], [x0, y0, x1 - x0, y1 - y0], score
+                found.append((ids[p["class_index"]], [x0, y0, x1 - x0, y1 - y0], score))
+                key = (x0, y0, x1, y1)
+                if detected and (key not in best or score > best[key][2]):
+                    best[key] = found[-1]
+    if one_label_a_box:  # the maps' boxes of two classes may coincide: both stay
+        found = [a for a in found if best.get(_corners(a[1]), a) is a]
+    return found
+
+
+def _corners(bbox: list) -> tuple:
+    x, y, w, h = bbox
+    return x, y, x + w, y + h
 
 
 def write_coco(log, classes: list[tuple[int, str]], path) -> None:
@@ -112,7 +127,7 @@ def write_yolo(log, classes: list[tuple[int, str]], folder, val_fraction: float)
         for record in read_log(log):
             width, height = record["width"], record["height"]
             lines = [f"{c} {(x + w / 2) / width:.6f} {(y + h / 2) / height:.6f} {w / width:.6f} {h / height:.6f}\n"
-                     for c, (x, y, w, h), _ in _annotations(record, ids)]
+                     for c, (x, y, w, h), _ in _annotations(record, ids, one_label_a_box=True)]
             split = split_of(record["file"], val_fraction)
             splits.add(split)
             (root / split / f"{flat_stem(record['file'])}.txt").write_text("".join(lines))
@@ -145,7 +160,7 @@ def write_voc(log, classes: list[tuple[int, str]], folder, val_fraction: float) 
             for tag, value in (("width", record["width"]), ("height", record["height"]), ("depth", 3)):
                 _child(size, tag, value)
             _child(annotation, "segmented", 0)
-            for class_id, (x, y, w, h), _ in _annotations(record, ids):
+            for class_id, (x, y, w, h), _ in _annotations(record, ids, one_label_a_box=True):
                 obj = _child(annotation, "object")
                 for tag, value in (("name", names[class_id]), ("pose", "Unspecified"), ("truncated", 0),
                                    ("difficult", 0)):

@@ -214,19 +214,17 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
 
 
 def _train_detector(run: _Run, reviewed: dict | None) -> dict:
-    """Set `run.model.detector`: a `cam.detector.Student` trained on the training photos (the
-    validation photos stay unseen, as for the classifier) and the teacher's boxes of them (the
-    classifier just trained, its map of each photo's class), or the `reviewed` boxes
-    (`read_coco_boxes`; photos it does not list are left out); returns what it learned from."""
+    """Set `run.model.detector`: a `cam.detector.Student` trained on every photo of the dataset (the
+    validation split checks the classifier; the detector has no validation, and a quarter more
+    photos help it: docs/experiments.md) and the teacher's boxes of them (the classifier just
+    trained, its map of each photo's class), or the `reviewed` boxes (`read_coco_boxes`; photos it
+    does not list are left out); returns what it learned from."""
     from .detector import build_student, fit_student, training_samples
 
     recipe, started = run.recipe, time.perf_counter()
-    indices, boxes = run.train_idx, None
+    indices, boxes = list(range(len(run.arrays))), None
     if reviewed is not None:
         indices = [i for i in indices if run.names[i] in reviewed]
-        if not indices:
-            raise ValueError(f"{recipe.boxes_from} lists none of the training photos (the validation photos are "
-                             "left out of training)")
         boxes = [reviewed[run.names[i]] for i in indices]
     run.report({"stage": "teacher boxes" if boxes is None else "reviewed boxes", "images": len(indices)})
     full, tiles = training_samples(run.model, [run.arrays[i] for i in indices], [run.labels[i] for i in indices],
