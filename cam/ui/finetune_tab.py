@@ -86,7 +86,8 @@ def build(ctx, model: gr.Dropdown) -> None:
                 lr = gr.Number(DEFAULT_LR["head"], label="Learning rate", minimum=1e-6, maximum=0.9)
                 val_split = gr.Slider(0.05, 0.5, value=0.2, step=0.05, label="Validation split (per class)")
                 detector = gr.Checkbox(False, label="Train a detector too: several scored boxes per class, learned "
-                                       "from the new model's own boxes (about 5 minutes for 200 photos on 2 cores)",
+                                       "from the new model's own boxes; for photos holding several objects, a "
+                                       "hundred photos a class or more (about a minute for 200 photos on 2 cores)",
                                        elem_id="train_detector")
                 start = gr.Button("Start training", variant="primary")
             with gr.Column(scale=2, min_width=320):
