@@ -16,6 +16,7 @@ from .detector import detections
 from .data import Photo, read_photos
 from .methods import check_method, forward, make_maps
 from .models import CamModel
+from .runtime import full_float32
 from .preprocess import check_input_size, inference_batch_size, inference_threads, preprocess
 from .settings import Settings, settings_of
 from .upsample import normalise_for_size, photo_boxes, upsample_map
@@ -148,8 +149,10 @@ def localize_batch(model: CamModel, images, settings: Settings | str | None = No
             shared = outputs if method == "cam" and not settings.flip else None
             logits, indices, small, refined, ran = make_maps(model, batch, method, lambda z: _ranked(z, topk, chosen),
                                                              settings.flip, settings.refine, settings.adapt, shared)
-            found = detections(model.detector, outputs[2], outputs[1], *model.classifier_params(), size) if detect \
-                else None
+            found = None
+            if detect:
+                with full_float32(model.device):  # as the backbone's pass: the GPU's boxes are the CPU's
+                    found = detections(model.detector, outputs[2], outputs[1], *model.classifier_params(), size)
             if not torch.isfinite(logits).all():  # else every score is NaN and the result silently empty
                 raise ValueError(f"{model.spec} gave NaN or infinite scores: its weights or the input are broken")
             scores = logits.softmax(1).gather(1, indices)

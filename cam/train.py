@@ -120,7 +120,8 @@ class Recipe:
                        detector_epochs=DETECTOR_EPOCHS if self.detector_epochs is None else self.detector_epochs)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, JSON-ready; the reviewed boxes' file by its name only (a checkpoint travels)."""
+        return {**asdict(self), "boxes_from": None if self.boxes_from is None else Path(self.boxes_from).name}
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -127,7 +128,8 @@ def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPO
     """Run a fine-tuning job in its own process (`python -m cam train`) and yield its progress
     dicts as they come, then {'stage': 'done', **summary}. Its own process: the server's memory is
     untouched when it ends, and inference never waits on it. A failed job raises a ValueError with
-    its one-line message; closing the generator (the user left) stops the job, and a stopped job
+    its one-line message (a crash is logged with its stderr and raised as a RuntimeError, which the
+    app shows as "something went wrong"); closing the generator (the user left) stops the job, and a stopped job
     writes no checkpoint. With `detector`, a detector is trained on the new classifier's boxes too."""
     try:
         settings = ["--mode", str(mode), "--epochs", str(int(epochs)), "--lr", str(float(lr)),
@@ -150,6 +152,10 @@ def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPO
         job.wait()
         drain.join(timeout=10)
         if job.returncode != 0 or summary is None:
+            tail = "".join(errors)
+            logging.getLogger("cam.jobs").warning("training ended with exit code %s:\n%s", job.returncode, tail)
+            if "Traceback (most recent call last)" in tail:  # not the CLI's own one-line error: logged only
+                raise RuntimeError(f"training crashed (exit code {job.returncode})")
             reported = [e.rsplit("error: ", 1)[1].strip() for e in errors if "error: " in e]
             raise ValueError(reported[-1] if reported else f"training stopped (exit code {job.returncode})")
         yield {"stage": "done", **summary}

@@ -51,6 +51,7 @@ class ModelCache:
         self._models: collections.OrderedDict[tuple[str, int], CamModel] = collections.OrderedDict()
         self._loading: dict[tuple[str, int], threading.Lock] = {}  # a lock per model being loaded
         self._lock = threading.Lock()  # guards both dicts; held only for lookups
+        self._loads = threading.BoundedSemaphore(LOADS_AT_ONCE)  # distinct models load in parallel, this many
 
     def choices(self) -> list[str]:
         found = sorted(p.name for p in self.checkpoints.iterdir() if is_checkpoint(p)) if self.checkpoints.is_dir() else []
@@ -74,7 +75,8 @@ class ModelCache:
                     self._models.move_to_end(key)
                     return self._models[key]
             try:
-                model = self._load(choice, listed)
+                with self._loads:
+                    model = self._load(choice, listed)
             except BaseException:
                 with self._lock:
                     self._loading.pop(key, None)
@@ -106,6 +108,7 @@ class ModelCache:
         return choice, weights.stat().st_mtime_ns if choice != DEFAULT_SPEC and weights.is_file() else 0
 
 
+LOADS_AT_ONCE = 2  # models loading at once (each a download and its memory), beyond the `max_models` kept
 HUB_HOSTS = {"timm": "huggingface.co", "torchvision": "download.pytorch.org"}  # where typed models' weights come from
 
 
