@@ -281,3 +281,19 @@ def test_reviewed_boxes_match_a_file_name_only_where_it_is_unique(tmp_path):
     path.write_text(json.dumps(coco))
     names = ["apple/1.jpg", "banana/1.jpg", "banana/2.jpg", "apple/3.jpg"]
     assert read_coco_boxes(path, names, ["apple", "banana"]) == {"banana/2.jpg": [(0.1, 0.2, 0.6, 0.7)]}
+
+
+def test_a_checkpoint_archive_names_no_server_folder(tmp_path):
+    from cam.service.jobs import checkpoint_archive
+
+    folder = tmp_path / "experiment_x"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"base_spec": str(tmp_path / "my_model"),
+                                                   "recipe": {"model": str(tmp_path / "my_model")}}))
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "detector.safetensors").write_bytes(b"detector")
+    with zipfile.ZipFile(checkpoint_archive(str(folder), tmp_path)) as archive:
+        assert sorted(archive.namelist()) == ["config.json", "detector.safetensors", "model.safetensors"]
+        config = json.loads(archive.read("config.json"))
+        assert archive.read("detector.safetensors") == b"detector"
+    assert config == {"base_spec": "my_model", "recipe": {"model": "my_model"}}

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -204,6 +205,13 @@ def validation_review(cache: ModelCache, choice: str, data, folder: Path, limit:
 
 
 def checkpoint_archive(checkpoint: str, folder: Path) -> str:
-    """A zip of a checkpoint folder, for download."""
-    base = folder / Path(checkpoint).name
-    return shutil.make_archive(str(base), "zip", root_dir=checkpoint)
+    """A zip of a checkpoint folder, for download; its config.json without the server's folders (a
+    checkpoint trained from a path records it)."""
+    checkpoint, base = Path(checkpoint), folder / Path(checkpoint).name
+    with zipfile.ZipFile(f"{base}.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(p for p in checkpoint.iterdir() if p.is_file()):
+            if path.name == "config.json":
+                archive.writestr(path.name, without_folders(path.read_text()))
+            else:
+                archive.write(path, path.name)
+    return f"{base}.zip"
