@@ -83,7 +83,8 @@ class Student(nn.Module):
         """(boxes (n, 4) in input pixels of `size`, objectness (n,)) per image, after NMS."""
         outputs, anchors, counts = self._outputs(guide, features, size)
         split = {k: list(v.split(counts, dim=1)) for k, v in outputs.items()}
-        found = self.fcos.postprocess_detections(split, [list(a.split(counts)) for a in anchors], [tuple(size)] * len(guide))
+        found = self.fcos.postprocess_detections(split, [list(a.split(counts)) for a in anchors],
+                                                 [tuple(size)] * len(guide))
         return [(d["boxes"], d["scores"]) for d in found]
 
 
@@ -182,6 +183,7 @@ def training_samples(model, arrays: list, labels: list[int], size: tuple[int, in
     height, width = size
     tile = (mosaic_side(size),) * 2
     scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    shrink = torch.tensor([tile[1] / width, tile[0] / height] * 2)  # input pixels to a tile's
     full, tiles = [], []
     step = inference_batch_size(model, size)
     for start in range(0, len(arrays), step):
@@ -201,7 +203,6 @@ def training_samples(model, arrays: list, labels: list[int], size: tuple[int, in
                     found = [torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], 1) for b in found]
             full += [(g.half().cpu(), f.half().cpu(), b) for g, f, b in zip(guide, features, found)]
             _, features, guide, _ = forward(model, small_batch.flip(-1) if mirrored else small_batch, guide=True)
-            shrink = torch.tensor([tile[1] / width, tile[0] / height] * 2)
             tiles += [(g.half().cpu(), f.half().cpu(), b * shrink) for g, f, b in zip(guide, features, found)]
     return full, tiles
 
@@ -209,12 +210,16 @@ def training_samples(model, arrays: list, labels: list[int], size: tuple[int, in
 def _mosaic(tiles: list, picks: list[list[int]], tile: int):
     """Batched 2 x 2 mosaics of the tiles `picks` (four indices each): guide and feature maps side by
     side, boxes moved to their tile: images holding several objects at half size."""
+    def two_by_two(maps):  # (C, h, w) maps, in reading order, as one (C, 2h, 2w) map
+        return torch.cat([torch.cat(maps[:2], 2), torch.cat(maps[2:], 2)], 1)
+
     guides, features, boxes = [], [], []
     for four in picks:
         quarter = [tiles[i] for i in four]
-        guides.append(torch.cat([torch.cat([quarter[0][0], quarter[1][0]], 2), torch.cat([quarter[2][0], quarter[3][0]], 2)], 1))
-        features.append(torch.cat([torch.cat([quarter[0][1], quarter[1][1]], 2), torch.cat([quarter[2][1], quarter[3][1]], 2)], 1))
-        boxes.append(torch.cat([q[2] + torch.tensor([tile * (k % 2), tile * (k // 2)] * 2) for k, q in enumerate(quarter)]))
+        guides.append(two_by_two([q[0] for q in quarter]))
+        features.append(two_by_two([q[1] for q in quarter]))
+        boxes.append(torch.cat([q[2] + torch.tensor([tile * (k % 2), tile * (k // 2)] * 2)
+                                for k, q in enumerate(quarter)]))
     return torch.stack(guides), torch.stack(features), boxes
 
 

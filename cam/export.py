@@ -69,24 +69,23 @@ def _annotations(record: dict, ids: dict[int, int], one_label_a_box: bool = Fals
     where it gave the boxes, else the class's probability. A detector can name one box under two
     classes, each scored (COCO keeps both, as detectors' results do); `one_label_a_box` keeps only
     its best-scored, for the formats without scores (YOLO, VOC), whose labels would contradict."""
-    found, best = [], {}  # best: a detector box's best-scored annotation
+    found, best = [], {}  # best: with one_label_a_box, each detector box's best-scored annotation
     for p in record["predictions"]:
         detected = p.get("box_scores") is not None
         scores = p["box_scores"] if detected else [p["score"]] * len(p["boxes"])
         for (x0, y0, x1, y1), score in zip(p["boxes"], scores):
-            if p["class_index"] in ids:
-                found.append((ids[p["class_index"]], [x0, y0, x1 - x0, y1 - y0], score))
-                key = (x0, y0, x1, y1)
-                if detected and (key not in best or score > best[key][2]):
-                    best[key] = found[-1]
-    if one_label_a_box:  # the maps' boxes of two classes may coincide: both stay
-        found = [a for a in found if best.get(_corners(a[1]), a) is a]
+            if p["class_index"] not in ids:
+                continue
+            annotation = (ids[p["class_index"]], [x0, y0, x1 - x0, y1 - y0], score)
+            if one_label_a_box and detected:  # the maps' boxes of two classes may coincide: both stay
+                earlier = best.get((x0, y0, x1, y1))
+                if earlier is not None and earlier[2] >= score:
+                    continue
+                if earlier is not None:
+                    found.remove(earlier)
+                best[x0, y0, x1, y1] = annotation
+            found.append(annotation)
     return found
-
-
-def _corners(bbox: list) -> tuple:
-    x, y, w, h = bbox
-    return x, y, x + w, y + h
 
 
 def write_coco(log, classes: list[tuple[int, str]], path) -> None:

@@ -144,17 +144,15 @@ def localize_batch(model: CamModel, images, settings: Settings | str | None = No
         for start in range(0, len(images), batch_size):
             photos = read_photos(images[start:start + batch_size], cover=max(size))
             batch = preprocess(model, [photo.pixels for photo in photos], size)
-            # The detector reads the pass CAM runs on (one pass for both); other maps need a pass of their own.
-            outputs = forward(model, batch, guide=True) if detect else None
-            shared = outputs if method == "cam" and not settings.flip else None
+            outputs = forward(model, batch, guide=True) if detect else None  # the detector's pass, CAM's too
             logits, indices, small, refined, ran = make_maps(model, batch, method, lambda z: _ranked(z, topk, chosen),
-                                                             settings.flip, settings.refine, settings.adapt, shared)
+                                                             settings.flip, settings.refine, settings.adapt, outputs)
+            if not torch.isfinite(logits).all():  # else every score is NaN and the result silently empty
+                raise ValueError(f"{model.spec} gave NaN or infinite scores: its weights or the input are broken")
             found = None
             if detect:
                 with full_float32(model.device):  # as the backbone's pass: the GPU's boxes are the CPU's
                     found = detections(model.detector, outputs[2], outputs[1], *model.classifier_params(), size)
-            if not torch.isfinite(logits).all():  # else every score is NaN and the result silently empty
-                raise ValueError(f"{model.spec} gave NaN or infinite scores: its weights or the input are broken")
             scores = logits.softmax(1).gather(1, indices)
             small = small.cpu().numpy()
             for i, photo in enumerate(photos):

@@ -130,10 +130,11 @@ def make_maps(model: CamModel, batch: torch.Tensor, method: str, choose, flip: b
               adapt: bool = False, outputs: tuple | None = None):
     """The one path from a batch to its small maps, for `localize` and `evaluate` alike: `method`'s
     maker (`MAKERS`) for the classes `choose(logits)` picks, then refined by the guide features where
-    the model has them (`refine_maps`) and contrast adapted (`adapt_contrast`). CAM without flip can
-    take the `outputs` of a `forward` pass already run (the detector's). Returns (logits, indices,
-    maps (B, k, h, w) float32, whether they were refined, what ran the network)."""
-    if outputs is not None:
+    the model has them (`refine_maps`) and contrast adapted (`adapt_contrast`). The `outputs` of a
+    plain `forward` pass already run on `batch` (with its guide map: the detector's) serve CAM
+    without flip; any other map runs its own pass. Returns (logits, indices, maps (B, k, h, w)
+    float32, whether they were refined, what ran the network)."""
+    if outputs is not None and method == "cam" and not flip:
         logits, indices, maps, guide, ran = cam_maps(model, batch, choose, guide=refine, outputs=outputs)
     else:
         logits, indices, maps, guide, ran = MAKERS[method](model, batch, choose, flip=flip, guide=refine)

@@ -98,7 +98,8 @@ class Recipe:
         for name, low, high in (("epochs", 1, 1000), ("detector_epochs", 1, 1000), ("batch_size", 1, 100_000),
                                 ("seed", -2**63, 2**63 - 1)):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not low <= value <= high):
                 raise ValueError(f"{name} must be an integer between {low} and {high}, got {value!r}")
         if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
                                     or not 0 < self.lr < 1):
@@ -147,9 +148,10 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
     """Fine-tune a classifier on `data` (a .zip or a folder of class folders); return the summary.
 
     `recipe` (default `Recipe()`; a model spec string stands for `Recipe(model=...)`) says how;
-    keyword `options` (its field names, and `model_spec` for `model`) replace its fields. mode 'head': the backbone is frozen, its pooled features computed
-    once and a new linear classifier trained on them (seconds on a CPU), its start and epochs (up
-    to `epochs`) chosen by cross-validation on the training photos (`_choose_start`). mode 'full':
+    keyword `options` (its field names, and `model_spec` for `model`) replace its fields. mode
+    'head': the backbone is frozen, its pooled features computed once and a new linear classifier
+    trained on them (seconds on a CPU), its start and epochs (up to `epochs`) chosen by
+    cross-validation on the training photos (`_choose_start`). mode 'full':
     the whole network is trained with augmentation from the classifier mode head trains, the
     backbone at a tenth of the learning rate, and the best validation epoch is kept. The result is
     written atomically to `out/experiment_YYYY-MM-DD_HH_MM[_N]`, the recipe recorded. Images are
@@ -179,7 +181,8 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
         skipped += skipped_scan
         names = [path.relative_to(folder).as_posix() for path, _ in items]
         reviewed = read_coco_boxes(recipe.boxes_from, names, class_names) if recipe.boxes_from else None
-        model = load_model(recipe.model, pretrained=recipe.pretrained, device=device, runtime="torch")  # its weights change
+        # its weights change: PyTorch, whatever the runtime
+        model = load_model(recipe.model, pretrained=recipe.pretrained, device=device, runtime="torch")
         size = check_input_size(recipe.input_size, model)
         if model.classifier_layer is None:
             why = "CAM is not exact for its head" if not model.cam_exact else "it has no linear classifier to retrain"
@@ -244,10 +247,8 @@ def read_coco_boxes(path, names: list[str], class_names: list[str]) -> dict[str,
     """Reviewed boxes from a COCO file (ours from `cam label`, or one corrected in a labelling tool),
     by dataset photo name: {name: [(x0, y0, x1, y1) as fractions of the photo's width and height]}.
     A photo is matched by its path (or a path ending in it: `dataset/apple/1.jpg`), else by its file
-    name where that is unique in the dataset. Images without a size are skipped. A file that is not COCO, names a class the dataset lacks or matches none of its photos
-    is refused in one line."""
-    from collections import Counter
-
+    name where that is unique in the dataset. Images without a size are skipped. A file that is not
+    COCO, names a class the dataset lacks or matches none of its photos is refused in one line."""
     try:
         coco = json.loads(Path(path).read_text())
         images = {int(image["id"]): (str(image["file_name"]), float(image["width"]), float(image["height"]))
@@ -261,15 +262,17 @@ def read_coco_boxes(path, names: list[str], class_names: list[str]) -> dict[str,
     if unknown:
         raise ValueError(f"{path} has classes the dataset lacks: {', '.join(unknown)} (its classes: "
                          f"{', '.join(class_names)})")
-    by_file = Counter(PurePosixPath(name).name for name in names)
+    known = set(names)
+    by_file: dict[str, list[str]] = {}
+    for name in names:
+        by_file.setdefault(PurePosixPath(name).name, []).append(name)
 
     def match(file_name: str) -> str | None:
-        file_name = file_name.replace("\\", "/")
-        for name in names:
-            if file_name == name or file_name.endswith("/" + name):
-                return name
-        base = PurePosixPath(file_name).name
-        return next((n for n in names if PurePosixPath(n).name == base), None) if by_file[base] == 1 else None
+        parts = PurePosixPath(file_name.replace("\\", "/")).parts
+        ends = ("/".join(parts[k:]) for k in range(len(parts)))  # the path, then ever shorter endings of it
+        found = next((end for end in ends if end in known), None)
+        alone = by_file.get(parts[-1], []) if parts else []
+        return found if found is not None else alone[0] if len(alone) == 1 else None
 
     matched = {image_id: match(file_name) for image_id, (file_name, _, _) in images.items()}
     boxes: dict[str, list[tuple]] = {name: [] for name in matched.values() if name is not None}
