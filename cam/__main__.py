@@ -104,8 +104,7 @@ def cmd_localize(args) -> int:
                 used_names.add(stem)
                 image = result.image  # the photo at its own size
                 if result.predictions:  # none above --min-score: no map to overlay, the rest is written
-                    render.save_png(render.overlay(image, result.predictions[0].cam, args.opacity),
-                                    out / f"{stem}_overlay.png")
+                    render.save_png(render.top_overlay(result, args.opacity, image), out / f"{stem}_overlay.png")
                 render.save_png(render.draw_boxes(image, result), out / f"{stem}_boxes.png")
                 (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
             _emit(record)
