@@ -158,19 +158,28 @@ class OutputFolders:
                     os.utime(folder)
 
     def sweep(self) -> None:
+        """Delete the unleased folders older than `max_age`. They are chosen under the lock and deleted
+        after it, so a job asking for a lease never waits for a large deletion; a chosen folder
+        cannot be leased meanwhile, since a lease always takes a new folder."""
         now = time.time()
         with self._lock:
-            for old in self.root.iterdir():
-                try:
-                    if old.is_dir() and old not in self._leased and now - old.stat().st_mtime > self.max_age:
-                        shutil.rmtree(old, ignore_errors=True)
-                except FileNotFoundError:
-                    pass
+            expired = [old for old in self.root.iterdir()
+                       if old not in self._leased and _older_folder(old, now - self.max_age)]
+        for old in expired:
+            shutil.rmtree(old, ignore_errors=True)
 
     def _sweep_forever(self) -> None:
         while self.root.exists():
             time.sleep(min(max(self.max_age / 4, 0.1), 30))
             self.sweep()
+
+
+def _older_folder(path: Path, moment: float) -> bool:
+    """Whether `path` is a folder last changed before `moment` (one deleted meanwhile is not)."""
+    try:
+        return path.is_dir() and path.stat().st_mtime < moment
+    except FileNotFoundError:
+        return False
 
 
 def write_downloads(result: Result, folder: Path, opacity: float) -> list[str]:
