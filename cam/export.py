@@ -183,7 +183,8 @@ def place_photos(out, photos, formats, val_fraction: float, copy: bool = False) 
     goes when the run ends). A photo stored on its side (an EXIF orientation, as phones write) gets
     an upright copy without the tag in every format, as labelling tools auto-orient: boxes are in
     upright pixels, and readers that ignore the tag (PIL, torchvision's VOCDetection) then agree.
-    Photos already in place are kept."""
+    Photos already in place as this run would place them are kept; others (a resumed run's sideways
+    links of an earlier version, copies where this run links) are replaced."""
     out = Path(out)
     for name, path, must_copy in photos:
         stem, suffix = flat_stem(name), PurePosixPath(name).suffix.lower()
@@ -197,20 +198,29 @@ def place_photos(out, photos, formats, val_fraction: float, copy: bool = False) 
             targets.append((out / "voc" / VOC_DEVKIT / "JPEGImages" / f"{stem}.jpg",
                             rotated or suffix not in (".jpg", ".jpeg")))
         for target, convert in targets:
-            if target.exists() or target.is_symlink():
+            link = not (convert or copy or must_copy)
+            if _in_place(target, path, link, convert):
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.partial")
+            partial.unlink(missing_ok=True)  # a killed run's link: never written through
             if convert:  # upright pixels, no EXIF: the format the target's suffix names
                 image = Image.fromarray(load_image(path))
                 image_format = Image.registered_extensions().get(target.suffix.lower(), "PNG")
                 image.save(partial, format=image_format, **({"quality": 95} if image_format == "JPEG" else {}))
-            elif copy or must_copy:
+            elif not link:
                 shutil.copyfile(path, partial)
             else:
-                partial.unlink(missing_ok=True)
                 os.symlink(os.path.abspath(path), partial)
             os.replace(partial, target)
+
+
+def _in_place(target: Path, path, link: bool, convert: bool) -> bool:
+    """Whether `target`, placed by an earlier run, is what this one would place: a link to the photo,
+    or a copy (upright where it was converted)."""
+    if target.is_symlink():
+        return link and os.readlink(target) == os.path.abspath(path)
+    return target.is_file() and not link and not (convert and _stored_on_its_side(target))
 
 
 def _stored_on_its_side(path) -> bool:

@@ -102,3 +102,37 @@ def test_label_places_upright_copies_and_links_photos_stored_upright(tiny_model,
         for path in folder.iterdir():
             assert Image.open(path).size == sizes[path.name], path
             assert path.is_symlink() == (path.name == "plain.jpg")  # only the rotated photo is copied
+
+
+def _targets(out, name):
+    """Where place_photos puts the photo `name` (stem.jpg) in each format, with val_fraction 0."""
+    stem = name.rsplit(".", 1)[0]
+    return [out / "images" / name, out / "yolo" / "images" / "train" / name,
+            out / "voc" / export.VOC_DEVKIT / "JPEGImages" / f"{stem}.jpg"]
+
+
+def test_a_resumed_run_replaces_photos_placed_the_wrong_way(tmp_path):
+    """A run resumed in a folder where an earlier version linked a phone photo sideways (or copied
+    one that is now linked) puts each in place as this version would: an upright copy, or a link."""
+    phone, plain = _phone_photo(tmp_path / "phone.jpg"), tmp_path / "plain.jpg"
+    plain.write_bytes(jpeg_bytes(np.full((40, 60, 3), 90, np.uint8)))
+    out = tmp_path / "out"
+    for target in _targets(out, "phone.jpg"):  # the earlier version's sideways links
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(phone)
+    for target in _targets(out, "plain.jpg"):  # and its copies (--copy-images), this run links
+        target.write_bytes(plain.read_bytes())
+    original = phone.read_bytes()
+    (out / "images" / ".phone.jpg.partial").symlink_to(phone)  # a run killed between its link and the rename
+    export.place_photos(out, [("phone.jpg", str(phone), False), ("plain.jpg", str(plain), False)], export.FORMATS,
+                        val_fraction=0.0)
+    for target in _targets(out, "phone.jpg"):
+        image = Image.open(target)
+        assert not target.is_symlink() and image.size == (UPRIGHT[1], UPRIGHT[0]), target
+        assert image.getexif().get(0x0112) is None
+    for target in _targets(out, "plain.jpg"):
+        assert target.is_symlink() and target.resolve() == plain.resolve(), target
+    assert phone.read_bytes() == original  # nothing written through a link
+    placed = {target: target.stat().st_mtime_ns for target in _targets(out, "phone.jpg")}
+    export.place_photos(out, [("phone.jpg", str(phone), False)], export.FORMATS, val_fraction=0.0)
+    assert {target: target.stat().st_mtime_ns for target in placed} == placed  # in place: kept as they are
