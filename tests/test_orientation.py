@@ -79,17 +79,6 @@ def test_yolo_images_are_upright_copies(exported):
     assert _red_inside(image, tuple(round(v * side) for v, side in zip((x0, y0, x1, y1), image.size * 2)))
 
 
-def test_ultralytics_loads_the_photo_and_boxes_in_agreement(exported):
-    pytest.importorskip("ultralytics")
-    from ultralytics.data.dataset import YOLODataset
-
-    data = {"names": {0: "square"}, "nc": 1, "channels": 3}
-    dataset = YOLODataset(img_path=str(exported / "yolo" / "images" / "train"), data=data, augment=False,
-                          imgsz=640, rect=False, cache=False)
-    label = dataset.get_image_and_label(0)
-    assert label["ori_shape"] == UPRIGHT
-
-
 def test_label_places_upright_copies_and_links_photos_stored_upright(tiny_model, tmp_path):
     (tmp_path / "in").mkdir()
     _phone_photo(tmp_path / "in" / "phone.jpg")
