@@ -13,7 +13,10 @@ import cam.runtime
 
 class _NoBatchedBackward(torch.autograd.Function):
     """The identity, whose backward branches on its gradient's values: vmap (the batched backward)
-    refuses such data-dependent control flow, a plain backward runs it."""
+    refuses such data-dependent control flow, a plain backward runs it. `passes` records the shape
+    of each gradient that went through."""
+
+    passes: list[tuple] = []
 
     @staticmethod
     def forward(ctx, x):
@@ -21,8 +24,8 @@ class _NoBatchedBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if bool(grad.abs().sum() >= 0):
-            return grad
+        bool(grad.abs().sum() >= 0)  # raises under vmap
+        _NoBatchedBackward.passes.append(tuple(grad.shape))
         return grad
 
 
@@ -31,10 +34,13 @@ def test_the_per_class_retry_gives_the_batched_paths_maps(tiny_model, photo, met
     expected = cam.localize(tiny_model, photo, topk=3, method=method, refine=False)
     classifier = tiny_model.net.get_submodule(tiny_model.classifier_layer)
     hook = classifier.register_forward_pre_hook(lambda module, args: (_NoBatchedBackward.apply(args[0]),))
+    _NoBatchedBackward.passes.clear()
     try:
         retried = cam.localize(tiny_model, photo, topk=3, method=method, refine=False)
     finally:
         hook.remove()
+    passes = _NoBatchedBackward.passes  # the batched backward failed: one plain pass per class, of the one photo
+    assert len(passes) == 3 and all(shape[0] == 1 for shape in passes), passes
     assert [p.class_index for p in retried.predictions] == [p.class_index for p in expected.predictions]
     for a, b in zip(retried.predictions, expected.predictions):
         assert torch.allclose(torch.from_numpy(a.small_cam), torch.from_numpy(b.small_cam), atol=1e-5)
