@@ -384,6 +384,10 @@ def test_api_label_a_collection_and_refuse_a_hostile_zip(server, tmp_path):
     assert chosen["categories"] == [{"id": 1, "name": "espresso"}, {"id": 2, "name": "Egyptian cat"}]
     assert [a["category_id"] for a in chosen["annotations"]] == [2]  # the cat, the better of the two
 
+    _, _, default_path = client.predict(files=[handle_file(str(EXAMPLES / "chelsea.png"))], api_name="/label")
+    with zipfile.ZipFile(default_path) as packed:  # the default, `cam label`'s: the top class without a detector
+        assert len(json.loads(packed.read("coco.json"))["annotations"]) == 1
+
     escape = tmp_path / "escape.zip"
     with zipfile.ZipFile(escape, "w") as archive:
         archive.writestr("../evil.png", b"x")

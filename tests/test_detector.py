@@ -142,6 +142,24 @@ def test_label_exports_the_detectors_scored_boxes(trained, tmp_path):
 
 
 @pytest.mark.slow  # trains a detector
+def test_the_collection_tab_boxes_by_default_what_cam_label_does(trained, tmp_path):
+    """With a detector, `cam label` boxes every class the detector finds; the Collection tab at its
+    default (0 classes per photo: label's own default) does the same."""
+    from cam.label import RUN, label
+    from cam.service import ModelCache, label_collection
+
+    photo = tmp_path / "two.png"
+    photo.write_bytes(_png(_photo(TWO_SQUARES, COLOURS["red"], seed=7)))
+    checkpoint = Path(trained["summary"]["checkpoint"])
+    (tmp_path / "tab").mkdir()
+    label_collection(ModelCache(checkpoint.parent, runtime="torch"), checkpoint.name, [photo], tmp_path / "tab", 0)
+    label([photo], tmp_path / "cli", model=checkpoint, runtime="torch")
+    tab, cli = tmp_path / "tab" / "labels", tmp_path / "cli"
+    assert json.loads((tab / RUN).read_text())["topk"] == json.loads((cli / RUN).read_text())["topk"] == len(COLOURS)
+    assert json.loads((tab / "coco.json").read_text()) == json.loads((cli / "coco.json").read_text())
+
+
+@pytest.mark.slow  # trains a detector
 def test_evaluate_scores_the_detectors_boxes_or_the_maps(trained, tmp_path):
     from cam.evaluate import evaluate
 

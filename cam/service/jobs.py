@@ -32,12 +32,14 @@ from .outputs import GALLERY_SIDE, _jpeg, _scaled_result, _shrunk
 SHEET_PHOTOS = 48  # photos shown on the contact sheet; the download holds every photo's boxes
 
 
-def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: int = 1, min_score: float = 0.0,
+def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: int = 0, min_score: float = 0.0,
                      threshold: float = RECOMMENDED.threshold, classes: str = "", progress=None) -> tuple[list, dict, str]:
     """Label uploaded photos and zips (`cam.label.label`, the recommended setting) into `folder`:
     the contact sheet (boxed thumbnails of the first SHEET_PHOTOS photos, captioned), the run's
     summary with the first errors, and a zip of the COCO, YOLO and VOC files, their photos and the
-    logs. `classes`, comma-separated names (empty: all), are the classes boxed and exported.
+    logs. `topk` classes a photo; 0 is `cam label`'s default: the top class, or every class where a
+    checkpoint's detector gives the boxes. `classes`, comma-separated names (empty: all), are the
+    classes boxed and exported.
     `folder` must outlive the run: lease it (`OutputFolders.lease`), since a large one runs for minutes."""
     from types import SimpleNamespace
 
@@ -51,8 +53,8 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
     model = cache.get(choice)
     chosen = tuple(name.strip() for name in str(classes or "").split(",") if name.strip()) or None
     try:
-        settings = Settings(topk=min(int(topk), len(chosen or model.class_names)), min_score=float(min_score),
-                            threshold=check_threshold(threshold), classes=chosen)
+        settings = Settings(topk=min(int(topk), len(chosen or model.class_names)) or None,
+                            min_score=float(min_score), threshold=check_threshold(threshold), classes=chosen)
     except (TypeError, ValueError):
         raise ValueError("top-k, minimum score and threshold must be numbers") from None
     sheet = []

@@ -49,7 +49,8 @@ def build(ctx) -> None:
                 collection_model = model_menu(cache, label="Model", elem_id="collection_model")
                 collection_classes = gr.Textbox("", label="Classes to box (comma-separated; empty: all the model's)",
                                                 placeholder="e.g. ant, bee", elem_id="collection_classes")
-                collection_topk = gr.Slider(1, 5, value=1, step=1, label="Classes per photo")
+                collection_topk = gr.Slider(0, 5, value=0, step=1, label="Classes per photo (0: the top one, or "
+                                            "every class a checkpoint's detector finds, as `cam label` does)")
                 min_score = gr.Slider(0, 1, value=0, step=0.01, label="Minimum score (drop classes below it)")
                 collection_threshold = gr.Slider(0, 1, value=RECOMMENDED.threshold, step=0.01,
                                                  label="Box threshold (fraction of the map's maximum)")
