@@ -14,7 +14,8 @@ def private_gradio_cache() -> None:
     """Point Gradio's file cache (uploads, answers) at a private temp folder removed at exit, unless
     GRADIO_TEMP_DIR is set. Gradio's own cleanup at shutdown left them in the shared /tmp/gradio
     whenever clients were still connected; folders of killed servers go when the next one starts.
-    Call before building the UI."""
+    Its path is public (every file's URL carries it), so it lies in the temp dir, not under the
+    working dir or home. Call before building the UI."""
     if os.environ.get("GRADIO_TEMP_DIR"):
         return
     remove_orphaned_temp_folders("cam-gradio-")
