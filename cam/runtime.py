@@ -35,6 +35,7 @@ CACHE = Path(os.environ.get("CAM_RUNTIME_CACHE", Path.home() / ".cache" / "cam-l
 SIZES_KEPT = 4  # compiled input sizes per model
 MMAP_THRESHOLD = 64 << 20  # blocks from this size up are mapped from the system anew (glibc's default: 128 KB, rising)
 TRIM_THRESHOLD = 256 << 20  # free memory kept at the top of the heap before it goes back to the system
+_EXPORTING = threading.Lock()  # torch.onnx.export keeps process-wide state: one export (and conversion) at a time
 
 
 @functools.cache
@@ -165,7 +166,8 @@ class OpenVinoRunner:
     once), every other size keeps the compiled runtime.
 
     Thread-safe: each call gets its own infer request. A size is converted once, under a lock of
-    its own: requests for sizes already compiled never wait on a conversion.
+    its own: requests for sizes already compiled never wait on a conversion. Exports run one at a
+    time in the process (`torch.onnx.export` is not thread-safe); compiling runs in parallel.
     """
 
     name = "openvino"
@@ -222,12 +224,18 @@ class OpenVinoRunner:
 
         path = self.cache_path(size, ov.__version__)
         core = ov.Core()
+        converted = None
         if path.is_file():
-            converted = core.read_model(path)
-        else:
-            with tempfile.TemporaryDirectory(prefix="cam-onnx-") as scratch:
+            try:
+                converted = core.read_model(path)
+            except Exception:  # a damaged cache: OpenVINO raises its own errors
+                logging.getLogger("cam.runtime").warning("cannot read the cached model %s; converting it again", path)
+                for damaged in (path, path.with_suffix(".bin")):
+                    damaged.unlink(missing_ok=True)
+        if converted is None:
+            with tempfile.TemporaryDirectory(prefix="cam-onnx-") as scratch, _EXPORTING:
                 converted = ov.convert_model(export_onnx(self.model, size, Path(scratch) / "model.onnx"))
-                _save_atomically(ov, converted, path)
+            _save_atomically(ov, converted, path)
         return core.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     def cache_path(self, size: tuple[int, int], version: str) -> Path:

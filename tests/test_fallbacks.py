@@ -120,3 +120,37 @@ def test_a_cache_that_cannot_be_written_keeps_the_compiled_runtime(openvino_mode
         result = cam.localize(openvino_model, photo, input_size=224)
     assert result.runtime == "openvino" and openvino_model.runtime == "openvino"
     assert any("cannot cache the converted model" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_sizes_converted_at_once_all_run_on_openvino(openvino_model, photo, caplog):
+    sizes = (224, 256, 288)
+    barrier, results = threading.Barrier(len(sizes)), {}
+
+    def localize(size):
+        barrier.wait()
+        results[size] = cam.localize(openvino_model, photo, input_size=size).runtime
+
+    with caplog.at_level(logging.WARNING, logger="cam.runtime"):
+        threads = [threading.Thread(target=localize, args=(size,)) for size in sizes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == {size: "openvino" for size in sizes}  # torch.onnx.export is not thread-safe
+    assert not caplog.records
+
+
+@pytest.mark.slow
+def test_a_cached_model_that_cannot_be_read_is_converted_again(openvino_model, photo, caplog):
+    import openvino
+
+    path = openvino_model.runner.cache_path((224, 224), openvino.__version__)
+    path.parent.mkdir(parents=True)
+    path.write_text("<not an IR")
+    with caplog.at_level(logging.WARNING, logger="cam.runtime"):
+        result = cam.localize(openvino_model, photo, input_size=224)
+    assert result.runtime == "openvino"
+    assert openvino.Core().read_model(path) is not None  # replaced by a readable one
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot read the cached model {path}; converting it again"]
