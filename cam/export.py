@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 from PIL import Image
 
-from .data import load_image
+from .data import load_image, map_threads
 
 FORMATS = ("coco", "yolo", "voc")
 SPLITS = ("train", "val")
@@ -183,36 +183,56 @@ def place_photos(out, photos, formats, val_fraction: float, copy: bool = False) 
     goes when the run ends). A photo stored on its side (an EXIF orientation, as phones write) gets
     an upright copy without the tag in every format, as labelling tools auto-orient: boxes are in
     upright pixels, and readers that ignore the tag (PIL, torchvision's VOCDetection) then agree.
+    A photo is decoded once and its copies of the same bytes are hard links of one file; photos
+    are placed in parallel (`map_threads`).
     Photos already in place as this run would place them are kept; others (a resumed run's sideways
     links of an earlier version, copies where this run links) are replaced."""
     out = Path(out)
-    for name, path, must_copy in photos:
-        stem, suffix = flat_stem(name), PurePosixPath(name).suffix.lower()
-        rotated = _stored_on_its_side(path)
-        targets = []
-        if "coco" in formats:
-            targets.append((out / "images" / name, rotated))
-        if "yolo" in formats:
-            targets.append((out / "yolo" / "images" / split_of(name, val_fraction) / f"{stem}{suffix}", rotated))
-        if "voc" in formats:
-            targets.append((out / "voc" / VOC_DEVKIT / "JPEGImages" / f"{stem}.jpg",
-                            rotated or suffix not in (".jpg", ".jpeg")))
-        for target, convert in targets:
-            link = not (convert or copy or must_copy)
-            if _in_place(target, path, link, convert):
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.partial")
-            partial.unlink(missing_ok=True)  # a killed run's link: never written through
-            if convert:  # upright pixels, no EXIF: the format the target's suffix names
+    map_threads(lambda photo: _place_photo(out, *photo, formats, val_fraction, copy), photos)
+
+
+def _place_photo(out: Path, name: str, path, must_copy: bool, formats, val_fraction: float, copy: bool) -> None:
+    """`place_photos` for one photo: each file written once, then hard-linked to targets of the same bytes."""
+    stem, suffix = flat_stem(name), PurePosixPath(name).suffix.lower()
+    rotated = _stored_on_its_side(path)
+    targets = []
+    if "coco" in formats:
+        targets.append((out / "images" / name, rotated))
+    if "yolo" in formats:
+        targets.append((out / "yolo" / "images" / split_of(name, val_fraction) / f"{stem}{suffix}", rotated))
+    if "voc" in formats:
+        targets.append((out / "voc" / VOC_DEVKIT / "JPEGImages" / f"{stem}.jpg",
+                        rotated or suffix not in (".jpg", ".jpeg")))
+    written, image = {}, None  # {what the file holds: a file of this run holding it}
+    for target, convert in targets:
+        link = not (convert or copy or must_copy)
+        if _in_place(target, path, link, convert):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        partial.unlink(missing_ok=True)  # a killed run's link: never written through
+        image_format = Image.registered_extensions().get(target.suffix.lower(), "PNG") if convert else None
+        if link:
+            os.symlink(os.path.abspath(path), partial)
+        elif image_format in written:
+            _hard_link_or_copy(written[image_format], partial)
+        elif convert:  # upright pixels, no EXIF: the format the target's suffix names
+            if image is None:
                 image = Image.fromarray(load_image(path))
-                image_format = Image.registered_extensions().get(target.suffix.lower(), "PNG")
-                image.save(partial, format=image_format, **({"quality": 95} if image_format == "JPEG" else {}))
-            elif not link:
-                shutil.copyfile(path, partial)
-            else:
-                os.symlink(os.path.abspath(path), partial)
-            os.replace(partial, target)
+            image.save(partial, format=image_format, **({"quality": 95} if image_format == "JPEG" else {}))
+        else:
+            shutil.copyfile(path, partial)
+        os.replace(partial, target)
+        if not link:
+            written[image_format] = target
+
+
+def _hard_link_or_copy(source: Path, target: Path) -> None:
+    """`target` as a hard link of `source`, or a copy where the file system cannot link."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _in_place(target: Path, path, link: bool, convert: bool) -> bool:

@@ -125,3 +125,14 @@ def test_a_resumed_run_replaces_photos_placed_the_wrong_way(tmp_path):
     placed = {target: target.stat().st_mtime_ns for target in _targets(out, "phone.jpg")}
     export.place_photos(out, [("phone.jpg", str(phone), False)], export.FORMATS, val_fraction=0.0)
     assert {target: target.stat().st_mtime_ns for target in placed} == placed  # in place: kept as they are
+
+
+def test_a_phone_photo_is_decoded_once_and_its_copies_are_one_file(tmp_path, monkeypatch):
+    phone, decoded, load = _phone_photo(tmp_path / "phone.jpg"), [], export.load_image
+    monkeypatch.setattr(export, "load_image", lambda path: decoded.append(path) or load(path))
+    out = tmp_path / "out"
+    export.place_photos(out, [("phone.jpg", str(phone), False)], export.FORMATS, val_fraction=0.0)
+    targets = _targets(out, "phone.jpg")
+    assert decoded == [str(phone)]
+    assert len({target.stat().st_ino for target in targets}) == 1 and targets[0].stat().st_nlink == 3
+    assert all(not t.is_symlink() and Image.open(t).size == (UPRIGHT[1], UPRIGHT[0]) for t in targets)
