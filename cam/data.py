@@ -191,6 +191,14 @@ def _check_size(rgb: np.ndarray, name: str = "image") -> np.ndarray:
     return rgb
 
 
+def hard_link_or_copy(source, target) -> None:
+    """`target` as a hard link of `source`, or a copy where the file system cannot link."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def private_temp_folder(prefix: str) -> Path:
     """A new folder in the system temp dir that records its owner process, so that
     `remove_orphaned_temp_folders` can delete it once that process has died (killed runs cannot

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 from PIL import Image
 
-from .data import load_image, map_threads
+from .data import hard_link_or_copy, load_image, map_threads
 
 FORMATS = ("coco", "yolo", "voc")
 SPLITS = ("train", "val")
@@ -215,7 +215,7 @@ def _place_photo(out: Path, name: str, path, must_copy: bool, formats, val_fract
         if link:
             os.symlink(os.path.abspath(path), partial)
         elif image_format in written:
-            _hard_link_or_copy(written[image_format], partial)
+            hard_link_or_copy(written[image_format], partial)
         elif convert:  # upright pixels, no EXIF: the format the target's suffix names
             if image is None:
                 image = Image.fromarray(load_image(path))
@@ -225,14 +225,6 @@ def _place_photo(out: Path, name: str, path, must_copy: bool, formats, val_fract
         os.replace(partial, target)
         if not link:
             written[image_format] = target
-
-
-def _hard_link_or_copy(source: Path, target: Path) -> None:
-    """`target` as a hard link of `source`, or a copy where the file system cannot link."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
 
 
 def _in_place(target: Path, path, link: bool, convert: bool) -> bool:

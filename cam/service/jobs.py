@@ -21,7 +21,7 @@ import yaml
 
 from .. import render
 from ..boxes import check_threshold, scale_box
-from ..data import MAX_ARCHIVE_FILES, private_temp_folder, read_photo
+from ..data import MAX_ARCHIVE_FILES, hard_link_or_copy, private_temp_folder, read_photo
 from ..export import read_log
 from ..models import DEFAULT_SPEC
 from ..settings import RECOMMENDED, Settings
@@ -30,6 +30,18 @@ from .outputs import GALLERY_SIDE, _jpeg, _scaled_result, _shrunk
 
 
 SHEET_PHOTOS = 48  # photos shown on the contact sheet; the download holds every photo's boxes
+
+
+def hold_uploads(files, folder: Path) -> list[str]:
+    """Hard links (copies where linking fails) of the uploaded `files` in a job's leased `folder`,
+    by their names: Gradio deletes uploads older than its cache's expiry, whether or not a job still reads them."""
+    held = []
+    for number, path in enumerate(files or []):
+        target = folder / "uploads" / str(number) / Path(path).name
+        target.parent.mkdir(parents=True)
+        hard_link_or_copy(path, target)
+        held.append(str(target))
+    return held
 
 
 def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: int = 0, min_score: float = 0.0,

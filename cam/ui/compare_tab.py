@@ -18,15 +18,17 @@ def build(ctx) -> None:
     def run_compare(image, choice_a, method_a, refine_a, choice_b, method_b, refine_b, topk):
         if image is None:
             raise gr.Error("Add a photo first.")
-        folder, outputs = folders.new(), []
-        for side, (choice, method, refine) in zip("ab", ((choice_a, method_a, refine_a), (choice_b, method_b, refine_b))):
-            try:
-                result = analyze(cache, choice, image, Settings(topk=int(topk), refine=refine, method=method))
-            except ValueError as exc:
-                raise readable(ValueError(f"{side.upper()}: {exc}"), image) from None
-            picture, table = compare_views(result, folder, side)
-            caption = f"**{side.upper()}**: {choice}, {method_name(result)}"
-            outputs += [caption, picture, table]
+        outputs = []
+        with folders.lease() as folder:  # a first load (a hub download) can outlast the folders' expiry
+            for side, (choice, method, refine) in zip("ab", ((choice_a, method_a, refine_a),
+                                                             (choice_b, method_b, refine_b))):
+                try:
+                    result = analyze(cache, choice, image, Settings(topk=int(topk), refine=refine, method=method))
+                except ValueError as exc:
+                    raise readable(ValueError(f"{side.upper()}: {exc}"), image) from None
+                picture, table = compare_views(result, folder, side)
+                caption = f"**{side.upper()}**: {choice}, {method_name(result)}"
+                outputs += [caption, picture, table]
         return outputs
 
     with gr.Tab("Compare"):

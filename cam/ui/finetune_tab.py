@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from ..service import checkpoint_archive, training_updates, validation_review
+from ..service import checkpoint_archive, hold_uploads, training_updates, validation_review
 from ..train import DEFAULT_EPOCHS, DEFAULT_LR
 from .components import guarded, readable
 
@@ -29,39 +29,40 @@ def build(ctx, model: gr.Dropdown) -> None:
         if zip_file is None:
             raise gr.Error("Upload a .zip with one folder of images per class first.")
         curve, status = [], "Starting..."
-        try:
-            for event in training_updates(zip_file, mode, epochs, lr, val_split, out=cache.checkpoints,
-                                          detector=bool(detector)):
-                if event["stage"] == "done":
-                    break
-                if "epoch" in event:
-                    done = event["epoch"] - 1 + event.get("step", event.get("steps", 1)) / event.get("steps", 1)
-                    stage = "detector epoch" if event["stage"] == "detector" else "epoch"
-                    progress(done / event["epochs"], desc=f"{stage} {event['epoch']}/{event['epochs']}")
-                    if event["stage"] == "detector":
-                        status = f"Training the detector on the new model's boxes: epoch {event['epoch']}/{event['epochs']}"
-                    if "val_accuracy" in event:
-                        curve += [{"epoch": event["epoch"], "value": event[key], "series": name}
-                                  for key, name in CURVES.items()]
-                        status = f"Epoch {event['epoch']}/{event['epochs']}: validation accuracy {event['val_accuracy']:.1%}"
-                else:
-                    progress(0, desc=event["stage"])
-                    status = f"{event['stage'].capitalize()}..."
-                yield status, _curve_plot(curve), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        except ValueError as exc:
-            raise readable(exc, zip_file) from None
-        metrics = event["metrics"]
-        names = metrics["class_names"]
-        confusion = pd.DataFrame(metrics["confusion_matrix"], columns=names)
-        confusion.insert(0, "true \\ predicted", names)
-        confusion["class accuracy"] = [None if a is None else f"{a:.0%}" for a in metrics["per_class_accuracy"].values()]
-        name = Path(event["checkpoint"]).name
-        progress(1.0, desc="localizing the validation photos")
-        try:
-            with folders.lease() as folder:  # localizing every validation photo can outlast the folders' expiry
-                review = validation_review(cache, name, zip_file, folder)
-        except ValueError as exc:
-            raise readable(exc, zip_file) from None
+        with folders.lease() as folder:  # held for the whole job: the upload's link, then the review's pictures
+            (data,) = hold_uploads([zip_file], folder)  # the review reads it again after training
+            try:
+                for event in training_updates(data, mode, epochs, lr, val_split, out=cache.checkpoints,
+                                              detector=bool(detector)):
+                    if event["stage"] == "done":
+                        break
+                    if "epoch" in event:
+                        done = event["epoch"] - 1 + event.get("step", event.get("steps", 1)) / event.get("steps", 1)
+                        stage = "detector epoch" if event["stage"] == "detector" else "epoch"
+                        progress(done / event["epochs"], desc=f"{stage} {event['epoch']}/{event['epochs']}")
+                        if event["stage"] == "detector":
+                            status = f"Training the detector on the new model's boxes: epoch {event['epoch']}/{event['epochs']}"
+                        if "val_accuracy" in event:
+                            curve += [{"epoch": event["epoch"], "value": event[key], "series": name}
+                                      for key, name in CURVES.items()]
+                            status = f"Epoch {event['epoch']}/{event['epochs']}: validation accuracy {event['val_accuracy']:.1%}"
+                    else:
+                        progress(0, desc=event["stage"])
+                        status = f"{event['stage'].capitalize()}..."
+                    yield status, _curve_plot(curve), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            except ValueError as exc:
+                raise readable(exc, zip_file, data) from None
+            metrics = event["metrics"]
+            names = metrics["class_names"]
+            confusion = pd.DataFrame(metrics["confusion_matrix"], columns=names)
+            confusion.insert(0, "true \\ predicted", names)
+            confusion["class accuracy"] = [None if a is None else f"{a:.0%}" for a in metrics["per_class_accuracy"].values()]
+            name = Path(event["checkpoint"]).name
+            progress(1.0, desc="localizing the validation photos")
+            try:  # localizing every validation photo can outlast the folders' expiry too
+                review = validation_review(cache, name, data, folder)
+            except ValueError as exc:
+                raise readable(exc, zip_file, data) from None
         yield (f"Done: **{name}**, validation accuracy {metrics['val_accuracy']:.1%} in {metrics['seconds']:.0f} s. "
                "It is now selected in the Localize tab.", _curve_plot(curve), metrics, confusion,
                gr.Dropdown(choices=cache.choices(), value=name), review)
