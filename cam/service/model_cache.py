@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import socket
 import threading
@@ -36,7 +37,8 @@ class ModelCache:
     the hub, as on Spaces). Anything else, a path included, is refused. Every kind shares one LRU of
     `max_models` models (a visitor can name hundreds of hub models, a server can hold many
     checkpoints). Each model loads under a lock of its own: a slow download delays only the
-    requests for that model. Models load on `runtime` (default: the CAM_RUNTIME environment
+    requests for that model; at most LOADS_AT_ONCE hub models download at once, and 'default' and
+    checkpoints never wait for them. Models load on `runtime` (default: the CAM_RUNTIME environment
     variable, else "auto").
     """
 
@@ -49,9 +51,10 @@ class ModelCache:
             raise ValueError(f"max_models must be at least 1, got {max_models!r}")
         self.max_models = max_models
         self._models: collections.OrderedDict[tuple[str, int], CamModel] = collections.OrderedDict()
-        self._loading: dict[tuple[str, int], threading.Lock] = {}  # a lock per model being loaded
+        # A lock per model being loaded, with the requests holding or awaiting it: kept until the last leaves.
+        self._loading: dict[tuple[str, int], list] = {}
         self._lock = threading.Lock()  # guards both dicts; held only for lookups
-        self._loads = threading.BoundedSemaphore(LOADS_AT_ONCE)  # distinct models load in parallel, this many
+        self._downloads = threading.BoundedSemaphore(LOADS_AT_ONCE)  # distinct hub models load in parallel, this many
 
     def choices(self) -> list[str]:
         found = sorted(p.name for p in self.checkpoints.iterdir() if is_checkpoint(p)) if self.checkpoints.is_dir() else []
@@ -68,27 +71,28 @@ class ModelCache:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            loading = self._loading.setdefault(key, threading.Lock())
-        with loading:  # a second request for the same model waits for the first's load
-            with self._lock:
-                if key in self._models:
-                    self._models.move_to_end(key)
-                    return self._models[key]
-            try:
-                with self._loads:
-                    model = self._load(choice, listed)
-            except BaseException:
+            loading = self._loading.setdefault(key, [threading.Lock(), 0])
+            loading[1] += 1
+        try:
+            with loading[0]:  # a second request for the same model waits for the first's load (or retries it)
                 with self._lock:
-                    self._loading.pop(key, None)
-                raise
+                    if key in self._models:
+                        self._models.move_to_end(key)
+                        return self._models[key]
+                with contextlib.nullcontext() if listed else self._downloads:
+                    model = self._load(choice, listed)
+                with self._lock:
+                    for old in [k for k in self._models if k[0] == choice]:  # a checkpoint since written again
+                        del self._models[old]
+                    self._models[key] = model
+                    while len(self._models) > self.max_models:  # least recently used first
+                        self._models.popitem(last=False)
+                return model
+        finally:
             with self._lock:
-                for old in [k for k in self._models if k[0] == choice]:  # a checkpoint since written again
-                    del self._models[old]
-                self._models[key] = model
-                while len(self._models) > self.max_models:  # least recently used first
-                    self._models.popitem(last=False)
-                self._loading.pop(key, None)
-            return model
+                loading[1] -= 1
+                if not loading[1]:
+                    del self._loading[key]
 
     def _load(self, choice: str, listed: bool) -> CamModel:
         if choice == DEFAULT_SPEC:
@@ -108,7 +112,7 @@ class ModelCache:
         return choice, weights.stat().st_mtime_ns if choice != DEFAULT_SPEC and weights.is_file() else 0
 
 
-LOADS_AT_ONCE = 2  # models loading at once (each a download and its memory), beyond the `max_models` kept
+LOADS_AT_ONCE = 2  # hub models loading at once (each a download and its memory), beyond the `max_models` kept
 HUB_HOSTS = {"timm": "huggingface.co", "torchvision": "download.pytorch.org"}  # where typed models' weights come from
 
 
