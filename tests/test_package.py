@@ -57,8 +57,3 @@ def test_the_wheel_installs_apart_from_the_checkout_and_runs_cam_offline(tmp_pat
     assert answer.returncode == 0, answer.stderr
     assert json.loads(answer.stdout)["predictions"][0]["label"] == "espresso"
     assert "app" in run(str(site / "bin" / "cam"), "--help").stdout
-
-
-def test_the_readme_stays_under_15000_bytes():
-    size = len((ROOT / "README.md").read_bytes())
-    assert size < 15_000, f"README.md is {size} bytes: move trial lists and detail to docs/"
