@@ -116,9 +116,10 @@ def server_folders() -> list[str]:
 
 
 def _server_paths() -> re.Pattern:
-    """A path under one of `server_folders()`: the folder, then any run of path characters."""
+    """A path under one of `server_folders()`: the folder (ending a sentence too: "in /root."), then
+    any run of path characters."""
     roots = "|".join(re.escape(f.rstrip("/")) for f in server_folders())
-    return re.compile(rf"(?:{roots})(?![^/\s'\":;,)\]}}])(?:/[^\s'\":;,)\]}}]*)?")
+    return re.compile(rf"(?:{roots})(?=[/\s'\":;,)\]}}]|\.(?:\s|$)|$)(?:/[^\s'\":;,)\]}}]*)?")
 
 
 def _scrub_log(path: Path, files) -> None:
