@@ -68,3 +68,21 @@ def test_a_stop_request_while_launch_sets_up_closes_the_server_and_returns(monke
     monkeypatch.setattr(ui.signal, "signal", lambda *args: None)  # the test process keeps its own handlers
     ui.main(["--port", "0"])  # returns: the process exits 0 and its folders go at exit
     assert len(closed) == 1
+
+
+def test_a_training_line_that_is_not_json_is_skipped_and_logged(monkeypatch, caplog):
+    import subprocess
+    import sys
+
+    import cam.service.jobs as jobs
+
+    printed = ('print("Downloading weights: 100%"); print(7); '
+               'print(\'{"stage": "training", "epoch": 1, "epochs": 1}\'); print(\'{"checkpoint": "c"}\')')
+    real = subprocess.Popen
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda command, **kwargs: real([sys.executable, "-c", printed], **kwargs))
+    with caplog.at_level(logging.WARNING, logger="cam.jobs"):
+        updates = list(jobs.training_updates("data.zip", "head", 1, 0.01, 0.2))
+    assert updates == [{"stage": "training", "epoch": 1, "epochs": 1}, {"stage": "done", "checkpoint": "c"}]
+    assert [r.getMessage() for r in caplog.records] == [
+        "training printed a line that is not progress: Downloading weights: 100%",
+        "training printed a line that is not progress: 7"]

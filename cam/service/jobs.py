@@ -160,7 +160,13 @@ def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPO
     try:
         summary = None
         for line in job.stdout:
-            event = json.loads(line)
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = None
+            if not isinstance(event, dict):  # a library's own print: skipped, not the visitor's error
+                logging.getLogger("cam.jobs").warning("training printed a line that is not progress: %s", line.rstrip())
+                continue
             if "checkpoint" in event:
                 summary = event
             else:
