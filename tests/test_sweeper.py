@@ -123,7 +123,10 @@ def test_the_collection_tab_keeps_its_folder_and_uploads_through_a_long_job(tiny
 
 
 def test_the_fine_tune_tab_keeps_its_folder_and_upload_through_a_long_job(tmp_path, monkeypatch):
-    upload = _upload(tmp_path, "data.zip")
+    upload, checkpoint = _upload(tmp_path, "data.zip"), tmp_path / "checkpoints" / "new"
+    checkpoint.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):  # listed in the menu the handler selects it in
+        (checkpoint / name).touch()
     metrics = {"class_names": ["a", "b"], "confusion_matrix": [[1, 0], [0, 1]], "per_class_accuracy": {"a": 1, "b": 1},
                "val_accuracy": 1.0, "seconds": 1}
 
@@ -131,7 +134,7 @@ def test_the_fine_tune_tab_keeps_its_folder_and_upload_through_a_long_job(tmp_pa
         upload.unlink()
         yield {"stage": "training"}
         time.sleep(SLOW)
-        yield {"stage": "done", "checkpoint": str(tmp_path / "checkpoints" / "new"), "metrics": metrics}
+        yield {"stage": "done", "checkpoint": str(checkpoint), "metrics": metrics}
 
     def review(cache, choice, data, folder):  # reads the upload again, writes into the job's folder
         tile = folder / "review_000.jpg"
