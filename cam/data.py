@@ -7,7 +7,6 @@ import os
 import shutil
 import stat
 import tempfile
-import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -109,13 +108,15 @@ def read_photos(images, cover: int = 0) -> list[Photo]:
     return map_threads(lambda image: read_photo(image, cover), images)
 
 
-def map_threads(function, items) -> list:
-    """`function` of each item, in order, on as many threads as there are cores: image decoding
-    releases Python's lock, so a batch of large JPEGs decodes in a fraction of the time."""
+def map_threads(function, items, at_most: int | None = None) -> list:
+    """`function` of each item, in order, on as many threads as there are cores (`at_most` of them,
+    where each holds a large image): image decoding releases Python's lock, so a batch of large
+    JPEGs decodes in a fraction of the time."""
     items = list(items)
-    if len(items) < 2 or (os.cpu_count() or 1) < 2:
+    threads = min(len(items), os.cpu_count() or 1, at_most or len(items))
+    if threads < 2:
         return [function(item) for item in items]
-    with ThreadPoolExecutor(min(len(items), os.cpu_count()), thread_name_prefix="cam-decode") as pool:
+    with ThreadPoolExecutor(threads, thread_name_prefix="cam-decode") as pool:
         return list(pool.map(function, items))
 
 
@@ -123,28 +124,26 @@ def _open_and_convert(source, name: str, cover: int | None = None):
     """The upright RGB array of an image file; with `cover` (a number, 0 included), a JPEG over
     twice the working size is decoded reduced (`read_photo`), and the photo's own upright (height,
     width) comes back beside it."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                width, height = img.size
-                if width * height > MAX_PIXELS:
-                    raise ValueError(
-                        f"{name}: {width}x{height} pixels is over the limit of {MAX_PIXELS:,} pixels "
-                        "(possible decompression bomb)"
-                    )
-                if cover is None:
-                    img.load()
-                    return _check_size(_pil_to_rgb(img), name)
-                upright = (width, height) if img.getexif().get(0x0112) in TRANSPOSED else (height, width)
-                scale = _working_scale((height, width), cover)
-                if img.format == "JPEG" and scale <= 0.5:  # the draft keeps at least the size asked for
-                    img.draft("RGB", (max(round(width * scale), 1), max(round(height * scale), 1)))
+    try:  # MAX_PIXELS, below PIL's own limit, refuses what PIL only warns of (no warnings filter: it is process-wide)
+        with Image.open(source) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ValueError(
+                    f"{name}: {width}x{height} pixels is over the limit of {MAX_PIXELS:,} pixels "
+                    "(possible decompression bomb)"
+                )
+            if cover is None:
                 img.load()
-                return _check_size(_pil_to_rgb(img), name), upright
+                return _check_size(_pil_to_rgb(img), name)
+            upright = (width, height) if img.getexif().get(0x0112) in TRANSPOSED else (height, width)
+            scale = _working_scale((height, width), cover)
+            if img.format == "JPEG" and scale <= 0.5:  # the draft keeps at least the size asked for
+                img.draft("RGB", (max(round(width * scale), 1), max(round(height * scale), 1)))
+            img.load()
+            return _check_size(_pil_to_rgb(img), name), upright
     except UnidentifiedImageError:
         raise ValueError(f"{name}: not a supported image (expected JPEG, PNG, BMP, GIF, WebP or TIFF)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise ValueError(f"{name}: too many pixels (possible decompression bomb)") from None
     except (OSError, SyntaxError, EOFError) as exc:
         raise ValueError(f"{name}: the image is truncated or corrupt ({exc})") from None

@@ -90,7 +90,8 @@ class Student(nn.Module):
 
 def build_student(config: dict, seed: int = 0) -> Student:
     """A `Student` whose initial weights follow from `seed`. `fork_rng` restores torch's global generator
-    afterwards but reseeds it meanwhile: a thread drawing from it during the build gets seeded numbers."""
+    afterwards but reseeds it meanwhile: a thread drawing from it during the build gets seeded numbers,
+    and its draws change the student's initial weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return Student(config)

@@ -25,6 +25,7 @@ from PIL import Image
 from .data import hard_link_or_copy, load_image, map_threads
 
 FORMATS = ("coco", "yolo", "voc")
+PLACING_THREADS = 4  # photos placed at once, each a full decode of a phone photo (~80 MB at 12 MP)
 SPLITS = ("train", "val")
 VOC_DEVKIT = Path("VOCdevkit", "VOC2012")
 
@@ -188,7 +189,7 @@ def place_photos(out, photos, formats, val_fraction: float, copy: bool = False) 
     Photos already in place as this run would place them are kept; others (a resumed run's sideways
     links of an earlier version, copies where this run links) are replaced."""
     out = Path(out)
-    map_threads(lambda photo: _place_photo(out, *photo, formats, val_fraction, copy), photos)
+    map_threads(lambda photo: _place_photo(out, *photo, formats, val_fraction, copy), photos, at_most=PLACING_THREADS)
 
 
 def _place_photo(out: Path, name: str, path, must_copy: bool, formats, val_fraction: float, copy: bool) -> None:
@@ -203,7 +204,7 @@ def _place_photo(out: Path, name: str, path, must_copy: bool, formats, val_fract
     if "voc" in formats:
         targets.append((out / "voc" / VOC_DEVKIT / "JPEGImages" / f"{stem}.jpg",
                         rotated or suffix not in (".jpg", ".jpeg")))
-    written, image = {}, None  # {what the file holds: a file of this run holding it}
+    written, image = {}, None  # image format written (None: the photo's own bytes) -> the target holding it
     for target, convert in targets:
         link = not (convert or copy or must_copy)
         if _in_place(target, path, link, convert):

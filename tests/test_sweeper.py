@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import gradio as gr
+import pytest
+
 import cam.service.jobs as jobs
 import cam.ui
 import cam.ui.finetune_tab
@@ -147,3 +150,29 @@ def test_the_fine_tune_tab_keeps_its_folder_and_upload_through_a_long_job(tmp_pa
     *_, last = train(str(upload), "head", 1, 0.01, 0.2, progress=lambda *args, **kwargs: None)
     ((tile, _),) = last[-1]
     assert last[0].startswith("Done: **new**") and Path(tile).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_upload_gone_before_its_job_starts_is_a_readable_error(tiny_model, tmp_path, monkeypatch):
+    """The page sat open past Gradio's cache expiry: the visitor reads what to do, not an unexpected error."""
+    class Cache(ModelCache):
+        def get(self, choice):
+            return tiny_model
+
+    label = _app_handlers(monkeypatch, Cache(tmp_path / "checkpoints"))["label"]
+    gone = tmp_path / "gone" / "kitchen.jpg"
+    with pytest.raises(gr.Error, match="kitchen.jpg: this upload has expired; upload it again"):
+        label([str(gone)], "default", 0, 0.0, 0.5, "", progress=lambda *args, **kwargs: None)
+
+
+def test_too_many_files_are_refused_before_any_is_held(tiny_model, tmp_path, monkeypatch):
+    class Cache(ModelCache):
+        def get(self, choice):
+            return tiny_model
+
+    held = []
+    monkeypatch.setattr(jobs, "MAX_ARCHIVE_FILES", 2)
+    monkeypatch.setattr(jobs, "hard_link_or_copy", lambda *paths: held.append(paths))
+    label = _app_handlers(monkeypatch, Cache(tmp_path / "checkpoints"))["label"]
+    with pytest.raises(gr.Error, match="3 files is over the limit of 2"):
+        label([str(EXAMPLES / "coffee.png")] * 3, "default", 0, 0.0, 0.5, "", progress=lambda *args, **kwargs: None)
+    assert held == []

@@ -39,7 +39,10 @@ def hold_uploads(files, folder: Path) -> list[str]:
     for number, path in enumerate(files or []):
         target = folder / "uploads" / str(number) / Path(path).name
         target.parent.mkdir(parents=True)
-        hard_link_or_copy(path, target)
+        try:
+            hard_link_or_copy(path, target)
+        except FileNotFoundError:  # the page sat open past the cache's expiry
+            raise ValueError(f"{Path(path).name}: this upload has expired; upload it again") from None
         held.append(str(target))
     return held
 
@@ -49,7 +52,7 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
     """Label uploaded photos and zips (`cam.label.label`, the recommended setting) into `folder`:
     the contact sheet (boxed thumbnails of the first SHEET_PHOTOS photos, captioned), the run's
     summary with the first errors, and a zip of the COCO, YOLO and VOC files, their photos and the
-    logs. `topk` classes a photo; 0 is `cam label`'s default: the top class, or every class where a
+    logs, from links to the uploads held in `folder` (`hold_uploads`). `topk` classes a photo; 0 is `cam label`'s default: the top class, or every class where a
     checkpoint's detector gives the boxes. `classes`, comma-separated names (empty: all), are the
     classes boxed and exported.
     `folder` must outlive the run: lease it (`OutputFolders.lease`), since a large one runs for minutes."""
@@ -62,6 +65,7 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
         raise ValueError("Add photos or a .zip of photos first.")
     if len(files) > MAX_ARCHIVE_FILES:
         raise ValueError(f"{len(files):,} files is over the limit of {MAX_ARCHIVE_FILES:,}; upload a zip of fewer photos")
+    files = hold_uploads(files, folder)
     model = cache.get(choice)
     chosen = tuple(name.strip() for name in str(classes or "").split(",") if name.strip()) or None
     try:
@@ -119,7 +123,7 @@ def _server_paths() -> re.Pattern:
     """A path under one of `server_folders()`: the folder (ending a sentence too: "in /root."), then
     any run of path characters."""
     roots = "|".join(re.escape(f.rstrip("/")) for f in server_folders())
-    return re.compile(rf"(?:{roots})(?=[/\s'\":;,)\]}}]|\.(?:\s|$)|$)(?:/[^\s'\":;,)\]}}]*)?")
+    return re.compile(rf"(?:{roots})(?=[/\s'\":;,)\]}}]|\.(?:[\s'\":;,)\]}}]|$)|$)(?:/[^\s'\":;,)\]}}]*)?")
 
 
 def _scrub_log(path: Path, files) -> None:
@@ -164,7 +168,7 @@ def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPO
                 event = json.loads(line)
             except json.JSONDecodeError:
                 event = None
-            if not isinstance(event, dict):  # a library's own print: skipped, not the visitor's error
+            if not isinstance(event, dict) or not {"stage", "checkpoint"} & event.keys():  # a library's own print
                 logging.getLogger("cam.jobs").warning("training printed a line that is not progress: %s", line.rstrip())
                 continue
             if "checkpoint" in event:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..service import hold_uploads, label_collection
+from ..service import label_collection
 from ..settings import RECOMMENDED
 from .components import guarded, model_menu, readable
 
@@ -19,7 +19,7 @@ def build(ctx) -> None:
 
         try:
             with folders.lease() as folder:  # the VOC files and the zip take minutes for a large collection
-                sheet, summary, archive = label_collection(cache, choice, hold_uploads(files, folder), folder, topk,
+                sheet, summary, archive = label_collection(cache, choice, files, folder, topk,
                                                            min_score, threshold, classes, progress=report)
         except ValueError as exc:
             raise readable(exc, *(files or [])) from None

@@ -30,8 +30,9 @@ def build(ctx, model: gr.Dropdown) -> None:
             raise gr.Error("Upload a .zip with one folder of images per class first.")
         curve, status = [], "Starting..."
         with folders.lease() as folder:  # held for the whole job: the upload's link, then the review's pictures
-            (data,) = hold_uploads([zip_file], folder)  # the review reads it again after training
+            data = zip_file
             try:
+                (data,) = hold_uploads([zip_file], folder)  # the review reads it again after training
                 for event in training_updates(data, mode, epochs, lr, val_split, out=cache.checkpoints,
                                               detector=bool(detector)):
                     if event["stage"] == "done":
