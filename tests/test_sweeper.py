@@ -158,10 +158,13 @@ def test_an_upload_gone_before_its_job_starts_is_a_readable_error(tiny_model, tm
         def get(self, choice):
             return tiny_model
 
-    label = _app_handlers(monkeypatch, Cache(tmp_path / "checkpoints"))["label"]
-    gone = tmp_path / "gone" / "kitchen.jpg"
+    handlers = _app_handlers(monkeypatch, Cache(tmp_path / "checkpoints"))
     with pytest.raises(gr.Error, match="kitchen.jpg: this upload has expired; upload it again"):
-        label([str(gone)], "default", 0, 0.0, 0.5, "", progress=lambda *args, **kwargs: None)
+        handlers["label"]([str(tmp_path / "gone" / "kitchen.jpg")], "default", 0, 0.0, 0.5, "",
+                          progress=lambda *args, **kwargs: None)
+    with pytest.raises(gr.Error, match="ants.zip: this upload has expired; upload it again"):
+        list(handlers["train"](str(tmp_path / "gone" / "ants.zip"), "head", 1, 0.01, 0.2,
+                               progress=lambda *args, **kwargs: None))
 
 
 def test_too_many_files_are_refused_before_any_is_held(tiny_model, tmp_path, monkeypatch):

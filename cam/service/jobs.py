@@ -52,9 +52,9 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
     """Label uploaded photos and zips (`cam.label.label`, the recommended setting) into `folder`:
     the contact sheet (boxed thumbnails of the first SHEET_PHOTOS photos, captioned), the run's
     summary with the first errors, and a zip of the COCO, YOLO and VOC files, their photos and the
-    logs, from links to the uploads held in `folder` (`hold_uploads`). `topk` classes a photo; 0 is `cam label`'s default: the top class, or every class where a
-    checkpoint's detector gives the boxes. `classes`, comma-separated names (empty: all), are the
-    classes boxed and exported.
+    logs, from links to the uploads held in `folder` (`hold_uploads`). `topk` classes a photo; 0 is
+    `cam label`'s default: the top class, or every class where a checkpoint's detector gives the
+    boxes. `classes`, comma-separated names (empty: all), are the classes boxed and exported.
     `folder` must outlive the run: lease it (`OutputFolders.lease`), since a large one runs for minutes."""
     from types import SimpleNamespace
 
@@ -65,7 +65,6 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
         raise ValueError("Add photos or a .zip of photos first.")
     if len(files) > MAX_ARCHIVE_FILES:
         raise ValueError(f"{len(files):,} files is over the limit of {MAX_ARCHIVE_FILES:,}; upload a zip of fewer photos")
-    files = hold_uploads(files, folder)
     model = cache.get(choice)
     chosen = tuple(name.strip() for name in str(classes or "").split(",") if name.strip()) or None
     try:
@@ -73,6 +72,7 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
                             min_score=float(min_score), threshold=check_threshold(threshold), classes=chosen)
     except (TypeError, ValueError):
         raise ValueError("top-k, minimum score and threshold must be numbers") from None
+    files = hold_uploads(files, folder)  # once the request is known to be good
     sheet = []
 
     def add_to_sheet(record: dict, item) -> None:
@@ -120,10 +120,10 @@ def server_folders() -> list[str]:
 
 
 def _server_paths() -> re.Pattern:
-    """A path under one of `server_folders()`: the folder (ending a sentence too: "in /root."), then
-    any run of path characters."""
+    """A path under one of `server_folders()`: the folder, not followed by more of a name (so "in
+    /root." and "/root?" are cut, "/tmp.bak" is not), then any run of path characters."""
     roots = "|".join(re.escape(f.rstrip("/")) for f in server_folders())
-    return re.compile(rf"(?:{roots})(?=[/\s'\":;,)\]}}]|\.(?:[\s'\":;,)\]}}]|$)|$)(?:/[^\s'\":;,)\]}}]*)?")
+    return re.compile(rf"(?:{roots})(?![\w-]|\.[\w-])(?:/[^\s'\":;,)\]}}]*)?")
 
 
 def _scrub_log(path: Path, files) -> None:
