@@ -87,3 +87,16 @@ def test_a_training_line_that_is_not_json_is_skipped_and_logged(monkeypatch, cap
     assert [r.getMessage() for r in caplog.records] == [
         "training printed a line that is not progress: Downloading weights: 100%",
         "training printed a line that is not progress: 7"]
+
+
+def test_the_confusion_table_has_a_row_per_true_class_and_each_class_accuracy():
+    import pandas as pd
+
+    from cam.service import confusion_table
+
+    table = confusion_table({"class_names": ["ant", "bee", "wasp"], "confusion_matrix": [[3, 1, 0], [0, 2, 0], [0, 0, 0]],
+                             "per_class_accuracy": {"ant": 0.75, "bee": 1.0, "wasp": None}})
+    assert list(table.columns) == ["true \\ predicted", "ant", "bee", "wasp", "class accuracy"]
+    assert table.iloc[:, :4].values.tolist() == [["ant", 3, 1, 0], ["bee", 0, 2, 0], ["wasp", 0, 0, 0]]
+    accuracy = table["class accuracy"].tolist()
+    assert accuracy[:2] == ["75%", "100%"] and pd.isna(accuracy[2])  # no validation photo: blank

@@ -191,6 +191,18 @@ def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPO
             job.wait(timeout=30)
 
 
+def confusion_table(metrics: dict):
+    """The training's confusion matrix as a table: a row per true class, a column per predicted one,
+    and each class's accuracy (blank for a class without validation photos)."""
+    import pandas as pd
+
+    names = metrics["class_names"]
+    table = pd.DataFrame(metrics["confusion_matrix"], columns=names)
+    table.insert(0, "true \\ predicted", names)
+    table["class accuracy"] = [None if a is None else f"{a:.0%}" for a in metrics["per_class_accuracy"].values()]
+    return table
+
+
 def validation_review(cache: ModelCache, choice: str, data, folder: Path, limit: int = SHEET_PHOTOS) -> list:
     """What a fine-tuned checkpoint learned: its validation photos (the split its training made,
     rebuilt from `data`, the same zip or folder) with the new model's heatmap and box, captioned with

@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from ..service import checkpoint_archive, hold_uploads, training_updates, validation_review
+from ..service import checkpoint_archive, confusion_table, hold_uploads, training_updates, validation_review
 from ..train import DEFAULT_EPOCHS, DEFAULT_LR
 from .components import guarded, readable
 
@@ -54,10 +54,7 @@ def build(ctx, model: gr.Dropdown) -> None:
             except ValueError as exc:
                 raise readable(exc, zip_file, data) from None
             metrics = event["metrics"]
-            names = metrics["class_names"]
-            confusion = pd.DataFrame(metrics["confusion_matrix"], columns=names)
-            confusion.insert(0, "true \\ predicted", names)
-            confusion["class accuracy"] = [None if a is None else f"{a:.0%}" for a in metrics["per_class_accuracy"].values()]
+            confusion = confusion_table(metrics)
             name = Path(event["checkpoint"]).name
             progress(1.0, desc="localizing the validation photos")
             try:  # localizing every validation photo can outlast the folders' expiry too
