@@ -52,7 +52,7 @@ class ModelCache:
         self.max_models = max_models
         self._models: collections.OrderedDict[tuple[str, int], CamModel] = collections.OrderedDict()
         # A lock per model being loaded, with the requests holding or awaiting it: kept until the last leaves.
-        self._loading: dict[tuple[str, int], list] = {}
+        self._loading: dict[tuple[str, int], _Loading] = {}
         self._lock = threading.Lock()  # guards both dicts; held only for lookups
         self._downloads = threading.BoundedSemaphore(LOADS_AT_ONCE)  # distinct hub models load in parallel, this many
 
@@ -71,10 +71,10 @@ class ModelCache:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            loading = self._loading.setdefault(key, [threading.Lock(), 0])
-            loading[1] += 1
+            loading = self._loading.setdefault(key, _Loading())
+            loading.requests += 1
         try:
-            with loading[0]:  # a second request for the same model waits for the first's load (or retries it)
+            with loading.lock:  # a second request for the same model waits for the first's load (or retries it)
                 with self._lock:
                     if key in self._models:
                         self._models.move_to_end(key)
@@ -90,8 +90,8 @@ class ModelCache:
                 return model
         finally:
             with self._lock:
-                loading[1] -= 1
-                if not loading[1]:
+                loading.requests -= 1
+                if not loading.requests:
                     del self._loading[key]
 
     def _load(self, choice: str, listed: bool) -> CamModel:
@@ -110,6 +110,13 @@ class ModelCache:
         under a name that was deleted is loaded afresh."""
         weights = self.checkpoints / choice / "model.safetensors"
         return choice, weights.stat().st_mtime_ns if choice != DEFAULT_SPEC and weights.is_file() else 0
+
+
+class _Loading:
+    """A model's load lock and the requests holding or awaiting it (it goes when the last leaves)."""
+
+    def __init__(self):
+        self.lock, self.requests = threading.Lock(), 0
 
 
 LOADS_AT_ONCE = 2  # hub models loading at once (each a download and its memory), beyond the `max_models` kept
