@@ -2,7 +2,6 @@
 checkpoint survives a round trip, `boxes=` chooses in the library and the CLI, reviewed COCO boxes
 train it and a bad COCO file is refused in one line."""
 
-import io
 import json
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import cam
 from cam.boxes import iou
@@ -20,6 +18,7 @@ from cam.evaluate import average_precision
 from cam.train import Recipe, read_coco_boxes, train
 
 from .conftest import ROOT
+from .images import png_bytes
 
 TINY = "timm:test_resnet"
 COLOURS = {"blue": (30, 60, 230), "red": (230, 40, 40)}
@@ -40,12 +39,6 @@ def _centres_inside(box, truths) -> list[int]:
             if box[0] <= (x0 + x1) / 2 < box[2] and box[1] <= (y0 + y1) / 2 < box[3]]
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _one_square_dataset(path, per_class: int = 12):
     """A zip of class folders, each photo one square of its class's colour, its size and place
     seeded; returns the zip and {name: (x0, y0, x1, y1)} of each square."""
@@ -56,7 +49,7 @@ def _one_square_dataset(path, per_class: int = 12):
                 rng = np.random.default_rng(100 * c + i)
                 side = int(rng.integers(24, 40))
                 x, y = (int(v) for v in rng.integers(0, 128 - side, 2))
-                archive.writestr(f"{name}/{i}.png", _png(_photo([(x, y, side)], colour, 100 * c + i)))
+                archive.writestr(f"{name}/{i}.png", png_bytes(_photo([(x, y, side)], colour, 100 * c + i)))
                 squares[f"{name}/{i}.png"] = (x, y, x + side, y + side)
     return path, squares
 
@@ -113,7 +106,7 @@ def test_the_checkpoint_holds_both_and_loads_back_the_same(trained):
 @pytest.mark.slow  # trains a detector
 def test_the_cli_chooses_the_boxes(trained, tmp_path):
     photo = tmp_path / "two.png"
-    photo.write_bytes(_png(_photo(TWO_SQUARES, COLOURS["red"], seed=7)))
+    photo.write_bytes(png_bytes(_photo(TWO_SQUARES, COLOURS["red"], seed=7)))
     runs = {}
     for boxes in ("auto", "cam"):
         done = subprocess.run([sys.executable, "-m", "cam", "localize", str(photo), "--model",
@@ -131,7 +124,7 @@ def test_label_exports_the_detectors_scored_boxes(trained, tmp_path):
 
     folder = tmp_path / "photos"
     folder.mkdir()
-    (folder / "two.png").write_bytes(_png(_photo(TWO_SQUARES, COLOURS["red"], seed=7)))
+    (folder / "two.png").write_bytes(png_bytes(_photo(TWO_SQUARES, COLOURS["red"], seed=7)))
     label([folder], tmp_path / "out", model=trained["summary"]["checkpoint"], runtime="torch", formats=["coco", "yolo"])
     coco = json.loads((tmp_path / "out" / "coco.json").read_text())
     scores = [a["score"] for a in coco["annotations"]]
@@ -149,7 +142,7 @@ def test_the_collection_tab_boxes_by_default_what_cam_label_does(trained, tmp_pa
     from cam.service import ModelCache, label_collection
 
     photo = tmp_path / "two.png"
-    photo.write_bytes(_png(_photo(TWO_SQUARES, COLOURS["red"], seed=7)))
+    photo.write_bytes(png_bytes(_photo(TWO_SQUARES, COLOURS["red"], seed=7)))
     checkpoint = Path(trained["summary"]["checkpoint"])
     (tmp_path / "tab").mkdir()
     label_collection(ModelCache(checkpoint.parent, runtime="torch"), checkpoint.name, [photo], tmp_path / "tab", 0)
@@ -167,7 +160,7 @@ def test_evaluate_scores_the_detectors_boxes_or_the_maps(trained, tmp_path):
     rows = []
     for k in range(4):  # two red squares a photo: label 1 (red), both boxes true
         squares = [(8 + 4 * k, 20, 36), (72 - 4 * k, 60, 36)]
-        (tmp_path / "images" / f"{k}.png").write_bytes(_png(_photo(squares, COLOURS["red"], seed=50 + k)))
+        (tmp_path / "images" / f"{k}.png").write_bytes(png_bytes(_photo(squares, COLOURS["red"], seed=50 + k)))
         rows += [f"{k}.png,1,{x},{y},{x + s},{y + s}" for x, y, s in squares]
     (tmp_path / "boxes.csv").write_text("file,label,x0,y0,x1,y1\n" + "\n".join(rows) + "\n")
     model = cam.load_model(trained["summary"]["checkpoint"], runtime="torch")

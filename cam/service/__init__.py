@@ -11,7 +11,7 @@ from .process import limit_malloc_arenas, private_gradio_cache
 
 __all__ = [
     "CHECKPOINTS", "DISPLAY_SIDE", "EXAMPLES", "GALLERY_SIDE", "LIVE_SIDE", "ModelCache", "OutputFolders", "ROOT",
-    "SHEET_PHOTOS", "analyze", "checkpoint_archive", "compact", "confusion_table", "compare_views", "hold_uploads", "is_checkpoint", "label_collection",
-    "limit_malloc_arenas", "live_frame", "private_gradio_cache", "reboxed", "training_updates", "validation_review",
+    "SHEET_PHOTOS", "analyze", "checkpoint_archive", "compact", "confusion_table", "compare_views", "hold_uploads",
+    "is_checkpoint", "label_collection", "limit_malloc_arenas", "live_frame", "private_gradio_cache", "reboxed", "training_updates", "validation_review",
     "views", "without_folders", "write_downloads",
 ]
