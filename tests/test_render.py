@@ -69,3 +69,47 @@ def test_gallery_has_one_tile_per_class_captioned_with_the_method():
     assert len(tiles) == 1 and tiles[0][0].shape == (120, 160, 3) and tiles[0][1] == "widget (75.0%) · CAM"
     assert render.gallery(replace(_result(), method="gradcam++", refined=True))[0][1] == \
         "widget (75.0%) · Grad-CAM++, refined"
+
+
+def test_the_contact_sheet_captions_a_detectors_box_by_its_own_score(tiny_model, tmp_path, monkeypatch):
+    """The Collection tab's contact sheet captions a detector's box with the box's own score, as the
+    Localize tab's pictures do (`draw_boxes`), and a box cut from the maps with its class's score."""
+    from types import SimpleNamespace
+
+    from PIL import ImageDraw
+
+    import cam.label
+    from cam.service import label_collection
+
+    from .conftest import EXAMPLES
+
+    real_label, records = cam.label.label, []
+
+    def detector_label(*args, on_record, **kwargs):  # coffee.png's record as a detector checkpoint logs it
+        def as_detected(record, item):
+            if record["file"] == "coffee.png":
+                w, h = record["width"], record["height"]
+                record["boxes_from"] = "detector"
+                for p in record["predictions"]:
+                    p["boxes"], p["box_scores"] = [[0, 0, w // 2, h], [w // 2, 0, w, h]], [0.87, 0.42]
+            records.append(record)
+            on_record(record, item)
+        return real_label(*args, on_record=as_detected, **kwargs)
+
+    drawn = []
+    real_text = ImageDraw.ImageDraw.text
+
+    def text(self, xy, caption, *args, **kwargs):  # every caption drawn on a picture
+        drawn.append(caption)
+        return real_text(self, xy, caption, *args, **kwargs)
+
+    monkeypatch.setattr(cam.label, "label", detector_label)
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    sheet, summary, _ = label_collection(SimpleNamespace(get=lambda choice: tiny_model), "default",
+                                         [EXAMPLES / "coffee.png", EXAMPLES / "chelsea.png"], tmp_path)
+    assert summary["labelled"] == 2 and len(sheet) == 2
+    detected, mapped = records
+    [top] = detected["predictions"]  # the top class: `cam label`'s default for a classifier
+    assert f"{top['score']:.2f}" not in ("0.87", "0.42")
+    assert drawn == [f"{top['label']} 0.87", f"{top['label']} 0.42"] + \
+        [f"{p['label']} {p['score']:.2f}" for p in mapped["predictions"] for _ in p["boxes"]]

@@ -80,7 +80,8 @@ def label_collection(cache: ModelCache, choice: str, files, folder: Path, topk: 
             return
         photo = read_photo(item.path)
         image, _ = _shrunk(photo.pixels, GALLERY_SIDE)
-        shown = [SimpleNamespace(label=p["label"], score=p["score"],
+        # a detector's boxes are captioned with their own scores, as on the Localize tab
+        shown = [SimpleNamespace(label=p["label"], score=p["score"], box_scores=p.get("box_scores"),
                                  boxes=[scale_box(b, photo.size, image.shape[:2]) for b in p["boxes"]])
                  for p in record["predictions"]]
         top = record["predictions"][0] if record["predictions"] else None
