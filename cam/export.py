@@ -23,6 +23,7 @@ import yaml
 from PIL import Image
 
 from .data import hard_link_or_copy, load_image, map_threads
+from .review import review_order
 
 FORMATS = ("coco", "yolo", "voc")
 PLACING_THREADS = 4  # photos placed at once, each a full decode of a phone photo (~80 MB at 12 MP)
@@ -111,6 +112,13 @@ def write_coco(log, classes: list[tuple[int, str]], path) -> None:
                     {"id": annotation_id, "image_id": image_id, "category_id": coco_category_id(class_id),
                      "bbox": bbox, "area": bbox[2] * bbox[3], "score": score, "iscrowd": 0}))
         out.write("]}\n")
+
+
+def write_review(log, path) -> None:
+    """review.txt: every photo of the log once, by its coco.json `file_name`, the photos whose boxes
+    are most in doubt first (`cam.review.review_order`)."""
+    with _atomic_file(Path(path)) as out:
+        out.write("".join(f"{name}\n" for name in review_order(read_log(log))))
 
 
 def write_yolo(log, classes: list[tuple[int, str]], folder, val_fraction: float) -> None:

@@ -34,7 +34,7 @@ from .settings import Settings, settings_of
 from .methods import check_method
 from .models import CamModel, load_model
 
-LOG, ERRORS, RUN = "predictions.jsonl", "errors.jsonl", "run.json"
+LOG, ERRORS, RUN, REVIEW = "predictions.jsonl", "errors.jsonl", "run.json", "review.txt"
 ENGINES = ("local", "ray")
 RAY_MISSING = "--engine ray needs Ray: pip install -r requirements-scale.txt"
 
@@ -180,8 +180,10 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings | s
 
 
 def write_exports(out: Path, classes: list[tuple[int, str]], formats, val_fraction: float) -> list[str]:
-    """Write the chosen formats from the folder's whole log, each replacing its old version at once."""
+    """Write the chosen formats from the folder's whole log, each replacing its old version at once,
+    and review.txt: every photo once, those whose boxes are most in doubt first (`cam.review`)."""
     log, written = out / LOG, []
+    export.write_review(log, out / REVIEW)
     if "coco" in formats:
         export.write_coco(log, classes, out / "coco.json")
         written.append("coco.json")
@@ -191,7 +193,7 @@ def write_exports(out: Path, classes: list[tuple[int, str]], formats, val_fracti
     if "voc" in formats:
         export.write_voc(log, classes, out / "voc", val_fraction)
         written.append("voc/")
-    return written + [LOG, ERRORS]
+    return written + [REVIEW, LOG, ERRORS]
 
 
 def _export_classes(model: CamModel, classes) -> list[tuple[int, str]]:

@@ -23,7 +23,7 @@ from .conftest import ROOT
 from .datasets import COLOURS, square_image
 from .images import hostile_files
 
-OUTPUTS = ["coco.json", "errors.jsonl", "images", "predictions.jsonl", "run.json", "voc", "yolo"]  # images: COCO's
+OUTPUTS = ["coco.json", "errors.jsonl", "images", "predictions.jsonl", "review.txt", "run.json", "voc", "yolo"]  # images: COCO's
 
 
 def _photos(folder: Path, count: int, size: int = 64) -> list[Path]:
@@ -65,6 +65,9 @@ def test_formats_read_back_to_the_logged_boxes(tiny_model, tmp_path):
     records = list(export.read_log(out / LOG))
     assert [r["file"] for r in records] == sorted(r["file"] for r in records)
     assert {r["file"].split("/")[0] for r in records} == {"left", "right"}
+    coco_names = [image["file_name"] for image in json.loads((out / "coco.json").read_text())["images"]]
+    review = (out / "review.txt").read_text().splitlines()
+    assert len(review) == len(set(review)) == 6 and set(review) == set(coco_names)
     boxes = [(r["file"], p["class_index"], tuple(b)) for r in records for p in r["predictions"] for b in p["boxes"]]
     assert len(boxes) >= 18
 
