@@ -226,6 +226,17 @@ def _progress_bar(title: str, unit: str | None = None):
     return update
 
 
+def _input_size_default() -> str:
+    """`train --input-size`'s default as `cam.train.DEFAULT_INPUT_SIZE` has it, e.g. 'default 288 in
+    both modes' or 'default 288 (head) or 224 (full)'."""
+    from .train import DEFAULT_INPUT_SIZE
+
+    sizes = {mode: "the model's own" if size is None else str(size) for mode, size in DEFAULT_INPUT_SIZE.items()}
+    if len(set(sizes.values())) == 1:
+        return f"default {next(iter(sizes.values()))} in both modes"
+    return "default " + " or ".join(f"{size} ({mode})" for mode, size in sizes.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cam", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-split", type=float, default=0.2, help="fraction of each class held out for validation")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--input-size", type=int, default=None,
-                    help="square side the images are trained at, and the checkpoint's own (default: 288 for head, the model's own for full)")
+                    help=f"square side the images are trained at, and the checkpoint's own ({_input_size_default()})")
     tr.add_argument("--no-pretrained", action="store_true", help="timm/torchvision names: start from random weights")
     tr.add_argument("--detector", action="store_true",
                     help="then train a detector on the classifier's own boxes of the training photos: several "

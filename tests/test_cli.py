@@ -204,3 +204,20 @@ def test_hub_names_take_no_pretrained_and_errors_name_the_flag():
     proc = run_cli("localize", str(EXAMPLES / "coffee.png"), "--model", "timm:test_resnet")
     last = proc.stderr.strip().splitlines()[-1]  # before it, the hub client's own retry warnings
     assert proc.returncode == 2 and last.startswith("error: ") and "--no-pretrained" in last
+
+
+def test_train_help_states_the_input_size_each_mode_really_defaults_to(monkeypatch):
+    import cam.train
+    from cam.__main__ import build_parser
+    from cam.train import Recipe
+
+    proc = run_cli("train", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    option = text.rsplit("--input-size INPUT_SIZE", 1)[1].split(" --", 1)[0]  # its help (the first is the usage's)
+    head, full = (Recipe(mode=mode).resolved().input_size for mode in ("head", "full"))
+    assert head and full and "model's own" not in option
+    assert (f"(default {head} in both modes)" if head == full else f"(default {head} (head) or {full} (full))") in option
+    monkeypatch.setattr(cam.train, "DEFAULT_INPUT_SIZE", {"head": 288, "full": 224})  # the help follows the defaults
+    train_help = " ".join(build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
+    assert "(default 288 (head) or 224 (full))" in train_help
