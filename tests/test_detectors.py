@@ -1,6 +1,7 @@
 """From photos to a detector: the YOLO export in Ultralytics' layout, the VOC export in the devkit's
 (read by torchvision's VOCDetection), COCO read by pycocotools, and the classes a user chooses."""
 
+import importlib.util
 import io
 import json
 import os
@@ -200,12 +201,36 @@ def test_cli_classes_from_a_list_or_a_file(tmp_path):
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "did you mean 'bee'" in done.stderr
 
 
+# One epoch of Ultralytics on the export (argv: data.yaml, project folder), in a process of its own:
+# importing ultralytics patches PIL's Image.open, cv2's imread and imwrite, torch.save and more for
+# good, so it must never be imported into the tests' process.
+ULTRALYTICS_ONE_EPOCH = """
+import sys
+from ultralytics import YOLO
+
+YOLO("yolov8n.yaml").train(data=sys.argv[1], epochs=1, imgsz=64, batch=4, workers=0, device="cpu",
+                           project=sys.argv[2], name="run", plots=False, amp=False, verbose=False)
+"""
+
+
+def _patched_by_ultralytics():
+    """What importing ultralytics replaces in the process that imports it."""
+    import cv2
+    import torch
+
+    return Image.open, Image.MAX_IMAGE_PIXELS, cv2.imread, cv2.imwrite, cv2.imshow, torch.save, torch.load
+
+
 def test_one_epoch_of_ultralytics_trains_on_the_yolo_export(labelled, tmp_path):
-    ultralytics = pytest.importorskip(
-        "ultralytics", reason="ultralytics is not installed: it requires opencv-python, which clashes with this "
-                              "project's opencv-python-headless, so requirements-dev.txt leaves it out")
+    if importlib.util.find_spec("ultralytics") is None:  # found without importing it
+        pytest.skip("ultralytics is not installed: it requires opencv-python, which clashes with this project's "
+                    "opencv-python-headless, so requirements-dev.txt leaves it out")
     _, out, _ = labelled
-    model = ultralytics.YOLO("yolov8n.yaml")
-    model.train(data=str(out / "yolo" / "data.yaml"), epochs=1, imgsz=64, batch=4, workers=0, device="cpu",
-                project=str(tmp_path), name="run", plots=False, amp=False, verbose=False)
+    before = _patched_by_ultralytics()
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "config")}  # its settings file: not in the user's home
+    done = subprocess.run([sys.executable, "-c", ULTRALYTICS_ONE_EPOCH, str(out / "yolo" / "data.yaml"), str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "weights" / "last.pt").is_file()
+    assert not [name for name in sys.modules if name.split(".")[0] == "ultralytics"]  # nothing of it here
+    assert _patched_by_ultralytics() == before  # the tests after this one get the process as it was
