@@ -11,7 +11,7 @@ imagenet: the dev set's dog, bird and reptile photos as three classes (ImageNet'
 The training photos are cut into k stratified folds (`cam.train.stratified_folds`, seed = repeat).
 For each fold, `cam.train.train` trains a checkpoint with its detector on the other folds
 (`Recipe(detector=True)`, the defaults) and the ceiling from the true boxes of the same photos
-(`boxes_from`, a COCO file of them); both are scored on the held-out fold and on `mixed/`, never
+(`reviewed_boxes`, a COCO file of them); both are scored on the held-out fold and on `mixed/`, never
 seen in training. Scores: COCO AP50 and AP (pycocotools) and CorLoc (for each class an image
 holds, its best-scoring box hits a true box of that class at IoU 0.5). The teacher (the same
 checkpoint's CAM boxes, scored by class probability) is scored at each setting of `TEACHER_GRID`,
@@ -191,7 +191,7 @@ def main(argv=None) -> None:
                 run = scratch / f"r{repeat}f{k}"
                 data = dataset_folder(train_photos, run / "data")
                 student = train(data, Recipe(detector=True, seed=repeat), out=run / "checkpoints")
-                ceiling = train(data, Recipe(seed=repeat, boxes_from=str(true_boxes_coco(train_photos, truths,
+                ceiling = train(data, Recipe(seed=repeat, reviewed_boxes=str(true_boxes_coco(train_photos, truths,
                                                                                        run / "true.json"))),
                                 out=run / "checkpoints")
                 line = {"repeat": repeat, "fold": k, "train_seconds": student["metrics"]["seconds"],

@@ -3,7 +3,8 @@
 from .boxes import boxes_from_map, iou
 from .data import load_image
 from .localize import Prediction, Result, localize, localize_batch
-from .models import CamModel, load_model
+from .loading import load_model
+from .models import CamModel
 from .settings import BEST, PLAIN, PRESETS, RECOMMENDED, Settings
 from .train import Recipe
 

@@ -66,7 +66,7 @@ def _cam_settings(args):
 
 def _load(args):
     """The model the command line names, on its runtime and device."""
-    from .models import load_model
+    from .loading import load_model
 
     return load_model(args.model, pretrained=not args.no_pretrained, device=args.device, runtime=args.runtime)
 
@@ -201,7 +201,7 @@ def cmd_train(args) -> int:
 
     recipe = Recipe(model=args.model, mode=args.mode, epochs=args.epochs, lr=args.lr, val_split=args.val_split,
                     seed=args.seed, pretrained=not args.no_pretrained, input_size=args.input_size,
-                    detector=args.detector, detector_epochs=args.detector_epochs, boxes_from=args.boxes_from)
+                    detector=args.detector, detector_epochs=args.detector_epochs, reviewed_boxes=args.boxes_from)
     summary = train(args.data, recipe, out=args.out, device=args.device, progress=progress)
     _emit(summary)
     return 0

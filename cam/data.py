@@ -305,12 +305,14 @@ def unpack_zip(zip_path, dest) -> int:
     return skipped
 
 
-def scan_dataset(folder) -> tuple[list[str], list[tuple[Path, int]], int]:
-    """Find the classes of a folder-per-class dataset (at its root or under one top folder).
+def dataset_root(folder) -> Path:
+    """The folder that holds a dataset's class folders: `folder`, or its one wrapping top folder.
+    Photos are named relative to it (`apple/1.jpg`), as reviewed boxes name them."""
+    return _class_folders(folder)[0]
 
-    Returns (class names sorted, [(image path, class index)], files skipped). Raises a ValueError
-    for fewer than 2 classes or a class with fewer than MIN_IMAGES_PER_CLASS images.
-    """
+
+def _class_folders(folder) -> tuple[Path, list[tuple[str, ...]], int]:
+    """(the folder holding the class folders, each image's path parts below it, files skipped)."""
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder")
@@ -324,6 +326,16 @@ def scan_dataset(folder) -> tuple[list[str], list[tuple[Path, int]], int]:
     tops = {parts[0] for parts in images}
     if len(tops) == 1 and all(len(parts) >= 3 for parts in images):  # one wrapping top folder
         root, images = root / tops.pop(), [parts[1:] for parts in images]
+    return root, images, skipped
+
+
+def scan_dataset(folder) -> tuple[list[str], list[tuple[Path, int]], int]:
+    """Find the classes of a folder-per-class dataset (at its root or under one top folder).
+
+    Returns (class names sorted, [(image path, class index)], files skipped). Raises a ValueError
+    for fewer than 2 classes or a class with fewer than MIN_IMAGES_PER_CLASS images.
+    """
+    root, images, skipped = _class_folders(folder)
     skipped += sum(len(parts) < 2 for parts in images)  # loose files beside the class folders
     images = [parts for parts in images if len(parts) >= 2]
     class_names = sorted({parts[0] for parts in images})

@@ -132,7 +132,7 @@ def evaluate(model: CamModel, folder, settings: Settings | str | None = None, ba
     settings = settings_of(settings, **options)
     detect = box_source(model, settings.boxes) == "detector"  # refused before the pass, not after
     scores, extra = score_folder(model, folder, settings, batch_size, progress)
-    metrics = {**scores.metrics(), **extra, "boxes_from": "detector" if detect else "cam"}
+    metrics = {**scores.metrics(), **extra, "box_source": "detector" if detect else "cam"}
     if detect:
         metrics.update(detection_scores(model, folder, settings, batch_size))
     return metrics, scores.rows

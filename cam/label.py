@@ -32,7 +32,8 @@ from .localize import box_source, class_indices, localize_batch
 from .preprocess import check_input_size, inference_batch_size
 from .settings import Settings, settings_of
 from .methods import check_method
-from .models import CamModel, load_model
+from .loading import load_model
+from .models import CamModel
 
 LOG, ERRORS, RUN, REVIEW = "predictions.jsonl", "errors.jsonl", "run.json", "review.txt"
 ENGINES = ("local", "ray")

@@ -71,7 +71,7 @@ class Result:
     runtime: str = "torch"  # what ran the network (`CamModel.runtime`; gradient methods: always torch)
     size: tuple[int, int] | None = None  # the photo's own (height, width); None: the working image's
     source: object = field(default=None, repr=False)  # the path or bytes the full photo is decoded from
-    boxes_from: str = "cam"  # "cam": cut from the maps at `threshold`; "detector": the checkpoint's detector
+    box_source: str = "cam"  # "cam": cut from the maps at `threshold`; "detector": the checkpoint's detector
 
     def __post_init__(self):
         if self.size is None:
@@ -94,7 +94,7 @@ class Result:
         """Everything but the arrays, JSON-ready."""
         return {"model": self.model, "width": self.width, "height": self.height, "threshold": self.threshold,
                 "all_regions": self.all_regions, "refined": self.refined, "adapted": self.adapted,
-                "method": self.method, "runtime": self.runtime, "boxes_from": self.boxes_from,
+                "method": self.method, "runtime": self.runtime, "box_source": self.box_source,
                 "predictions": [p.to_dict() for p in self.predictions]}
 
     def with_threshold(self, threshold: float, all_regions: bool | None = None) -> "Result":
@@ -105,7 +105,7 @@ class Result:
         boxes = photo_boxes([p.small_cam for p in self.predictions], self.working_image.shape[:2], self.size,
                             threshold, all_regions)
         predictions = [replace(p, boxes=b, box_scores=None) for p, b in zip(self.predictions, boxes)]
-        return replace(self, predictions=predictions, threshold=threshold, all_regions=all_regions, boxes_from="cam")
+        return replace(self, predictions=predictions, threshold=threshold, all_regions=all_regions, box_source="cam")
 
 
 def localize(model: CamModel, image, settings: Settings | str | None = None, **options) -> Result:

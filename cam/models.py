@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,60 +113,29 @@ class CamModel:
         }
 
     def weights_digest(self) -> str:
-        """SHA-256 of the network's parameters and buffers (names, shapes, bytes): what tells two
-        models with the same spec apart, e.g. a checkpoint folder trained again."""
+        """SHA-256 of the network's and the detector's parameters and buffers (names, shapes, bytes):
+        what tells two models with the same spec apart, e.g. a checkpoint folder trained again."""
         digest = hashlib.sha256()
-        for name, tensor in self.net.state_dict().items():
+        detector = {} if self.detector is None else {f"detector.{k}": v for k, v in self.detector.state_dict().items()}
+        for name, tensor in {**self.net.state_dict(), **detector}.items():
             digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
 
-def load_model(spec: str = DEFAULT_SPEC, pretrained: bool = True, device: str | torch.device | None = None,
-               runtime: str = "auto") -> CamModel:
-    """Build a `CamModel` from a spec ('default', 'timm:NAME', 'torchvision:NAME' or a checkpoint folder).
-
-    `pretrained` only concerns timm and torchvision names (hub weights need a network); the bundled
-    models and checkpoints always carry their weights. `device` defaults to CUDA when present
-    (`check_device`). `runtime` runs CAM's forward passes: "torch", "openvino" (OpenVINO's compiled
-    CPU runtime, float32) or "auto" (OpenVINO on a CPU where it is installed, else PyTorch);
-    `model.runtime` says which. Gradient methods and training always run on PyTorch. Loading
-    changes no process-wide setting: inference on CUDA turns TF32 off only while it runs
-    (`cam.runtime.full_float32`), and malloc's tuning (`cam.runtime.steady_allocator`) is the
-    app's and the CLI's, at start.
-    """
-    from .runtime import check_runtime, openvino_available
-
-    if not isinstance(spec, (str, Path)):
-        raise TypeError(f"spec must be a string or path, got {type(spec).__name__}")
-    check_runtime(runtime)
-    device = check_device(device)
-    if runtime == "openvino" and (device.type != "cpu" or not openvino_available()):
-        raise ValueError("runtime 'openvino' runs on the CPU and needs the openvino and onnx packages "
-                         "(pip install openvino onnx)"
-                         if device.type == "cpu" else f"runtime 'openvino' runs on the CPU, not on {device}")
-    text = str(spec).strip()
-    if text in OFFLINE_MODELS:
-        model = _load_offline(text)
-    elif text.startswith("timm:"):
-        model = _load_timm(text[5:], pretrained)
-    elif text.startswith("torchvision:"):
-        model = _load_torchvision(text[12:], pretrained)
-    elif Path(text).is_dir():
-        model = load_checkpoint(Path(text))
-    else:
-        raise ValueError(f"unknown model spec {text!r}; {SPEC_FORMS}{_suggest(text)}")
-    # Channels-last weights: on 2 CPU cores 4-20% faster forward passes one photo at a time and
-    # 20-45% in batches for Lite0, ResNet-50, DenseNet-121, MobileNetV2 and RegNetY (README, "Speed").
-    model.net.to(device=device, memory_format=torch.channels_last)
-    model.net.eval()
-    if model.detector is not None:
-        model.detector.to(device).eval()
-    if runtime == "openvino" or (runtime == "auto" and device.type == "cpu" and openvino_available()):
-        from .runtime import OpenVinoRunner
-
-        model.runtime, model.runner = "openvino", OpenVinoRunner(model)
-    return model
+def named_model(spec: str, pretrained: bool = True) -> CamModel | None:
+    """The model a name stands for ('default', 'efficientnet-lite1', 'timm:NAME', 'torchvision:NAME'),
+    with random weights for hub names unless `pretrained`; None for an existing folder (a checkpoint:
+    `cam.checkpoint`); any other text is a ValueError naming the accepted forms and close names."""
+    if spec in OFFLINE_MODELS:
+        return _load_offline(spec)
+    if spec.startswith("timm:"):
+        return _load_timm(spec[5:], pretrained)
+    if spec.startswith("torchvision:"):
+        return _load_torchvision(spec[12:], pretrained)
+    if Path(spec).is_dir():
+        return None
+    raise ValueError(f"unknown model spec {spec!r}; {SPEC_FORMS}{_suggest(spec)}")
 
 
 def check_device(device: str | torch.device | None) -> torch.device:
@@ -251,7 +219,7 @@ def _load_offline(spec: str) -> CamModel:
     source = torch.load(path, map_location="cpu", weights_only=True)
     net = timm.create_model(arch, pretrained=False)
     _load_positional(net, source)
-    return _wrap(net, spec, f"timm:{arch}", imagenet_class_names(), _timm_preprocessing(net))
+    return wrap(net, spec, f"timm:{arch}", imagenet_class_names(), _timm_preprocessing(net))
 
 
 def _load_positional(net: nn.Module, source: dict) -> None:
@@ -286,7 +254,7 @@ def _load_timm(name: str, pretrained: bool) -> CamModel:
 
     check_hub_spec(f"timm:{name}")
     net = _create(lambda: timm.create_model(name, pretrained=pretrained), f"timm:{name}", pretrained)
-    return _wrap(net, f"timm:{name}", f"timm:{name}", _default_names(_num_outputs(net)), _timm_preprocessing(net))
+    return wrap(net, f"timm:{name}", f"timm:{name}", _default_names(_num_outputs(net)), _timm_preprocessing(net))
 
 
 def _load_torchvision(name: str, pretrained: bool) -> CamModel:
@@ -298,7 +266,7 @@ def _load_torchvision(name: str, pretrained: bool) -> CamModel:
     names = list(weights.meta["categories"]) if weights is not None else _default_names(_num_outputs(net))
     size = list(weights.transforms().crop_size) if weights is not None else [224]
     preprocessing = {"input_size": (size[0], size[-1]), "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear"}
-    return _wrap(net, f"torchvision:{name}", f"torchvision:{name}", names, preprocessing)
+    return wrap(net, f"torchvision:{name}", f"torchvision:{name}", names, preprocessing)
 
 
 def _create(factory, spec: str, pretrained: bool) -> nn.Module:
@@ -332,66 +300,7 @@ def build_architecture(arch: str, num_classes: int) -> nn.Module:
     raise ValueError(f"unknown architecture {arch!r}; expected 'timm:NAME' or 'torchvision:NAME'")
 
 
-def load_checkpoint(folder: Path) -> CamModel:
-    """Load a checkpoint folder written by `cam.train`: config.json plus model.safetensors.
-
-    Weights are read with safetensors (no pickle, no code runs); shapes must match the config.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    config_path, weights_path = folder / "config.json", folder / "model.safetensors"
-    if not config_path.is_file() or not weights_path.is_file():
-        raise ValueError(f"{folder} is not a checkpoint: it needs config.json and model.safetensors")
-    try:
-        config = json.loads(config_path.read_text())
-        arch, class_names = config["arch"], list(config["class_names"])
-        pre = config["preprocessing"]
-        preprocessing = {
-            "input_size": tuple(int(v) for v in pre["input_size"]),
-            "mean": tuple(float(v) for v in pre["mean"]),
-            "std": tuple(float(v) for v in pre["std"]),
-            "interpolation": str(pre["interpolation"]),
-        }
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{config_path} is not a valid checkpoint config ({type(exc).__name__}: {exc})") from exc
-    if len(class_names) < 2 or not all(isinstance(n, str) for n in class_names):
-        raise ValueError(f"{config_path}: class_names must list at least two names")
-    net = build_architecture(arch, len(class_names))
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{weights_path} is not a readable safetensors file ({exc})") from exc
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:3]
-        raise ValueError(f"{weights_path} does not match {arch} with {len(class_names)} classes: {' '.join(first)}") from exc
-    info = {k: config[k] for k in ("metrics", "date", "base_spec", "recipe") if k in config}
-    model = _wrap(net, str(folder), arch, class_names, preprocessing, info)
-    if "detector" in config:
-        model.detector = _load_detector(folder, config["detector"])
-    return model
-
-
-def _load_detector(folder: Path, config) -> nn.Module:
-    """The checkpoint's detector (`cam.detector.Student`) from its config and detector.safetensors."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .detector import DETECTOR_FILE, Student
-
-    path = folder / DETECTOR_FILE
-    try:
-        student = Student(dict(config))
-        student.load_state_dict(load_file(str(path)), strict=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError, TypeError, KeyError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{folder}: its detector does not load ({first})") from exc
-    return student.eval()
-
-
-def _wrap(net: nn.Module, spec: str, arch: str, class_names: list[str], preprocessing: dict, info: dict | None = None) -> CamModel:
+def wrap(net: nn.Module, spec: str, arch: str, class_names: list[str], preprocessing: dict, info: dict | None = None) -> CamModel:
     layers = find_cam_layers(net, preprocessing["input_size"], spec)
     return CamModel(net=net, spec=spec, arch=arch, class_names=class_names, info=info or {}, **layers, **preprocessing)
 

@@ -80,7 +80,7 @@ class Settings:
         return values
 
 
-PLAIN = Settings(input_size=None, refine=False)  # the paper's CAM: the model's own input, 20% of the max
+PLAIN = Settings(input_size=None, refine=False, boxes="cam")  # the paper's CAM: the model's own input, its map's box
 RECOMMENDED = Settings()  # 288 px (9x9 maps instead of 7x7), refined by feature affinity
 BEST = Settings(flip=True, adapt=True)  # the recommended setting averaged with the mirror image, contrast adapted
 PRESETS = {"plain": PLAIN, "recommended": RECOMMENDED, "best": BEST}

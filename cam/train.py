@@ -3,26 +3,24 @@
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .detector import DETECTOR_FILE
-from .data import private_temp_folder, read_photos, remove_orphaned_temp_folders, scan_dataset, unpack_zip
-from .preprocess import check_input_size, inference_batch_size, preprocess
+from .checkpoint import save_checkpoint
+from .data import dataset_root, private_temp_folder, read_photos, remove_orphaned_temp_folders, scan_dataset, unpack_zip
+from .loading import load_model
 from .methods import forward_features
-from .models import CamModel, check_device, load_model
+from .models import CamModel, check_device
+from .preprocess import check_input_size, inference_batch_size, preprocess
+from .train_detector import DETECTOR_EPOCHS, read_coco_boxes, train_detector
 
 DEFAULT_EPOCHS = {"head": 30, "full": 5}
 DEFAULT_LR = {"head": 1e-2, "full": 1e-3}
@@ -32,8 +30,6 @@ DEFAULT_LR = {"head": 1e-2, "full": 1e-3}
 DEFAULT_INPUT_SIZE = {"head": 288, "full": 288}
 TRANSFER_CLASSES = 5  # pretrained classes each new class starts from (`_transfer_init`)
 CV_FOLDS = 5  # folds of the training photos that choose the classifier's start (`_choose_start`)
-STALE_PARTIAL_SECONDS = 3600
-DETECTOR_EPOCHS = 24  # the detector's epochs over the photos and their mirror images (`cam.detector.fit_student`)
 
 
 class TrainingCancelled(Exception):
@@ -90,7 +86,7 @@ class Recipe:
     input_size: int | None = None  # square side images are trained at, and the checkpoint's own
     detector: bool = False  # then train a detector on the classifier's boxes of its own photos (`cam.detector`)
     detector_epochs: int | None = None  # None: DETECTOR_EPOCHS
-    boxes_from: str | None = None  # a COCO file of reviewed boxes the detector learns from instead (implies detector)
+    reviewed_boxes: str | None = None  # a COCO file of reviewed boxes the detector learns from instead (implies detector)
 
     def __post_init__(self):
         if self.mode not in DEFAULT_EPOCHS:
@@ -109,9 +105,9 @@ class Recipe:
             raise ValueError(f"val_split must be between 0 and 1, got {self.val_split!r}")
         object.__setattr__(self, "model", str(self.model))
         object.__setattr__(self, "pretrained", bool(self.pretrained))
-        object.__setattr__(self, "detector", bool(self.detector) or self.boxes_from is not None)
-        if self.boxes_from is not None:
-            object.__setattr__(self, "boxes_from", str(self.boxes_from))
+        object.__setattr__(self, "detector", bool(self.detector) or self.reviewed_boxes is not None)
+        if self.reviewed_boxes is not None:
+            object.__setattr__(self, "reviewed_boxes", str(self.reviewed_boxes))
 
     def resolved(self) -> "Recipe":
         """The recipe with the mode's defaults in the fields left None: what a checkpoint records."""
@@ -122,7 +118,7 @@ class Recipe:
 
     def to_dict(self) -> dict:
         """The fields, JSON-ready; the reviewed boxes' file by its name only (a checkpoint travels)."""
-        return {**asdict(self), "boxes_from": None if self.boxes_from is None else Path(self.boxes_from).name}
+        return {**asdict(self), "reviewed_boxes": None if self.reviewed_boxes is None else Path(self.reviewed_boxes).name}
 
 
 @dataclass
@@ -140,7 +136,6 @@ class _Run:
     recipe: Recipe
     report: object
     cancel: threading.Event | None
-    names: list[str]  # each photo's path relative to the dataset's class folders ("apple/1.jpg")
 
 
 def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str | None = None, progress=None,
@@ -179,10 +174,12 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
             folder = scratch / "data"
         class_names, items, skipped_scan = scan_dataset(folder)
         skipped += skipped_scan
-        names = [path.relative_to(folder).as_posix() for path, _ in items]
-        reviewed = read_coco_boxes(recipe.boxes_from, names, class_names) if recipe.boxes_from else None
+        root = dataset_root(folder)  # named as reviewed boxes name them: below the class folders' parent
+        names = [path.relative_to(root).as_posix() for path, _ in items]
+        reviewed = read_coco_boxes(recipe.reviewed_boxes, names, class_names) if recipe.reviewed_boxes else None
         # its weights change: PyTorch, whatever the runtime
         model = load_model(recipe.model, pretrained=recipe.pretrained, device=device, runtime="torch")
+        model.detector = None  # a checkpoint's detector learned from its own classifier: never carried over
         size = check_input_size(recipe.input_size, model)
         if model.classifier_layer is None:
             why = "CAM is not exact for its head" if not model.cam_exact else "it has no linear classifier to retrain"
@@ -196,10 +193,11 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
         labels = [label for _, label in items]
         train_idx, val_idx = stratified_split(labels, recipe.val_split, recipe.seed)
         run = _Run(model, _replace_classifier(model, len(class_names)), [photo.pixels for photo in photos], labels,
-                   train_idx, val_idx, size, recipe, report, cancel, names)
+                   train_idx, val_idx, size, recipe, report, cancel)
         best = (_train_head if recipe.mode == "head" else _train_full)(run)
         model.net.load_state_dict(best["state"])
-        detector_metrics = _train_detector(run, reviewed) if recipe.detector else None
+        detector_metrics = train_detector(model, run.arrays, labels, names, size, recipe.detector_epochs, recipe.seed,
+                                          reviewed, report, lambda: _check_cancel(cancel)) if recipe.detector else None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     model.class_names = class_names
@@ -215,78 +213,6 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
                                                        "train_input_size": list(size), "val_split": recipe.val_split,
                                                        "seed": recipe.seed, "recipe": recipe.to_dict()})
     return {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
-
-
-def _train_detector(run: _Run, reviewed: dict | None) -> dict:
-    """Set `run.model.detector`: a `cam.detector.Student` trained on every photo of the dataset (the
-    validation split checks the classifier; the detector has no validation, and a quarter more
-    photos help it: docs/experiments.md) and the teacher's boxes of them (the classifier just
-    trained, its map of each photo's class), or the `reviewed` boxes (`read_coco_boxes`; photos it
-    does not list are left out); returns what it learned from."""
-    from .detector import build_student, fit_student, training_samples
-
-    recipe, started = run.recipe, time.perf_counter()
-    indices, boxes = list(range(len(run.arrays))), None
-    if reviewed is not None:
-        indices = [i for i in indices if run.names[i] in reviewed]
-        boxes = [reviewed[run.names[i]] for i in indices]
-    run.report({"stage": "teacher boxes" if boxes is None else "reviewed boxes", "images": len(indices)})
-    full, tiles = training_samples(run.model, [run.arrays[i] for i in indices], [run.labels[i] for i in indices],
-                                   run.size, boxes, lambda: _check_cancel(run.cancel))
-    channels = [full[0][0].shape[0], full[0][1].shape[0]]
-    student = build_student({"in_channels": channels}, recipe.seed).to(run.model.device)
-    fit_student(student, full, tiles, run.size, recipe.detector_epochs, recipe.seed,
-                check=lambda: _check_cancel(run.cancel), report=run.report)
-    run.model.detector = student
-    return {"boxes_from": "teacher" if boxes is None else "reviewed", "images": len(indices),
-            "boxes_per_photo": round(sum(len(s[2]) for s in full) / len(full), 3),  # mirror images included
-            "seconds": round(time.perf_counter() - started, 2)}
-
-
-def read_coco_boxes(path, names: list[str], class_names: list[str]) -> dict[str, list[tuple]]:
-    """Reviewed boxes from a COCO file (ours from `cam label`, or one corrected in a labelling tool),
-    by dataset photo name: {name: [(x0, y0, x1, y1) as fractions of the photo's width and height]}.
-    A photo is matched by its path (or a path ending in it: `dataset/apple/1.jpg`), else by its file
-    name where that is unique in the dataset. Images without a size are skipped. A file that is not
-    COCO, names a class the dataset lacks or matches none of its photos is refused in one line."""
-    try:
-        coco = json.loads(Path(path).read_text())
-        images = {int(image["id"]): (str(image["file_name"]), float(image["width"]), float(image["height"]))
-                  for image in coco["images"] if float(image["width"]) > 0 and float(image["height"]) > 0}
-        categories = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
-        annotations = [(int(a["image_id"]), int(a["category_id"]), [float(v) for v in a["bbox"]])
-                       for a in coco["annotations"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} is not a readable COCO file ({type(exc).__name__}: {exc})") from None
-    unknown = sorted(set(categories.values()) - set(class_names))
-    if unknown:
-        raise ValueError(f"{path} has classes the dataset lacks: {', '.join(unknown)} (its classes: "
-                         f"{', '.join(class_names)})")
-    known = set(names)
-    by_file: dict[str, list[str]] = {}
-    for name in names:
-        by_file.setdefault(PurePosixPath(name).name, []).append(name)
-
-    def match(file_name: str) -> str | None:
-        parts = PurePosixPath(file_name.replace("\\", "/")).parts
-        ends = ("/".join(parts[k:]) for k in range(len(parts)))  # the path, then ever shorter endings of it
-        found = next((end for end in ends if end in known), None)
-        alone = by_file.get(parts[-1], []) if parts else []
-        return found if found is not None else alone[0] if len(alone) == 1 else None
-
-    matched = {image_id: match(file_name) for image_id, (file_name, _, _) in images.items()}
-    boxes: dict[str, list[tuple]] = {name: [] for name in matched.values() if name is not None}
-    for image_id, category, (x, y, w, h) in annotations:
-        name = matched.get(image_id)
-        if name is None or category not in categories:
-            continue
-        _, width, height = images[image_id]
-        if w > 0 and h > 0:
-            boxes[name].append((x / width, y / height, (x + w) / width, (y + h) / height))
-    if not boxes:
-        raise ValueError(f"{path} lists none of the dataset's photos (its file names, e.g. "
-                         f"{next(iter(images.values()), ('none',))[0]!r}, match no photo in the class folders)")
-    return boxes
 
 
 def _replace_classifier(model: CamModel, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -559,46 +485,3 @@ def _metrics(predictions: list[int], truths: list[int], class_names: list[str]) 
                  for i, name in enumerate(class_names)}
     return {"val_accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
             "per_class_accuracy": per_class, "confusion_matrix": confusion.tolist(), "class_names": class_names}
-
-
-def save_checkpoint(model: CamModel, out, metrics: dict, extra: dict) -> Path:
-    """Write model.safetensors + config.json (+ detector.safetensors) under a hidden temporary name, then rename it to
-    `experiment_YYYY-MM-DD_HH_MM` (with _2, _3... if taken): readers never see half a checkpoint."""
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    now = datetime.now()
-    for stale in out.glob(".partial-*"):  # left by a run killed while saving; never listed or loaded
-        if time.time() - stale.stat().st_mtime > STALE_PARTIAL_SECONDS:
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
-    try:
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.net.state_dict().items()}
-        save_file(state, str(staging / "model.safetensors"))
-        config = {"arch": model.arch, "class_names": model.class_names, "preprocessing": model.preprocessing(),
-                  "metrics": metrics, "date": now.isoformat(timespec="seconds"), **extra}
-        written = [staging / "model.safetensors", staging / "config.json"]
-        if model.detector is not None:
-            detector = {k: v.detach().cpu().contiguous().clone() for k, v in model.detector.state_dict().items()}
-            save_file(detector, str(staging / DETECTOR_FILE))
-            config["detector"] = model.detector.config
-            written.append(staging / DETECTOR_FILE)
-        (staging / "config.json").write_text(json.dumps(config, indent=2))
-        for fd_path in written:
-            with open(fd_path, "rb") as handle:
-                os.fsync(handle.fileno())
-        base = f"experiment_{now:%Y-%m-%d_%H_%M}"
-        for n in range(1, 1000):
-            target = out / (base if n == 1 else f"{base}_{n}")
-            if target.exists():
-                continue
-            try:
-                os.rename(staging, target)  # atomic; fails if another run took the name meanwhile
-                return target
-            except OSError:
-                continue
-        raise ValueError(f"no free checkpoint name under {out}")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -137,7 +137,7 @@ def test_api_compare_two_settings_then_a_deleted_checkpoint(server):
     from gradio_client import handle_file
 
     import cam
-    from cam.train import save_checkpoint
+    from cam.checkpoint import save_checkpoint
 
     client = _client(server)
     photo = handle_file(str(EXAMPLES / "coffee.png"))
@@ -558,7 +558,7 @@ def test_api_nothing_of_the_server_leaks_from_any_endpoint(server, tmp_path):
     import numpy as np
 
     import cam
-    from cam.train import save_checkpoint
+    from cam.checkpoint import save_checkpoint
 
     from .images import jpeg_bytes
 
@@ -678,11 +678,11 @@ def test_api_localize_takes_boxes_from_the_detector_or_the_maps(server, tmp_path
     try:
         runs = {boxes: client.predict(photo, name, 3, 0.2, False, 0.5, 288, False, True, "auto", False, boxes,
                                       api_name="/localize")[4] for boxes in ("auto", "detector", "cam")}
-        assert runs["auto"]["boxes_from"] == runs["detector"]["boxes_from"] == "detector"
+        assert runs["auto"]["box_source"] == runs["detector"]["box_source"] == "detector"
         assert runs["auto"]["predictions"] == runs["detector"]["predictions"]
         assert all(len(p["box_scores"]) == len(p["boxes"]) for p in runs["detector"]["predictions"])
         assert sum(len(p["boxes"]) for p in runs["detector"]["predictions"]) >= 1
-        assert runs["cam"]["boxes_from"] == "cam" and all(len(p["boxes"]) == 1 and "box_scores" not in p
+        assert runs["cam"]["box_source"] == "cam" and all(len(p["boxes"]) == 1 and "box_scores" not in p
                                                           for p in runs["cam"]["predictions"])
         with pytest.raises(AppError, match="has no detector: train one with `cam train DATA --detector`"):
             client.predict(photo, "default", 3, 0.2, False, 0.5, 288, False, True, "auto", False, "detector",

@@ -185,7 +185,8 @@ def test_the_readme_python_example_runs_as_pasted(monkeypatch):
 
 
 def test_a_two_class_checkpoint_localizes_both_classes_by_default(tmp_path):
-    from cam.train import _replace_classifier, save_checkpoint
+    from cam.checkpoint import save_checkpoint
+    from cam.train import _replace_classifier
 
     model = cam.load_model("timm:test_resnet", pretrained=False, device="cpu")
     _replace_classifier(model, 2)

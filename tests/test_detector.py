@@ -15,7 +15,8 @@ import torch
 import cam
 from cam.boxes import iou
 from cam.evaluate import average_precision
-from cam.train import Recipe, read_coco_boxes, train
+from cam.train import Recipe, train
+from cam.train_detector import read_coco_boxes
 
 from .conftest import ROOT
 from .images import png_bytes
@@ -72,15 +73,15 @@ def test_the_detector_finds_two_objects_where_the_map_gives_one_box(trained):
     truths = [(x, y, x + s, y + s) for x, y, s in TWO_SQUARES]
     detected = cam.localize(model, photo, topk=1)
     top = detected.predictions[0]
-    assert detected.boxes_from == "detector" and top.label == "red"
+    assert detected.box_source == "detector" and top.label == "red"
     assert top.box_scores and top.box_scores == sorted(top.box_scores, reverse=True) and min(top.box_scores) >= 0.3
     inside = [_centres_inside(box, truths) for box in top.boxes]
     assert all(len(found) < 2 for found in inside) and {0, 1} <= {i for found in inside for i in found}
     mapped = cam.localize(model, photo, topk=1, boxes="cam")
-    assert mapped.boxes_from == "cam" and len(mapped.predictions[0].boxes) == 1
+    assert mapped.box_source == "cam" and len(mapped.predictions[0].boxes) == 1
     assert len(_centres_inside(mapped.predictions[0].boxes[0], truths)) < 2
     assert "box_scores" in detected.to_dict()["predictions"][0] and "box_scores" not in mapped.to_dict()["predictions"][0]
-    assert detected.with_threshold(0.2).boxes_from == "cam"  # re-cutting the maps gives the maps' boxes
+    assert detected.with_threshold(0.2).box_source == "cam"  # re-cutting the maps gives the maps' boxes
 
 
 @pytest.mark.slow  # trains a detector
@@ -89,14 +90,14 @@ def test_the_checkpoint_holds_both_and_loads_back_the_same(trained):
     config = json.loads((Path(folder) / "config.json").read_text())
     assert config["recipe"]["detector"] is True and config["detector"]["in_channels"]
     detector = config["metrics"]["detector"]
-    assert detector["boxes_from"] == "teacher" and detector["images"] == 24  # every photo, the validation ones too
+    assert detector["learned_from"] == "teacher" and detector["images"] == 24  # every photo, the validation ones too
     first, second = cam.load_model(folder, runtime="torch"), cam.load_model(folder, runtime="torch")
     for (name, a), (_, b) in zip(first.detector.state_dict().items(), second.detector.state_dict().items()):
         assert torch.equal(a, b), name
     photo = _photo(TWO_SQUARES, COLOURS["red"], seed=7)
     assert cam.localize(first, photo).to_dict() == cam.localize(second, photo).to_dict()
     without = cam.load_model(TINY, pretrained=False, runtime="torch")
-    assert cam.localize(without, photo, topk=1).boxes_from == "cam"  # auto: the maps, where there is no detector
+    assert cam.localize(without, photo, topk=1).box_source == "cam"  # auto: the maps, where there is no detector
     with pytest.raises(ValueError, match="has no detector: train one with `cam train DATA --detector`"):
         cam.localize(without, photo, boxes="detector")
     with pytest.raises(ValueError, match="boxes must be one of auto, cam, detector"):
@@ -114,8 +115,8 @@ def test_the_cli_chooses_the_boxes(trained, tmp_path):
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         runs[boxes] = json.loads(done.stdout.splitlines()[-1])
-    assert runs["auto"]["boxes_from"] == "detector" and len(runs["auto"]["predictions"][0]["boxes"]) >= 2
-    assert runs["cam"]["boxes_from"] == "cam" and len(runs["cam"]["predictions"][0]["boxes"]) == 1
+    assert runs["auto"]["box_source"] == "detector" and len(runs["auto"]["predictions"][0]["boxes"]) >= 2
+    assert runs["cam"]["box_source"] == "cam" and len(runs["cam"]["predictions"][0]["boxes"]) == 1
 
 
 @pytest.mark.slow  # trains a detector
@@ -166,7 +167,7 @@ def test_evaluate_scores_the_detectors_boxes_or_the_maps(trained, tmp_path):
     model = cam.load_model(trained["summary"]["checkpoint"], runtime="torch")
     detected, rows_detected = evaluate(model, tmp_path)
     mapped, rows_mapped = evaluate(model, tmp_path, boxes="cam")
-    assert detected["boxes_from"] == "detector" and mapped["boxes_from"] == "cam" and "ap50" not in mapped
+    assert detected["box_source"] == "detector" and mapped["box_source"] == "cam" and "ap50" not in mapped
     assert 0 <= detected["ap50"] <= 1 and detected["detector_top1_loc"] <= detected["corloc"]
     assert rows_detected == rows_mapped and detected["top1_loc"] == mapped["top1_loc"]  # the maps' own metrics stay
     with pytest.raises(ValueError, match="has no detector"):
@@ -188,8 +189,8 @@ def test_training_from_reviewed_coco_boxes(trained, tmp_path):
     boxes = read_coco_boxes(path, names, ["blue", "red"])
     assert boxes[names[0]] == [tuple(v / 128 for v in squares[names[0]])]
     summary = train(trained["data"], Recipe(model=TINY, pretrained=False, epochs=2, input_size=128, detector_epochs=2,
-                                            boxes_from=str(path)), out=tmp_path / "c")
-    assert summary["metrics"]["detector"] == {**summary["metrics"]["detector"], "boxes_from": "reviewed",
+                                            reviewed_boxes=str(path)), out=tmp_path / "c")
+    assert summary["metrics"]["detector"] == {**summary["metrics"]["detector"], "learned_from": "reviewed",
                                               "images": 24, "boxes_per_photo": 1.0}
 
     for bad, message in ((json.dumps({**coco, "categories": [{"id": 1, "name": "dog"}]}), "classes the dataset lacks: dog"),
@@ -248,7 +249,7 @@ def test_the_teachers_boxes_split_the_region_between_its_peaks():
     import cv2
 
     from cam.boxes import boxes_from_map
-    from cam.detector import peak_boxes
+    from cam.train_detector import peak_boxes
 
     one = np.zeros((6, 12), np.float32)
     one[2:4, 3:6] = [[0.5, 1.0, 0.5], [0.4, 0.8, 0.4]]
@@ -274,7 +275,7 @@ def test_a_recipe_takes_its_modes_defaults_when_it_runs(tmp_path):
 
     full = replace(Recipe(), mode="full").resolved()  # as train(data, mode="full") builds it
     assert (full.epochs, full.lr, full.input_size, full.detector_epochs) == (5, 1e-3, 288, 24)
-    assert Recipe(boxes_from="x.json").detector is True
+    assert Recipe(reviewed_boxes="x.json").detector is True
     for bad, message in (({"val_split": 5}, "val_split must be between 0 and 1"),
                          ({"epochs": 0}, "epochs must be an integer between 1 and 1000"),
                          ({"mode": "fast"}, "mode must be 'head' or 'full'")):
@@ -291,7 +292,11 @@ def test_reviewed_boxes_match_a_file_name_only_where_it_is_unique(tmp_path):
     path = tmp_path / "coco.json"
     path.write_text(json.dumps(coco))
     names = ["apple/1.jpg", "banana/1.jpg", "banana/2.jpg", "apple/3.jpg"]
-    assert read_coco_boxes(path, names, ["apple", "banana"]) == {"banana/2.jpg": [(0.1, 0.2, 0.6, 0.7)]}
+    with pytest.raises(ValueError, match="1 of its 2 photos match no photo of the dataset \\(e.g. '1.jpg'\\)"):
+        read_coco_boxes(path, names, ["apple", "banana"])  # 1.jpg is in two classes: refused, not dropped
+    coco["images"][0]["file_name"] = "2.jpg"  # unique in the dataset
+    path.write_text(json.dumps(coco))
+    assert read_coco_boxes(path, names, ["apple", "banana"]) == {"banana/2.jpg": [(0.1, 0.2, 0.6, 0.7)] * 2}
 
 
 def test_a_checkpoint_archive_names_no_server_folder(tmp_path):
@@ -308,3 +313,79 @@ def test_a_checkpoint_archive_names_no_server_folder(tmp_path):
         config = json.loads(archive.read("config.json"))
         assert archive.read("detector.safetensors") == b"detector"
     assert config == {"base_spec": "my_model", "recipe": {"model": "my_model"}}
+
+
+def _wrapped(zip_path: Path, folder: Path) -> Path:
+    """The dataset of `zip_path` again, its class folders under one top folder (`top/blue/0.png`)."""
+    wrapped = folder / "wrapped.zip"
+    with zipfile.ZipFile(zip_path) as source, zipfile.ZipFile(wrapped, "w") as archive:
+        for member in source.namelist():
+            archive.writestr(f"top/{member}", source.read(member))
+    return wrapped
+
+
+def _cli(*args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "cam", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.slow  # trains a detector
+def test_the_faults_of_a_checkpoint_with_a_detector_through_the_cli(trained, tmp_path):
+    """Retraining without --detector keeps no detector; --boxes-from reads our COCO on a dataset
+    wrapped in one top folder; --plain gives the maps' box."""
+    checkpoint = Path(trained["summary"]["checkpoint"])
+    done = _cli("train", trained["data"], "--model", checkpoint, "--mode", "head", "--epochs", "1", "--out",
+                tmp_path / "again")
+    assert done.returncode == 0, done.stderr
+    again = Path(json.loads(done.stdout.splitlines()[-1])["checkpoint"])
+    assert not (again / "detector.safetensors").exists() and "detector" not in json.loads(
+        (again / "config.json").read_text())
+    assert cam.load_model(again, runtime="torch").detector is None
+
+    squares, names = trained["squares"], sorted(trained["squares"])  # per-class numbering: no name is unique
+    coco = {"images": [{"id": i + 1, "file_name": name, "width": 128, "height": 128} for i, name in enumerate(names)],
+            "categories": [{"id": 1, "name": "blue"}, {"id": 2, "name": "red"}],
+            "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1 + name.startswith("red"),
+                             "bbox": [*squares[name][:2], squares[name][2] - squares[name][0],
+                                      squares[name][3] - squares[name][1]]} for i, name in enumerate(names)]}
+    path = tmp_path / "reviewed.json"
+    path.write_text(json.dumps(coco))
+    done = _cli("train", _wrapped(trained["data"], tmp_path), "--model", TINY, "--no-pretrained", "--epochs", "1",
+                "--input-size", "128", "--detector-epochs", "1", "--boxes-from", path, "--reviewed-only",
+                "--out", tmp_path / "reviewed")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["metrics"]["detector"]["images"] == len(names)
+
+    photo = tmp_path / "two.png"
+    photo.write_bytes(png_bytes(_photo(TWO_SQUARES, COLOURS["red"], seed=7)))
+    plain = _cli("localize", photo, "--model", checkpoint, "--plain", "--runtime", "torch", "--topk", "1")
+    auto = _cli("localize", photo, "--model", checkpoint, "--runtime", "torch", "--topk", "1")
+    assert plain.returncode == auto.returncode == 0, plain.stderr + auto.stderr
+    assert json.loads(plain.stdout)["box_source"] == "cam" and json.loads(auto.stdout)["box_source"] != "cam"
+    assert cam.localize(cam.load_model(checkpoint, runtime="torch"), photo, "plain").box_source == "cam"
+
+
+def test_reviewed_boxes_naming_photos_the_dataset_lacks_are_refused_not_dropped(tmp_path):
+    names = ["blue/0.png", "blue/1.png", "red/0.png", "red/1.png"]
+    coco = {"images": [{"id": 1, "file_name": "x/blue/0.png", "width": 10, "height": 10},
+                       {"id": 2, "file_name": "elsewhere/9.png", "width": 10, "height": 10}],
+            "categories": [{"id": 1, "name": "blue"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}]}
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"1 of its 2 photos match no photo of the dataset \(e.g. 'elsewhere/9.png'\)"):
+        read_coco_boxes(path, names, ["blue", "red"])
+    coco["images"].pop()
+    path.write_text(json.dumps(coco))
+    assert read_coco_boxes(path, names, ["blue", "red"]) == {"blue/0.png": [(0.1, 0.1, 0.6, 0.6)]}
+
+
+def test_the_detector_learns_from_a_bounded_share_of_each_class():
+    from cam.train_detector import capped
+
+    labels = [0] * 60 + [1] * 30 + [2] * 10
+    kept = capped(list(range(100)), labels, 20, seed=3)
+    assert len(kept) == 20 and kept == sorted(kept) == capped(list(range(100)), labels, 20, seed=3)
+    assert [sum(labels[i] == c for i in kept) for c in range(3)] == [12, 6, 2]
+    assert capped(list(range(100)), labels, 100, seed=3) == list(range(100))
+    assert capped(list(range(100)), labels, 20, seed=4) != kept

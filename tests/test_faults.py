@@ -160,7 +160,7 @@ def test_an_unreachable_hub_is_one_clear_message_at_once(tmp_path, monkeypatch):
 def test_a_checkpoint_written_again_under_its_name_is_loaded_afresh(tmp_path):
     import shutil
 
-    from cam.train import save_checkpoint
+    from cam.checkpoint import save_checkpoint
 
     cache = ModelCache(tmp_path / "c")
     model = cam.load_model(TINY, pretrained=False, device="cpu")

@@ -17,7 +17,7 @@ import yaml
 
 from cam import Settings, export
 from cam.label import ERRORS, LOG, collect, label
-from cam.train import save_checkpoint
+from cam.checkpoint import save_checkpoint
 
 from .conftest import ROOT
 from .datasets import COLOURS, square_image

@@ -10,7 +10,7 @@ import pytest
 import cam
 from cam.localize import localize
 from cam.service import LIVE_SIDE, ModelCache, live_frame
-from cam.train import save_checkpoint
+from cam.checkpoint import save_checkpoint
 
 from .conftest import EXAMPLES
 from .images import hostile_files, jpeg_bytes

@@ -10,7 +10,7 @@ import pytest
 import cam
 import cam.service.model_cache as service
 from cam.service import ModelCache
-from cam.train import save_checkpoint
+from cam.checkpoint import save_checkpoint
 
 TINY = "timm:test_resnet"
 HOLD: dict[str, tuple[threading.Event, threading.Event]] = {}  # spec -> (its load started, let it finish)

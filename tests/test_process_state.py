@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 import cam
 import cam.runtime
-from cam.train import save_checkpoint, train
+from cam.checkpoint import save_checkpoint
+from cam.train import train
 
 from .conftest import ROOT
 from .datasets import dataset_zip

@@ -89,7 +89,7 @@ def test_the_contact_sheet_captions_a_detectors_box_by_its_own_score(tiny_model,
         def as_detected(record, item):
             if record["file"] == "coffee.png":
                 w, h = record["width"], record["height"]
-                record["boxes_from"] = "detector"
+                record["box_source"] = "detector"
                 for p in record["predictions"]:
                     p["boxes"], p["box_scores"] = [[0, 0, w // 2, h], [w // 2, 0, w, h]], [0.87, 0.42]
             records.append(record)

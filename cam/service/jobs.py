@@ -145,16 +145,19 @@ def portable_data_yaml(path: Path) -> None:
 
 
 def training_updates(data, mode: str, epochs, lr, val_split, out: Path = CHECKPOINTS, model_spec: str = DEFAULT_SPEC,
-                     detector: bool = False):
+                     detector: bool = False, boxes_from: str | None = None, detector_epochs: int | None = None):
     """Run a fine-tuning job in its own process (`python -m cam train`) and yield its progress
     dicts as they come, then {'stage': 'done', **summary}. Its own process: the server's memory is
     untouched when it ends, and inference never waits on it. A failed job raises a ValueError with
     its one-line message (a crash is logged with its stderr and raised as a RuntimeError, which the
     app shows as "something went wrong"); closing the generator (the user left) stops the job, and a stopped job
-    writes no checkpoint. With `detector`, a detector is trained on the new classifier's boxes too."""
+    writes no checkpoint. With `detector`, a detector is trained on the new classifier's boxes too;
+    with `boxes_from` (a COCO file), on the reviewed boxes of the photos it lists as well."""
     try:
         settings = ["--mode", str(mode), "--epochs", str(int(epochs)), "--lr", str(float(lr)),
-                    "--val-split", str(float(val_split)), *(["--detector"] if detector else [])]
+                    "--val-split", str(float(val_split)), *(["--detector"] if detector else []),
+                    *(["--boxes-from", str(boxes_from)] if boxes_from else []),
+                    *(["--detector-epochs", str(int(detector_epochs))] if detector_epochs else [])]
     except (TypeError, ValueError):
         raise ValueError("epochs, learning rate and validation split must be numbers") from None
     command = [sys.executable, "-m", "cam", "train", str(data), "--model", model_spec, *settings, "--out", str(out)]

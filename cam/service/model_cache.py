@@ -11,7 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..localize import Result, localize
-from ..models import DEFAULT_SPEC, CamModel, check_hub_spec, load_model
+from ..loading import load_model
+from ..models import DEFAULT_SPEC, CamModel, check_hub_spec
 from ..runtime import check_runtime
 from ..settings import Settings
 

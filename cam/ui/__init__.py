@@ -15,7 +15,7 @@ import gradio as gr
 from ..localize import localize
 from ..runtime import steady_allocator
 from ..service import ModelCache, OutputFolders, limit_malloc_arenas, private_gradio_cache
-from . import collection_tab, compare_tab, finetune_tab, live_tab, localize_tab
+from . import collection_tab, compare_tab, finetune_tab, live_tab, localize_tab, review_tab
 from .components import example_photos
 
 INTRO = """# Where does the classifier look?
@@ -48,6 +48,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         model = localize_tab.build(ctx, demo)
         live_tab.build(ctx)
         finetune_tab.build(ctx, model)
+        review_tab.build(ctx, demo, model)
         compare_tab.build(ctx)
         collection_tab.build(ctx)
     return demo

@@ -1,0 +1,292 @@
+"""The Review tab's service (`cam.service.reviews`): photos shown upright and small, boxes kept in
+the photo's own pixels at each save, refusals that change nothing, a reviewed COCO file that
+`cam train --boxes-from` reads, bounded storage; then the tab's API through gradio_client."""
+
+import io
+import json
+import os
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cam
+from cam.service import ModelCache
+from cam.service import reviews as service
+from cam.train import read_coco_boxes, save_checkpoint
+
+from .datasets import COLOURS, dataset_zip, square_image
+from .images import jpeg_bytes
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A folder holding one checkpoint (tiny, random weights: its classes are not the dataset's)."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    save_checkpoint(cam.load_model("timm:test_resnet", pretrained=False, device="cpu"), folder, {}, {})
+    return folder
+
+
+@pytest.fixture
+def store(checkpoints, tmp_path):
+    cache = ModelCache(checkpoints, runtime="torch")
+    reviews = service.Reviews(tmp_path / "reviews")
+    return cache, reviews, cache.choices()[1], tmp_path
+
+
+def _out(tmp_path) -> Path:
+    folder = tmp_path / f"out{time.perf_counter_ns()}"
+    folder.mkdir()
+    return folder
+
+
+def _shown(value) -> dict:
+    """An annotator value as the browser sends it back: the picture by its file name."""
+    return {"image": Path(value["image"]).name, "boxes": [dict(b) for b in value["boxes"]]}
+
+
+def test_a_12_mp_photo_stored_on_its_side_is_shown_upright_and_its_boxes_kept_in_its_own_pixels(store):
+    cache, reviews, choice, tmp_path = store
+    data = tmp_path / "data"
+    for name in COLOURS:
+        (data / name).mkdir(parents=True)
+        for i in range(2):
+            (data / name / f"{i}.png").write_bytes(square_image(COLOURS[name], seed=i))
+    # 4000 wide, 3000 high as stored; EXIF orientation 6: shown rotated, 3000 wide and 4000 high
+    ramp = np.linspace(0, 255, 4000, dtype=np.uint8)
+    stored = np.stack([np.broadcast_to(ramp, (3000, 4000))] * 3, axis=-1)
+    (data / "red" / "sideways.jpg").write_bytes(jpeg_bytes(stored, exif_orientation=6))
+    review_id = service.open_review(reviews, cache, choice, data)
+    service.move(reviews, review_id, to="red/sideways.jpg")
+    value, status = service.photo_view(reviews, review_id, _out(tmp_path))
+    assert "0 of 7 reviewed" in status and "red/sideways.jpg" in status
+    with Image.open(value["image"]) as shown:
+        assert shown.size == (480, 640) and shown.getexif().get(0x0112) is None  # upright, no tag to turn it again
+        pixels = np.asarray(shown)
+    assert pixels[0].mean() < 20 and pixels[-1].mean() > 235  # the stored left edge (dark) is the top now
+    _, meta, _ = service.load(reviews, review_id)
+    assert meta["sizes"]["red/sideways.jpg"] == [4000, 3000]
+    for box in value["boxes"]:  # the proposal, scaled to the shown photo
+        assert 0 <= box["xmin"] < box["xmax"] <= 480 and 0 <= box["ymin"] < box["ymax"] <= 640
+
+    drawn = {"image": Path(value["image"]).name, "boxes": [{"xmin": 48, "ymin": 64, "xmax": 240, "ymax": 320,
+                                                            "label": "red"}]}
+    assert service.save(reviews, review_id, drawn) == "red/sideways.jpg"
+    _, _, saved = service.load(reviews, review_id)
+    assert saved["reviewed"] == {"red/sideways.jpg": [[300, 400, 1500, 2000, "red"]]}  # the upright photo's pixels
+    assert saved["current"] != "red/sideways.jpg"  # the next photo
+    coco = json.loads(Path(service.write_coco(reviews, review_id, _out(tmp_path))).read_text())
+    assert coco["images"] == [{"id": 1, "file_name": "red/sideways.jpg", "width": 3000, "height": 4000}]
+    assert coco["annotations"][0]["bbox"] == [300, 400, 1200, 1600]
+    root, classes, names = service.dataset_names(reviews.folder(review_id) / "data")
+    coco_path = tmp_path / "c.json"
+    coco_path.write_text(json.dumps(coco))
+    assert read_coco_boxes(coco_path, names, classes) == {"red/sideways.jpg": [(0.1, 0.1, 0.5, 0.5)]}
+
+    # Shown again: the saved box where it was drawn; saved unchanged, it keeps its exact pixels.
+    service.move(reviews, review_id, to="red/sideways.jpg")
+    again, _ = service.photo_view(reviews, review_id, _out(tmp_path))
+    assert again["boxes"] == drawn["boxes"]
+
+
+def test_each_save_is_kept_on_disk_at_once_and_refusals_change_nothing(store):
+    cache, reviews, choice, tmp_path = store
+    review_id = service.open_review(reviews, cache, choice, dataset_zip(tmp_path / "colours.zip", per_class=3,
+                                                                      top="photos/"))
+    folder = reviews.folder(review_id)
+    value, status = service.photo_view(reviews, review_id, _out(tmp_path))
+    assert status.startswith("**0 of 9 reviewed**")
+    first = json.loads((folder / "saved.json").read_text())["current"]
+    assert value["boxes"] and {b["label"] for b in value["boxes"]} == {first.split("/")[0]}  # named by its folder
+
+    moved = _shown(value)
+    moved["boxes"][0].update(xmin=2, ymin=3, xmax=40, ymax=41)
+    moved["boxes"].append({"xmin": 10, "ymin": 10, "xmax": 20, "ymax": 20, "label": "green"})
+    assert service.save(reviews, review_id, moved) == first
+    saved = json.loads((folder / "saved.json").read_text())  # on disk already: a restarted server reads it
+    label = first.split("/")[0]
+    assert saved["reviewed"] == {first: [[2, 3, 40, 41, label], [10, 10, 20, 20, "green"]]}
+    second = saved["current"]
+    assert second != first and second.split("/")[0] != label  # the order spreads over the classes
+
+    before = (folder / "saved.json").read_bytes()
+    shown = _shown(service.photo_view(reviews, review_id, _out(tmp_path))[0])
+    box = {"xmin": 1, "ymin": 1, "xmax": 9, "ymax": 9, "label": second.split("/")[0]}
+    for bad, message in (({**box, "xmax": 65}, "lies outside the photo"), ({**box, "xmin": -1}, "lies outside"),
+                         ({**box, "xmax": 1}, "has no size"), ({**box, "label": "cat"}, "'cat' is not one of the "
+                                                                                        "dataset's: blue, green, red"),
+                         ({"xmin": "a", "ymin": 1, "xmax": 2, "ymax": 3}, "needs the numbers")):
+        with pytest.raises(ValueError, match=message):
+            service.save(reviews, review_id, {**shown, "boxes": [bad]})
+        assert (folder / "saved.json").read_bytes() == before
+    with pytest.raises(ValueError, match="earlier review"):
+        service.save(reviews, review_id, {**shown, "image": shown["image"].replace(review_id[:8], "0" * 8)})
+    assert (folder / "saved.json").read_bytes() == before
+
+    # No box is a reviewed photo without one; back, skip, and the strip latest first.
+    assert service.save(reviews, review_id, {**shown, "boxes": []}) == second
+    service.move(reviews, review_id, step=-1)
+    assert service.load(reviews, review_id)[2]["current"] == second
+    assert [caption for _, caption in service.strip(reviews, review_id, _out(tmp_path))] == [second, first]
+    coco = service.coco(*service.load(reviews, review_id)[1:])
+    assert [i["file_name"] for i in coco["images"]] == [first, second]
+    assert {a["image_id"] for a in coco["annotations"]} == {1}  # the second: listed, no annotation
+    root, classes, names = service.dataset_names(folder / "data")
+    path = tmp_path / "reviewed.json"
+    path.write_text(json.dumps(coco))
+    boxes = read_coco_boxes(path, names, classes)  # what `cam train --boxes-from` reads
+    assert boxes[second] == [] and len(boxes[first]) == 2
+
+
+def test_a_coco_file_from_a_labelling_tool_resumes_a_review_and_another_datasets_is_refused(store):
+    cache, reviews, choice, tmp_path = store
+    data = dataset_zip(tmp_path / "colours.zip", per_class=3)
+    # As CVAT writes it: file names under a folder of its own, its own ids, a photo without a box.
+    tool = {"images": [{"id": 7, "file_name": "images/blue/1.png", "width": 64, "height": 64},
+                       {"id": 9, "file_name": "images/red/2.png", "width": 64, "height": 64}],
+            "categories": [{"id": 1, "name": "blue"}, {"id": 2, "name": "red"}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [8, 16, 32, 16], "area": 512,
+                             "iscrowd": 0}]}
+    resume = tmp_path / "instances_default.json"
+    resume.write_text(json.dumps(tool))
+    review_id = service.open_review(reviews, cache, choice, data, resume)
+    _, meta, saved = service.load(reviews, review_id)
+    assert saved["reviewed"] == {"blue/1.png": [[8, 16, 40, 32, "blue"]], "red/2.png": []}
+    assert meta["order"][:2] == ["blue/1.png", "red/2.png"] and saved["current"] not in saved["reviewed"]
+    value, status = service.photo_view(reviews, review_id, _out(tmp_path))
+    assert "2 of 9 reviewed" in status
+
+    other = dict(tool, images=[{"id": 7, "file_name": "kitchen/cup.jpg", "width": 64, "height": 64}])
+    resume.write_text(json.dumps(other))
+    existing = sorted(reviews.root.iterdir())
+    with pytest.raises(ValueError, match="lists none of the dataset's photos"):
+        service.open_review(reviews, cache, choice, data, resume)
+    resume.write_text(json.dumps(dict(tool, categories=[{"id": 1, "name": "cat"}])))
+    with pytest.raises(ValueError, match="has classes the dataset lacks: cat"):
+        service.open_review(reviews, cache, choice, data, resume)
+    assert sorted(reviews.root.iterdir()) == existing  # a refused review leaves nothing
+
+
+def test_reviews_are_bounded_expire_and_never_while_leased_and_ids_name_no_path(store):
+    cache, reviews, choice, tmp_path = store
+    reviews.max_reviews = 2
+    data = dataset_zip(tmp_path / "colours.zip", per_class=2)
+    first = service.open_review(reviews, cache, choice, data)
+    os.utime(reviews.folder(first), (time.time() - 100, time.time() - 100))
+    second = service.open_review(reviews, cache, choice, data)
+    with reviews.lease(first):  # a training reads it
+        third = service.open_review(reviews, cache, choice, data)
+        assert reviews.exists(first) and not reviews.exists(second)  # the oldest not leased went instead
+    os.utime(reviews.folder(third), (time.time() - reviews.max_age - 1,) * 2)
+    with reviews.lease(third):
+        reviews.sweep()
+        assert reviews.exists(third)
+    os.utime(reviews.folder(third), (time.time() - reviews.max_age - 1,) * 2)  # its lease's end was a change
+    reviews.sweep()
+    assert not reviews.exists(third) and reviews.exists(first)
+
+    for bad in ("../etc", "A" * 32, "0" * 31, None, "0" * 32 + "/x", 12):
+        with pytest.raises(ValueError, match="id is not valid"):
+            reviews.folder(bad)
+        assert not reviews.exists(bad)
+    assert reviews.secret() == service.Reviews(reviews.root).secret()  # the same after a restart
+
+
+# --- the tab's API, on the real app ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from .test_app import _serve
+
+    yield from _serve(tmp_path_factory)
+
+
+def _client(server):
+    from gradio_client import Client
+
+    return Client(server["url"], verbose=False, download_files=str(server["downloads"]))
+
+
+def _sent(value) -> dict:
+    """An annotator value as gradio_client sends it back: its picture uploaded again."""
+    from gradio_client import handle_file
+
+    return {"image": handle_file(value["image"]), "boxes": value["boxes"]}
+
+
+@pytest.mark.slow
+def test_api_review_open_save_download_then_retrain_and_visitors_never_mix(server, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    checkpoint = save_checkpoint(cam.load_model("timm:test_resnet", pretrained=False, device="cpu"),
+                                 server["checkpoints"], {}, {}).name
+    client = _client(server)
+    data = handle_file(str(dataset_zip(tmp_path / "colours.zip", per_class=4)))
+    value, status = client.predict(data, None, checkpoint, api_name="/review_open")
+    assert status.startswith("**0 of 12 reviewed**") and Path(value["image"]).is_file()
+    first = status.split("`")[1]
+    assert [b["label"] for b in value["boxes"]] == [first.split("/")[0]]
+    box = {"xmin": 5, "ymin": 6, "xmax": 30, "ymax": 33, "label": "green"}
+    after, status = client.predict({**_sent(value), "boxes": [box]}, api_name="/review_save")
+    assert status.startswith(f"Saved `{first}`. **1 of 12 reviewed**") and after["image"] != value["image"]
+
+    with pytest.raises(AppError, match=r"^a box \(5, 6, 99, 33\) lies outside the photo \(64 x 64 pixels as shown\)$"):
+        client.predict({**_sent(after), "boxes": [{**box, "xmax": 99}]}, api_name="/review_save")
+    with pytest.raises(AppError, match="'cat' is not one of the dataset's"):
+        client.predict({**_sent(after), "boxes": [{**box, "label": "cat"}]}, api_name="/review_save")
+    coco = json.loads(Path(client.predict(api_name="/review_download")).read_text())
+    assert [i["file_name"] for i in coco["images"]] == [first]
+    assert [(a["bbox"], a["category_id"]) for a in coco["annotations"]] == [([5, 6, 25, 27], 2)]
+
+    other = _client(server)  # another visitor: none of the first one's review
+    with pytest.raises(AppError, match="No review is open here"):
+        other.predict(api_name="/review_download")
+    with pytest.raises(AppError, match="No review is open here"):
+        other.predict({**_sent(after), "boxes": [box]}, api_name="/review_save")
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({"images": [{"id": 1, "file_name": "kitchen/cup.jpg", "width": 9, "height": 9}],
+                               "categories": [], "annotations": []}))
+    with pytest.raises(AppError, match="^other.json lists none of the dataset's photos"):
+        other.predict(data, handle_file(str(bad)), checkpoint, api_name="/review_open")
+
+    # Retrain: a checkpoint of the dataset's classes, selected; the photos left come in its order.
+    status, new = client.predict(2, 2, api_name="/review_train")
+    assert status.startswith(f"Done: **{new}**") and (server["checkpoints"] / new / "config.json").is_file()
+    (folder,) = [f for f in (server["checkpoints"] / ".reviews").iterdir() if (f / "review.json").is_file()
+                 and json.loads((f / "review.json").read_text()).get("checkpoints")]
+    meta = json.loads((folder / "review.json").read_text())
+    assert meta["model"] == new and meta["matching"] and meta["order"][0] == first
+    config = json.loads((server["checkpoints"] / new / "config.json").read_text())
+    assert config["class_names"] == sorted(COLOURS)
+    value, status = client.predict(api_name="/review_skip")
+    assert "1 of 12 reviewed" in status
+
+
+def test_the_retraining_reports_whatever_ap50_figures_the_summary_holds():
+    assert service.detector_figures({"detector": {"images": 12, "seconds": 3.1}}) == ""
+    assert service.detector_figures({}) == ""
+    assert service.detector_figures({"detector": {"reviewed_ap50": {"detector": 0.5, "maps": 0.25}, "images": 3}}) == \
+        "reviewed_ap50 detector 0.500; reviewed_ap50 maps 0.250"
+    assert service.detector_figures({"detector": {"AP50": 0.41}}) == "AP50 0.410"
+
+
+def test_every_review_event_is_named_and_guarded(tmp_path):
+    from cam.ui import build_app
+
+    demo = build_app(ModelCache(tmp_path / "checkpoints"))
+    events = [fn for fn in demo.fns.values() if any(t[1] == "load" for t in fn.targets) or
+              (fn.api_name or "").startswith("review")]
+    named = {fn.api_name: fn for fn in events if (fn.api_name or "").startswith("review")}
+    assert {"review_open", "review_save", "review_download", "review_train"} <= {
+        name for name, fn in named.items() if fn.api_visibility == "public"}
+    assert all(fn.fn is None or hasattr(fn.fn, "__wrapped__") or name == "review_remember"
+               for name, fn in named.items()), named
+    api = demo.get_api_info()["named_endpoints"]
+    assert [p["parameter_name"] for p in api["/review_open"]["parameters"]] == ["data", "coco", "choice"]
+    assert [p["parameter_name"] for p in api["/review_save"]["parameters"]] == ["value"]
+    assert api["/review_download"]["parameters"] == [] and len(api["/review_train"]["returns"]) == 2
