@@ -2,10 +2,8 @@
 the photo's own pixels at each save, refusals that change nothing, a reviewed COCO file that
 `cam train --boxes-from` reads, bounded storage; then the tab's API through gradio_client."""
 
-import io
 import json
 import os
-import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -290,3 +288,96 @@ def test_every_review_event_is_named_and_guarded(tmp_path):
     assert [p["parameter_name"] for p in api["/review_open"]["parameters"]] == ["data", "coco", "choice"]
     assert [p["parameter_name"] for p in api["/review_save"]["parameters"]] == ["value"]
     assert api["/review_download"]["parameters"] == [] and len(api["/review_train"]["returns"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_a_resized_box_is_kept_across_a_reload_downloads_exactly_and_retrains(server, tmp_path):
+    from playwright.sync_api import expect
+
+    from .test_app import ARTIFACTS, _app_page
+
+    checkpoint = save_checkpoint(cam.load_model("timm:test_resnet", pretrained=False, device="cpu"),
+                                 server["checkpoints"], {}, {}).name
+    data = tmp_path / "big.zip"  # 640 px photos: the shown photo is the photo
+    with zipfile.ZipFile(data, "w") as archive:
+        for c, (name, colour) in enumerate(COLOURS.items()):
+            for i in range(2):
+                archive.writestr(f"{name}/{i}.png", square_image(colour, seed=1000 * c + i, size=640))
+    reviews = server["checkpoints"] / ".reviews"
+    before = set(reviews.iterdir()) if reviews.is_dir() else set()
+    with _app_page(server, 90_000) as page:
+        page.get_by_role("tab", name="Review").click()
+        page.locator("#review_zip input[type=file]").set_input_files(str(data))
+        expect(page.locator("#review_zip").get_by_role("cell", name="big.zip")).to_be_visible()
+        page.locator("#review_model input").fill(checkpoint)
+        page.locator("#review_model input").press("Enter")
+        page.get_by_role("button", name="Open for review").click()
+        expect(page.locator("#review_status")).to_contain_text("0 of 6 reviewed")
+        (folder,) = set(reviews.iterdir()) - before - {reviews / ".secret"}
+        meta = json.loads((folder / "review.json").read_text())
+        first = json.loads((folder / "saved.json").read_text())["current"]
+        x0, y0, x1, y1, label = meta["proposals"][first][0]
+
+        # Drag the box's bottom-right corner 140 px left and 160 px up (the photo is drawn centred, fitted).
+        canvas = page.locator("#review_annotator canvas")
+        expect(canvas).to_be_visible()
+        page.wait_for_timeout(500)  # the picture drawn
+        area = canvas.bounding_box()
+        scale = min(area["width"] / 640, area["height"] / 640)
+        left, top = area["x"] + (area["width"] - 640 * scale) / 2, area["y"] + (area["height"] - 640 * scale) / 2
+        corner = (left + (x1 - 0.5) * scale, top + (y1 - 0.5) * scale)
+        page.mouse.move(*corner)
+        page.mouse.down()
+        page.mouse.move(corner[0] - 70 * scale, corner[1] - 80 * scale, steps=5)
+        page.mouse.move(corner[0] - 140 * scale, corner[1] - 160 * scale, steps=5)
+        page.mouse.up()
+        page.keyboard.press("s")  # save and next
+        expect(page.locator("#review_status")).to_contain_text(f"Saved {first}. 1 of 6 reviewed")
+        saved = json.loads((folder / "saved.json").read_text())["reviewed"][first]
+        assert len(saved) == 1 and saved[0][:2] == [x0, y0] and saved[0][4] == label
+        assert abs(saved[0][2] - (x1 - 140)) <= 2 and abs(saved[0][3] - (y1 - 160)) <= 2, (saved, x1, y1)
+
+        page.reload()  # the browser keeps the review's id: it resumes
+        page.get_by_role("tab", name="Review").click()
+        expect(page.locator("#review_status")).to_contain_text("Resumed where you left off. 1 of 6 reviewed")
+        expect(page.locator("#review_strip img")).to_have_count(1)
+        page.locator("#review_strip img").first.click()  # back to the reviewed photo
+        expect(page.locator("#review_status")).to_contain_text(f"{first} (boxes reviewed)")
+        page.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
+        page.get_by_role("button", name="Download reviewed boxes (COCO)").click()
+        with page.expect_download() as download:
+            page.locator("#review_coco_file a[download]").first.click()
+        path = tmp_path / "reviewed.json"
+        download.value.save_as(path)
+        coco = json.loads(path.read_text())
+        assert [(i["file_name"], i["width"], i["height"]) for i in coco["images"]] == [(first, 640, 640)]
+        (box,) = saved
+        assert [a["bbox"] for a in coco["annotations"]] == [[box[0], box[1], box[2] - box[0], box[3] - box[1]]]
+
+        # Retrain from the tab: the new checkpoint, selected in the Localize tab's menu.
+        page.get_by_role("button", name="Retrain with my boxes").first.click()  # the accordion
+        page.get_by_label("Classifier epochs").fill("2")
+        page.get_by_label("Detector epochs").fill("2")
+        page.locator("#review_train").click()
+        expect(page.locator("#review_train_status")).to_contain_text("Done", timeout=120_000)
+        new = page.locator("#review_train_status strong").first.inner_text()
+        assert (server["checkpoints"] / new / "config.json").is_file()
+        expect(page.locator("#review_model input")).to_have_value(new)
+        page.get_by_role("tab", name="Localize").click()
+        expect(page.locator("#model input")).to_have_value(new)
+
+
+def test_a_page_opened_after_a_training_lists_the_new_checkpoint_in_every_model_menu(tmp_path):
+    from cam.ui import build_app
+
+    folder = tmp_path / "checkpoints"
+    demo = build_app(ModelCache(folder))
+    new = save_checkpoint(cam.load_model("timm:test_resnet", pretrained=False, device="cpu"), folder, {}, {}).name
+    (load,) = [fn for fn in demo.fns.values() if fn.api_name == "model_menus"]
+    assert any(target[1] == "load" for target in load.targets)
+    menus = {demo.blocks[block._id].elem_id for block in load.outputs}
+    assert {"model", "review_model", "collection_model"} <= menus, menus
+    updates = load.fn()
+    assert len(updates) == len(load.outputs)
+    assert all([new, new] in [list(c) for c in update.choices] for update in updates)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
 import os
 import re
@@ -44,13 +43,12 @@ from ..review import review_order
 from .model_cache import ModelCache
 from .outputs import _jpeg, _shrunk
 
-log = logging.getLogger("cam.reviews")
 
 DISPLAY_SIDE = 640  # the photo in the annotator: its longer side, in pixels
 THUMB_SIDE = 128  # the reviewed photos' strip
 STRIP = 24  # thumbnails in the strip, the latest first
 REVIEW_ID = re.compile(r"[0-9a-f]{32}")
-PHOTO_FILE = re.compile(r"photo_(\d+)_([0-9a-f]{8})\.jpg")  # the shown photo's file name: which photo of which review
+PHOTO_FILE = re.compile(r"photo_(\d+)_([0-9a-f]{8})\.jpe?g")  # the shown photo's file name: which photo of which review
 MAX_REVIEWS = int(os.environ.get("CAM_REVIEWS", 50))  # reviews kept on the server at once
 MAX_AGE = float(os.environ.get("CAM_REVIEW_DAYS", 7)) * 86400  # seconds a review is kept after its last change
 COCO_NAME = "reviewed_coco.json"

@@ -145,10 +145,11 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                 + ". It is now selected in the Localize tab; the photos left to review come in its order.")
         yield text, name
 
+    # Outside the tab, which the page mounts only once shown: the browser's copy is read on page load.
+    review_key = gr.State(None)
+    browser_key = gr.BrowserState(None, storage_key="cam-review-id", secret=reviews.secret())
     with gr.Tab("Review"):
         gr.Markdown(HELP)
-        review_key = gr.State(None)
-        browser_key = gr.BrowserState(None, storage_key="cam-review-id", secret=reviews.secret())
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=280):
                 data = gr.File(label="Dataset (.zip of class folders)", file_types=[".zip"], type="filepath",
@@ -170,7 +171,9 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                 trained = gr.Textbox(visible=False, label="New checkpoint")
             with gr.Column(scale=2, min_width=320):
                 status = gr.Markdown("Open a dataset (.zip of class folders) to start a review.", elem_id="review_status")
-                annotator = image_annotator(None, label_list=[], sources=[], show_clear_button=False,
+                # image_type filepath: the picture comes back as a file named as it was sent, which says
+                # which photo the boxes were drawn on (`service.photo_of`)
+                annotator = image_annotator(None, label_list=[], sources=[], image_type="filepath", show_clear_button=False,
                                             show_remove_button=True, show_download_button=False, height=560,
                                             elem_id="review_annotator", label="Boxes (drag to move, corners to resize)")
                 with gr.Row():
@@ -180,7 +183,6 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                 thumbs = gr.Gallery(label="Reviewed (latest first): click one to see it again", columns=8, rows=1,
                                     height=150, allow_preview=False, format="jpeg", elem_id="review_strip")
 
-    annotator.preprocess = _boxes_only(annotator)
     shown = [annotator, status]
     opened = open_button.click(guarded(open_review), [data, coco, review_model, review_key], [*shown, review_key],
                                api_name="review_open", concurrency_limit=2, concurrency_id="review_open")
@@ -208,14 +210,3 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
         guarded(strip), review_key, thumbs, api_name="review_strip_resumed", api_visibility="private")
     demo.load(None, js=KEYS, api_name="review_keys", api_visibility="private")
 
-
-def _boxes_only(annotator):
-    """The annotator's preprocess without decoding the picture the browser sends back: the boxes,
-    and the picture's file name, which says which photo they were drawn on (`service.photo_of`)."""
-    def preprocess(payload):
-        if payload is None:
-            return None
-        picture = payload.image
-        name = (picture.orig_name or Path(picture.path or "").name) if picture is not None else ""
-        return {"image": name, "boxes": annotator.preprocess_boxes(payload.boxes)}
-    return preprocess
