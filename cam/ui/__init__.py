@@ -16,7 +16,7 @@ from ..localize import localize
 from ..runtime import steady_allocator
 from ..service import ModelCache, OutputFolders, limit_malloc_arenas, private_gradio_cache
 from . import collection_tab, compare_tab, finetune_tab, live_tab, localize_tab, review_tab
-from .components import example_photos
+from .components import example_photos, refresh_on_load
 
 INTRO = """# Where does the classifier look?
 Upload a photo or click an example: one forward pass gives the top classes, a **class activation map**
@@ -51,6 +51,7 @@ def build_app(cache: ModelCache | None = None) -> gr.Blocks:
         review_tab.build(ctx, demo, model)
         compare_tab.build(ctx)
         collection_tab.build(ctx)
+        refresh_on_load(demo, ctx.cache, model)
     return demo
 
 

@@ -72,7 +72,22 @@ def model_menu(cache, **options) -> gr.Dropdown:
     whenever it is opened."""
     menu = gr.Dropdown(cache.choices(), value="default", **options)
     menu.focus(lambda: gr.Dropdown(choices=cache.choices()), None, menu, api_visibility="private")
+    menu.model_menu = True  # its choices are also filled on page load (`refresh_on_load`)
     return menu
+
+
+def refresh_on_load(demo: gr.Blocks, cache, *menus: gr.Dropdown) -> None:
+    """Fill the choices of `menus` and of every `model_menu` of `demo` when a page loads: a page opened
+    after a training lists its checkpoint without a click on Refresh. Call once the tabs are built, inside the Blocks."""
+    def found(block):
+        for child in getattr(block, "children", []):
+            if getattr(child, "model_menu", False):
+                yield child
+            yield from found(child)
+
+    menus = [*menus, *found(demo)]
+    demo.load(lambda: [gr.Dropdown(choices=cache.choices()) for _ in menus], None, menus, api_name="model_menus",
+              api_visibility="private", show_progress="hidden")
 
 
 UNEXPECTED = "something went wrong (logged)"
