@@ -201,7 +201,8 @@ def cmd_train(args) -> int:
 
     recipe = Recipe(model=args.model, mode=args.mode, epochs=args.epochs, lr=args.lr, val_split=args.val_split,
                     seed=args.seed, pretrained=not args.no_pretrained, input_size=args.input_size,
-                    detector=args.detector, detector_epochs=args.detector_epochs, reviewed_boxes=args.boxes_from)
+                    detector=args.detector, detector_epochs=args.detector_epochs, reviewed_boxes=args.boxes_from,
+                    reviewed_only=args.reviewed_only)
     summary = train(args.data, recipe, out=args.out, device=args.device, progress=progress)
     _emit(summary)
     return 0
@@ -262,12 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-pretrained", action="store_true", help="timm/torchvision names: start from random weights")
     tr.add_argument("--detector", action="store_true",
                     help="then train a detector on the classifier's own boxes of the training photos: several "
-                         "scored boxes per class, which localize, label and the app then give by default")
+                         "scored boxes per class, which localize, label and the app then give beside the maps' box")
     tr.add_argument("--detector-epochs", type=int, default=None,
                     help="the detector's epochs over the photos and their mirror images (default 24)")
     tr.add_argument("--boxes-from", default=None, metavar="COCO.json",
-                    help="train the detector on these (reviewed) boxes instead: our coco.json, or one corrected "
-                         "in a labelling tool (implies --detector)")
+                    help="reviewed boxes (our coco.json, or one corrected in a labelling tool; implies --detector): "
+                         "the photos it lists learn from them last, the others from the maps; from 5 photos on, "
+                         "they also choose what --boxes auto gives")
+    tr.add_argument("--reviewed-only", action="store_true",
+                    help="the detector learns from the --boxes-from photos alone")
     tr.add_argument("--out", default="checkpoints", help="folder that receives experiment_YYYY-MM-DD_HH_MM/")
     _add_device_option(tr)
     tr.set_defaults(run=cmd_train)

@@ -74,6 +74,14 @@ def scale_box(box: Box, size: tuple[int, int], to: tuple[int, int]) -> Box:
     return x0, y0, x1, y1
 
 
+def covered(a, b) -> float:
+    """The share of box `a`'s area that lies inside box `b` (x0, y0, x1, y1); 0 for an empty `a`."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    area = (a[2] - a[0]) * (a[3] - a[1])
+    return float(iw * ih / area) if iw > 0 and ih > 0 and area > 0 else 0.0
+
+
 def iou(a, b) -> float:
     """Intersection over union of two boxes (x0, y0, x1, y1) in pixel edges."""
     iw = min(a[2], b[2]) - max(a[0], b[0])

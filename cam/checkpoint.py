@@ -44,6 +44,7 @@ def save_checkpoint(model: CamModel, out, metrics: dict, extra: dict) -> Path:
             detector = {k: v.detach().cpu().contiguous().clone() for k, v in model.detector.state_dict().items()}
             save_file(detector, str(staging / DETECTOR_FILE))
             config["detector"] = model.detector.config
+            config["boxes"] = model.auto_boxes
             written.append(staging / DETECTOR_FILE)
         (staging / "config.json").write_text(json.dumps(config, indent=2))
         for fd_path in written:
@@ -104,6 +105,7 @@ def load_checkpoint(folder: Path) -> CamModel:
     model = wrap(net, str(folder), arch, class_names, preprocessing, info)
     if "detector" in config:
         model.detector = _load_detector(folder, config["detector"])
+        model.auto_boxes = config.get("boxes") if config.get("boxes") in ("cam", "detector", "both") else None
     return model
 
 

@@ -130,25 +130,27 @@ def evaluate(model: CamModel, folder, settings: Settings | str | None = None, ba
     from .localize import box_source
 
     settings = settings_of(settings, **options)
-    detect = box_source(model, settings.boxes) == "detector"  # refused before the pass, not after
+    source = box_source(model, settings.boxes)  # refused before the pass, not after
     scores, extra = score_folder(model, folder, settings, batch_size, progress)
-    metrics = {**scores.metrics(), **extra, "box_source": "detector" if detect else "cam"}
-    if detect:
-        metrics.update(detection_scores(model, folder, settings, batch_size))
+    metrics = {**scores.metrics(), **extra, "box_source": source}
+    if source != "cam":
+        metrics.update(detection_scores(model, folder, replace(settings, boxes=source), batch_size))
     return metrics, scores.rows
 
 
 def detection_scores(model: CamModel, folder, settings: Settings | str | None = None,
                      batch_size: int | None = None) -> dict:
-    """The detector's boxes on `folder` (images/ and boxes.csv; one class an image), every class
+    """The detector's boxes (or both's, where `settings.boxes` says so) on `folder` (images/ and
+    boxes.csv; one class an image), every class
     ranked and every box kept, from CAM's pass without flip: ap50 (`average_precision`), corloc (the
     best box of the image's class hits a true box: GT-known localization with the detector's box)
     and detector_top1_loc (the top class is right, and so is its best box); a hit is IoU >= 0.5."""
     from .localize import localize_batch
 
     samples = read_dataset(folder)
-    settings = replace(settings_of(settings), boxes="detector", box_score=0.0, topk=len(model.class_names),
-                       classes=None, min_score=0.0, method="cam", flip=False)
+    settings = settings_of(settings)
+    settings = replace(settings, boxes=settings.boxes if settings.boxes == "both" else "detector", box_score=0.0,
+                       topk=len(model.class_names), classes=None, min_score=0.0, method="cam", flip=False)
     results = localize_batch(model, [Path(folder) / "images" / s.file for s in samples], settings, batch_size)
     found, truths, top1, known = [], [], 0, 0
     for sample, result in zip(samples, results):

@@ -126,7 +126,7 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings | s
     size = check_input_size(settings.input_size, model)
     classes = _export_classes(model, settings.classes)
     # CAM's one box a class: the top class. The detector's boxes: every exported class it finds.
-    detected = box_source(model, settings.boxes) == "detector"
+    detected = box_source(model, settings.boxes) != "cam"
     settings = replace(settings, topk=settings.topk or (len(classes) if detected else 1),
                        classes=None if settings.classes is None else tuple(name for _, name in classes))
     batch_size = batch_size or inference_batch_size(model, size)

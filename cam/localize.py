@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .boxes import Box, check_threshold, scale_box
+from .boxes import Box, check_threshold, covered, iou, scale_box
 from .detector import detections
 from .data import Photo, read_photos
 from .methods import check_method, forward, make_maps
@@ -71,7 +71,7 @@ class Result:
     runtime: str = "torch"  # what ran the network (`CamModel.runtime`; gradient methods: always torch)
     size: tuple[int, int] | None = None  # the photo's own (height, width); None: the working image's
     source: object = field(default=None, repr=False)  # the path or bytes the full photo is decoded from
-    box_source: str = "cam"  # "cam": cut from the maps at `threshold`; "detector": the checkpoint's detector
+    box_source: str = "cam"  # "cam": cut from the maps at `threshold`; "detector": the checkpoint's detector; "both"
 
     def __post_init__(self):
         if self.size is None:
@@ -137,7 +137,8 @@ def localize_batch(model: CamModel, images, settings: Settings | str | None = No
     topk = _check_topk(min(DEFAULT_TOPK, ranked) if settings.topk is None else settings.topk, ranked)
     method = check_method(settings.method, model)
     size = check_input_size(settings.input_size, model)
-    detect = box_source(model, settings.boxes) == "detector"
+    source = box_source(model, settings.boxes)
+    detect = source != "cam"
     batch_size = batch_size or inference_batch_size(model, size)
     results = []
     with inference_threads(model, method):
@@ -159,37 +160,56 @@ def localize_batch(model: CamModel, images, settings: Settings | str | None = No
                 kept = [j for j, s in enumerate(scores[i].tolist()) if s >= settings.min_score]
                 maps = normalise_for_size(small[i][kept], photo.size)
                 classes = [int(indices[i, j]) for j in kept]
-                if detect:
-                    boxes, box_scores = _detector_boxes(found[i], classes, size, photo.size, settings.box_score)
-                else:
+                boxes, box_scores = None, [None] * len(kept)
+                if source != "detector":
                     boxes = photo_boxes(maps, photo.pixels.shape[:2], photo.size, settings.threshold,
                                         settings.all_regions)
-                    box_scores = [None] * len(kept)
+                if detect:
+                    boxes, box_scores = _detector_boxes(found[i], classes, [float(scores[i, j]) for j in kept],
+                                                        size, photo.size, settings, boxes)
                 predictions = [Prediction(c, model.class_names[c], float(scores[i, j]), b, m, photo.size, bs)
                                for c, j, b, m, bs in zip(classes, kept, boxes, maps, box_scores)]
                 results.append(Result(predictions, photo.pixels, model.spec, settings.threshold, settings.all_regions,
-                                      refined, settings.adapt, method, ran, photo.size, photo.source,
-                                      "detector" if detect else "cam"))
+                                      refined, settings.adapt, method, ran, photo.size, photo.source, source))
     return results
 
 
 def box_source(model: CamModel, boxes: str) -> str:
-    """Where boxes come from for the setting `boxes`: auto is the detector where the model has one."""
-    if boxes == "detector" and model.detector is None:
+    """Where boxes come from for the setting `boxes`: auto is, for a model with a detector, what its
+    training measured best on reviewed photos (`CamModel.auto_boxes`), else both; else the maps."""
+    if boxes in ("detector", "both") and model.detector is None:
         raise ValueError(f"{model.spec!r} has no detector: train one with `cam train DATA --detector`, "
                          "or take boxes from the maps (boxes='cam')")
-    return "detector" if boxes == "detector" or (boxes == "auto" and model.detector is not None) else "cam"
+    if boxes == "auto":
+        return (model.auto_boxes or "both") if model.detector is not None else "cam"
+    return boxes
 
 
-def _detector_boxes(found, classes: list[int], size: tuple[int, int], photo_size: tuple[int, int],
-                    min_score: float) -> tuple[list[list[Box]], list[list[float]]]:
-    """The detector's boxes of each of `classes` scoring at least `min_score`, best first, scaled
-    from the input's `size` to the photo's pixels; and their scores."""
+SAME_BOX = 0.5  # both: a detector box at this IoU with the maps' box or more is that box again
+
+
+def _detector_boxes(found, classes: list[int], probabilities: list[float], size: tuple[int, int],
+                    photo_size: tuple[int, int], settings: Settings,
+                    maps_boxes: list[list[Box]] | None = None) -> tuple[list[list[Box]], list[list[float]]]:
+    """The boxes of each of `classes` and their scores, best first, in the photo's pixels: the
+    detector's (`found`, in the input's `size`) scoring at least `settings.box_score`, less those
+    lying inside a better one of their class by more than `settings.box_overlap` of their area.
+    With `maps_boxes` (both), each class's maps' boxes come first, scored by the class's
+    probability (where it reaches box_score), and the detector's add those it does not already
+    hold (IoU below `SAME_BOX`)."""
     boxes, box_scores = [], []
-    for c in classes:
-        mine = sorted((d for d in found if d[0] == c and d[1] >= min_score), key=lambda d: -d[1])
-        boxes.append([scale_box(d[2], size, photo_size) for d in mine])
-        box_scores.append([round(d[1], 4) for d in mine])
+    for k, c in enumerate(classes):
+        first = [(probabilities[k], b) for b in maps_boxes[k]] if maps_boxes is not None else []
+        kept: list[tuple[float, Box]] = []
+        for score, box in sorted(((d[1], scale_box(d[2], size, photo_size)) for d in found
+                                  if d[0] == c and d[1] >= settings.box_score), key=lambda d: -d[0]):
+            if any(iou(box, b) >= SAME_BOX for _, b in first):
+                continue
+            if all(covered(box, b) <= settings.box_overlap for _, b in kept):
+                kept.append((score, box))
+        ranked = [d for d in first if d[0] >= settings.box_score] + kept
+        boxes.append([b for _, b in ranked])
+        box_scores.append([round(s, 4) for s, _ in ranked])
     return boxes, box_scores
 
 

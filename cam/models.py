@@ -64,6 +64,7 @@ class CamModel:
     runtime: str = "torch"  # what runs the network for CAM's inference: "torch" or "openvino" (`cam.runtime`)
     runner: object = field(default=None, repr=False)  # the compiled runtime's `runner(batch)`, or None for PyTorch
     detector: nn.Module | None = field(default=None, repr=False)  # a checkpoint's `cam.detector.Student`, or None
+    auto_boxes: str | None = None  # the boxes its training measured best ("cam", "detector", "both"); None: both
 
     @property
     def device(self) -> torch.device:

@@ -8,15 +8,9 @@ boxed images by), and where the classifier hesitates between its two best classe
 
 from __future__ import annotations
 
+from .boxes import covered
+
 INSIDE = 0.8  # a box is "inside" another when this share of its area lies in it
-
-
-def _inside(small, large) -> bool:
-    """Whether at least INSIDE of box `small`'s area lies within box `large` (x0, y0, x1, y1)."""
-    width = min(small[2], large[2]) - max(small[0], large[0])
-    height = min(small[3], large[3]) - max(small[1], large[1])
-    area = (small[2] - small[0]) * (small[3] - small[1])
-    return area > 0 and width > 0 and height > 0 and width * height >= INSIDE * area
 
 
 def doubt(record: dict) -> float:
@@ -28,7 +22,7 @@ def doubt(record: dict) -> float:
         return 2.0
     scores = sorted((p["score"] for p in predictions), reverse=True) + [0.0]
     boxes = predictions[0]["boxes"]
-    nested = any(_inside(a, b) for i, a in enumerate(boxes) for j, b in enumerate(boxes) if i != j)
+    nested = any(covered(a, b) >= INSIDE for i, a in enumerate(boxes) for j, b in enumerate(boxes) if i != j)
     return float(nested) + 1.0 - (scores[0] - scores[1])
 
 

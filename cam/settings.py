@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 METHOD_NAMES = ("auto", "cam", "gradcam", "gradcam++", "layercam")  # `cam.methods.MAKERS`, and auto
-BOX_SOURCES = ("auto", "cam", "detector")  # where boxes come from (`Settings.boxes`)
+BOX_SOURCES = ("auto", "cam", "detector", "both")  # where boxes come from (`Settings.boxes`)
 
 
 def _option(default, help: str, flag: str | None = None, **cli):
@@ -49,11 +49,15 @@ class Settings:
     classes: tuple | None = _option(None, "rank only these classes, in this order: names or indices (on the command "
                                     "line separated by commas, or a file with one a line)", "--classes")
     min_score: float = _option(0.0, "drop predictions whose probability is below this", "--min-score", type=float)
-    boxes: str = _option("auto", "where boxes come from: auto (the checkpoint's detector where it has one, else the "
-                         "maps), cam (the maps, cut at the threshold) or detector (several scored boxes per class)",
+    boxes: str = _option("auto", "where boxes come from: auto (what measured best for a checkpoint with a detector, "
+                         "by default both; else the maps), cam (the maps, cut at the threshold), detector (several "
+                         "scored boxes per class) or both (the maps' box first, then the detector's boxes beside it)",
                          "--boxes", choices=BOX_SOURCES)
     box_score: float = _option(0.3, "detector boxes: keep those scoring at least this (objectness x the box's class "
-                               "probability)", "--box-score", type=float)
+                               "probability; the maps' box: its class probability)", "--box-score", type=float)
+    box_overlap: float = _option(0.5, "detector boxes: drop a box when this share of its area lies inside a better box "
+                                 "of its class (a part, or the same object boxed again); 1 keeps them all",
+                                 "--box-overlap", type=float)
 
     def __post_init__(self):
         if self.input_size is not None and (isinstance(self.input_size, bool) or not isinstance(self.input_size, int)
@@ -64,6 +68,7 @@ class Settings:
         object.__setattr__(self, "threshold", check_fraction("threshold", self.threshold))
         object.__setattr__(self, "min_score", check_fraction("min_score", self.min_score))
         object.__setattr__(self, "box_score", check_fraction("box_score", self.box_score))
+        object.__setattr__(self, "box_overlap", check_fraction("box_overlap", self.box_overlap))
         if self.method not in METHOD_NAMES:
             raise ValueError(f"method must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
         if self.boxes not in BOX_SOURCES:

@@ -86,7 +86,8 @@ class Recipe:
     input_size: int | None = None  # square side images are trained at, and the checkpoint's own
     detector: bool = False  # then train a detector on the classifier's boxes of its own photos (`cam.detector`)
     detector_epochs: int | None = None  # None: DETECTOR_EPOCHS
-    reviewed_boxes: str | None = None  # a COCO file of reviewed boxes the detector learns from instead (implies detector)
+    reviewed_boxes: str | None = None  # a COCO file of reviewed boxes: its photos learn from them (implies detector)
+    reviewed_only: bool = False  # the detector learns from the reviewed photos alone (else the teacher's for the rest)
 
     def __post_init__(self):
         if self.mode not in DEFAULT_EPOCHS:
@@ -105,6 +106,9 @@ class Recipe:
             raise ValueError(f"val_split must be between 0 and 1, got {self.val_split!r}")
         object.__setattr__(self, "model", str(self.model))
         object.__setattr__(self, "pretrained", bool(self.pretrained))
+        object.__setattr__(self, "reviewed_only", bool(self.reviewed_only))
+        if self.reviewed_only and self.reviewed_boxes is None:
+            raise ValueError("reviewed_only needs reviewed_boxes (a COCO file of reviewed boxes)")
         object.__setattr__(self, "detector", bool(self.detector) or self.reviewed_boxes is not None)
         if self.reviewed_boxes is not None:
             object.__setattr__(self, "reviewed_boxes", str(self.reviewed_boxes))
@@ -196,12 +200,13 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
                    train_idx, val_idx, size, recipe, report, cancel)
         best = (_train_head if recipe.mode == "head" else _train_full)(run)
         model.net.load_state_dict(best["state"])
+        model.class_names = class_names
+        model.input_size = size  # its own size from now on: the one its classifier learned at
         detector_metrics = train_detector(model, run.arrays, labels, names, size, recipe.detector_epochs, recipe.seed,
-                                          reviewed, report, lambda: _check_cancel(cancel)) if recipe.detector else None
+                                          reviewed, recipe.reviewed_only, report,
+                                          lambda: _check_cancel(cancel)) if recipe.detector else None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    model.class_names = class_names
-    model.input_size = size  # its own size from now on: the one its classifier learned at
     metrics = _metrics(best["predictions"], [labels[i] for i in val_idx], class_names)
     if detector_metrics is not None:
         metrics["detector"] = detector_metrics
@@ -212,7 +217,10 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
                                                        "epochs": recipe.epochs, "lr": recipe.lr,
                                                        "train_input_size": list(size), "val_split": recipe.val_split,
                                                        "seed": recipe.seed, "recipe": recipe.to_dict()})
-    return {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
+    summary = {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
+    if detector_metrics is not None:  # what auto gives, and why
+        summary.update(boxes=model.auto_boxes or "both", reviewed_ap50=detector_metrics.get("reviewed_ap50"))
+    return summary
 
 
 def _replace_classifier(model: CamModel, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,7 @@ loop (`fit_student`); `train_detector` is the step `cam.train` runs."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -16,8 +17,11 @@ import numpy as np
 import torch
 
 from .detector import Student, build_student
+from .evaluate import average_precision
+from .localize import localize_batch
 from .methods import class_maps, forward
 from .preprocess import inference_batch_size, preprocess
+from .settings import Settings
 
 DETECTOR_EPOCHS = 24  # the detector's epochs over the photos and their mirror images (`fit_student`)
 # The teacher's boxes (`peak_boxes`): peaks at 0.7 of the map's maximum at least 3 cells apart, the
@@ -29,35 +33,109 @@ MOSAIC_SHARE = 0.75
 # (guide and feature maps in half precision, at full size and as mosaic tiles, and mirrored), so
 # 1,000 bound that to about 0.75 GB whatever the dataset's size (benchmarks/train_memory.py).
 MAX_PHOTOS = 1000
+# Reviewed photos: the last training on them alone (BiB's last step; docs/experiments.md), and the
+# check that chooses the boxes `auto` gives, from this many reviewed photos on, in at most so many folds.
+FINE_TUNE_EPOCHS, FINE_TUNE_LR = 12, 3e-4
+MIN_REVIEWED_TO_CHOOSE, CHOICE_FOLDS = 5, 5
 
 
 def train_detector(model, arrays: list, labels: list[int], names: list[str], size: tuple[int, int], epochs: int,
-                   seed: int, reviewed: dict | None = None, report: Callable[[dict], None] = lambda _info: None,
-                   check: Callable[[], None] | None = None) -> dict:
-    """Set `model.detector`: a `Student` trained on the dataset's photos (`arrays`, their `labels` and
-    `names`; the validation split checks the classifier, the detector has no validation, and a
-    quarter more photos help it: docs/experiments.md), at most `MAX_PHOTOS` of them, a seeded share
-    of each class, and the teacher's boxes of them (the classifier's map of each photo's class),
-    or the `reviewed` boxes (`read_coco_boxes`; photos it does not list are left out). Returns
-    what it learned from."""
+                   seed: int, reviewed: dict | None = None, reviewed_only: bool = False,
+                   report: Callable[[dict], None] = lambda _info: None, check: Callable[[], None] | None = None) -> dict:
+    """Set `model.detector` (a `Student`) and `model.auto_boxes`; return what it learned from and
+    how its boxes measured.
+
+    The photos (`arrays`, their `labels` and `names`; the validation split checks the classifier,
+    the detector has no validation, and a quarter more photos help it: docs/experiments.md), at
+    most `MAX_PHOTOS`, a seeded share of each class: those `reviewed` does not list learn from the
+    teacher's boxes (the classifier's map of the photo's class) for `epochs`; then the listed
+    photos alone from their reviewed boxes (`read_coco_boxes`; no box: nothing to find there), for
+    `FINE_TUNE_EPOCHS` at `FINE_TUNE_LR`, as BiB (Vo et al., ECCV 2022) ends. `reviewed_only`:
+    the listed photos alone, for `epochs`. With at least `MIN_REVIEWED_TO_CHOOSE` listed photos
+    (and the teacher's), `choose_boxes` scores the maps', the detector's and both boxes on them,
+    cross-validated, and auto takes the best."""
     started = time.perf_counter()
-    indices, boxes = list(range(len(arrays))), None
-    if reviewed is not None:
-        indices = [i for i in indices if names[i] in reviewed]
-        boxes = [reviewed[names[i]] for i in indices]
-    indices = capped(indices, [labels[i] for i in indices], MAX_PHOTOS, seed)
-    if boxes is not None:
-        boxes = [reviewed[names[i]] for i in indices]
-    report({"stage": "teacher boxes" if boxes is None else "reviewed boxes", "images": len(indices)})
-    full, tiles = training_samples(model, [arrays[i] for i in indices], [labels[i] for i in indices], size, boxes,
-                                   check)
-    channels = [full[0][0].shape[0], full[0][1].shape[0]]
-    student = build_student({"in_channels": channels}, seed).to(model.device)
-    fit_student(student, full, tiles, size, epochs, seed, check=check, report=report)
-    model.detector = student
-    return {"learned_from": "teacher" if boxes is None else "reviewed", "images": len(indices),
-            "boxes_per_photo": round(sum(len(s[2]) for s in full) / len(full), 3),  # mirror images included
-            "seconds": round(time.perf_counter() - started, 2)}
+    listed = [i for i in range(len(arrays)) if reviewed is not None and names[i] in reviewed]
+    listed = capped(listed, [labels[i] for i in listed], MAX_PHOTOS, seed)
+    others = [] if reviewed_only else [i for i in range(len(arrays)) if reviewed is None or names[i] not in reviewed]
+    others = capped(others, [labels[i] for i in others], MAX_PHOTOS - len(listed), seed)
+
+    def samples(indices, with_boxes):
+        report({"stage": "reviewed boxes" if with_boxes else "teacher boxes", "images": len(indices)})
+        return training_samples(model, [arrays[i] for i in indices], [labels[i] for i in indices], size,
+                                [reviewed[names[i]] for i in indices] if with_boxes else None, check)
+
+    taught = samples(others, False) if others else None
+    marked = samples(listed, True) if listed else None
+    first = (taught or marked)[0][0]
+    student = build_student({"in_channels": [first[0].shape[0], first[1].shape[0]]}, seed).to(model.device)
+    if taught is None:  # reviewed only
+        fit_student(student, *marked, size, epochs, seed, background=True, check=check, report=report)
+    else:
+        fit_student(student, *taught, size, epochs, seed, check=check, report=report)
+    measured = {}
+    if taught is not None and len(listed) >= MIN_REVIEWED_TO_CHOOSE:
+        measured = choose_boxes(model, student, [arrays[i] for i in listed], [labels[i] for i in listed],
+                                [reviewed[names[i]] for i in listed], size, seed, report, check)
+    if taught is not None and marked is not None:
+        student = fine_tuned(student, marked, size, seed, check, report)
+    model.detector, model.auto_boxes = student, measured.get("boxes")
+    learned = "reviewed" if taught is None else "teacher and reviewed" if marked is not None else "teacher"
+    kept = [sample for part in (taught, marked) if part is not None for sample in part[0]]
+    return {"learned_from": learned, "images": len(others) + len(listed), "reviewed_images": len(listed),
+            "boxes_per_photo": round(sum(len(s[2]) for s in kept) / len(kept), 3),  # mirror images included
+            **measured, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def fine_tuned(student: Student, samples: tuple[list, list], size: tuple[int, int], seed: int,
+               check: Callable[[], None] | None = None, report: Callable[[dict], None] | None = None) -> Student:
+    """A copy of `student` trained further on reviewed photos' `samples` alone (background included):
+    `FINE_TUNE_EPOCHS` at `FINE_TUNE_LR`."""
+    student = copy.deepcopy(student)
+    return fit_student(student, *samples, size, FINE_TUNE_EPOCHS, seed, lr=FINE_TUNE_LR, background=True,
+                       check=check, report=report)
+
+
+def choose_boxes(model, student: Student, arrays: list, labels: list[int], boxes: list, size: tuple[int, int],
+                 seed: int, report: Callable[[dict], None], check: Callable[[], None] | None = None) -> dict:
+    """COCO AP50 of the maps' box (top class), the detector's boxes and both (every class) on the
+    reviewed photos (`arrays`, their `boxes` as fractions), each fold of them (at most
+    `CHOICE_FOLDS`, classes dealt evenly) held out from a `fine_tuned` copy of `student` trained on
+    the others; the folds' boxes are pooled and scored once. Returns {"reviewed_ap50": {source:
+    AP50}, "folds": k, "boxes": the best source (ties: the maps, then both)}."""
+    rng = random.Random(seed)
+    order = []
+    for label in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == label]
+        rng.shuffle(members)
+        order += members
+    k = min(CHOICE_FOLDS, len(arrays))
+    folds = [sorted(order[f::k]) for f in range(k)]
+    classes = len(model.class_names)
+    found: dict[str, list] = {"cam": [], "detector": [], "both": []}
+    truths = []
+    for f, held in enumerate(folds):
+        report({"stage": "choosing the boxes", "fold": f + 1, "folds": k})
+        rest = [i for i in range(len(arrays)) if i not in held]
+        part = training_samples(model, [arrays[i] for i in rest], [labels[i] for i in rest], size,
+                                [boxes[i] for i in rest], check)
+        model.detector = fine_tuned(student, part, size, seed, check)
+        photos = [arrays[i] for i in held]
+        for source in found:
+            settings = Settings(input_size=size[0], boxes=source, box_score=0.0, topk=1 if source == "cam" else classes)
+            for result in localize_batch(model, photos, settings):
+                found[source].append([(p.class_index, score, box) for p in result.predictions
+                                      for box, score in zip(p.boxes, p.box_scores or [p.score] * len(p.boxes))])
+        for i in held:
+            height, width = arrays[i].shape[:2]
+            truths.append([(labels[i], (x0 * width, y0 * height, x1 * width, y1 * height))
+                           for x0, y0, x1, y1 in boxes[i]])
+    model.detector = None
+    if not any(truths):
+        return {}
+    ap50 = {source: round(average_precision(found[source], truths), 4) for source in found}
+    best = max(("cam", "both", "detector"), key=lambda source: ap50[source])  # max keeps the first of equals
+    return {"reviewed_ap50": ap50, "folds": k, "boxes": best}
 
 
 def capped(indices: list[int], labels: list[int], limit: int, seed: int) -> list[int]:
@@ -220,14 +298,15 @@ def _mosaic(tiles: list, picks: list[list[int]], tile: int):
 
 
 def fit_student(student: Student, full: list, tiles: list, size: tuple[int, int], epochs: int, seed: int,
-                batch_size: int = 16, lr: float = 1e-3, mosaic: float = MOSAIC_SHARE,
+                batch_size: int = 16, lr: float = 1e-3, mosaic: float = MOSAIC_SHARE, background: bool = False,
                 check: Callable[[], None] | None = None, report: Callable[[dict], None] | None = None) -> Student:
     """Train `student` on `training_samples` (`full` at `size`, `tiles` for mosaics): each step is, with
     probability `mosaic`, half a batch of 2 x 2 mosaics of random tiles, else the next batch of
-    photos (those the teacher found nothing in are left out). AdamW with a one-cycle schedule;
+    photos (those without a box are left out, unless `background`: reviewed photos with nothing to
+    find). AdamW with a one-cycle schedule;
     the order and the mosaics come from a generator seeded with `seed`. `check()` runs before each
     step (cancellation); `report(dict)` follows each step."""
-    kept = [i for i, sample in enumerate(full) if len(sample[2])]
+    kept = [i for i, sample in enumerate(full) if background or len(sample[2])]
     if not kept:
         raise ValueError("none of the training photos has a box to learn from (the teacher's maps gave none, or "
                          "the reviewed boxes hold none for them)")

@@ -71,7 +71,7 @@ def test_the_detector_finds_two_objects_where_the_map_gives_one_box(trained):
     model = cam.load_model(trained["summary"]["checkpoint"], runtime="torch")
     photo = _photo(TWO_SQUARES, COLOURS["red"], seed=7)
     truths = [(x, y, x + s, y + s) for x, y, s in TWO_SQUARES]
-    detected = cam.localize(model, photo, topk=1)
+    detected = cam.localize(model, photo, topk=1, boxes="detector")
     top = detected.predictions[0]
     assert detected.box_source == "detector" and top.label == "red"
     assert top.box_scores and top.box_scores == sorted(top.box_scores, reverse=True) and min(top.box_scores) >= 0.3
@@ -82,6 +82,11 @@ def test_the_detector_finds_two_objects_where_the_map_gives_one_box(trained):
     assert len(_centres_inside(mapped.predictions[0].boxes[0], truths)) < 2
     assert "box_scores" in detected.to_dict()["predictions"][0] and "box_scores" not in mapped.to_dict()["predictions"][0]
     assert detected.with_threshold(0.2).box_source == "cam"  # re-cutting the maps gives the maps' boxes
+    both = cam.localize(model, photo, topk=1)  # auto, with no reviewed photo to choose by: both
+    first = both.predictions[0]
+    assert both.box_source == "both" and first.boxes[0] == mapped.predictions[0].boxes[0]
+    assert first.box_scores[0] == round(first.score, 4) and first.box_scores == sorted(first.box_scores, reverse=True)
+    assert all(iou(box, first.boxes[0]) < 0.5 for box in first.boxes[1:]) and set(first.boxes[1:]) <= set(top.boxes)
 
 
 @pytest.mark.slow  # trains a detector
@@ -100,7 +105,7 @@ def test_the_checkpoint_holds_both_and_loads_back_the_same(trained):
     assert cam.localize(without, photo, topk=1).box_source == "cam"  # auto: the maps, where there is no detector
     with pytest.raises(ValueError, match="has no detector: train one with `cam train DATA --detector`"):
         cam.localize(without, photo, boxes="detector")
-    with pytest.raises(ValueError, match="boxes must be one of auto, cam, detector"):
+    with pytest.raises(ValueError, match="boxes must be one of auto, cam, detector, both"):
         cam.Settings(boxes="yolo")
 
 
@@ -115,7 +120,7 @@ def test_the_cli_chooses_the_boxes(trained, tmp_path):
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         runs[boxes] = json.loads(done.stdout.splitlines()[-1])
-    assert runs["auto"]["box_source"] == "detector" and len(runs["auto"]["predictions"][0]["boxes"]) >= 2
+    assert runs["auto"]["box_source"] == "both" and len(runs["auto"]["predictions"][0]["boxes"]) >= 2
     assert runs["cam"]["box_source"] == "cam" and len(runs["cam"]["predictions"][0]["boxes"]) == 1
 
 
@@ -167,7 +172,7 @@ def test_evaluate_scores_the_detectors_boxes_or_the_maps(trained, tmp_path):
     model = cam.load_model(trained["summary"]["checkpoint"], runtime="torch")
     detected, rows_detected = evaluate(model, tmp_path)
     mapped, rows_mapped = evaluate(model, tmp_path, boxes="cam")
-    assert detected["box_source"] == "detector" and mapped["box_source"] == "cam" and "ap50" not in mapped
+    assert detected["box_source"] == "both" and mapped["box_source"] == "cam" and "ap50" not in mapped
     assert 0 <= detected["ap50"] <= 1 and detected["detector_top1_loc"] <= detected["corloc"]
     assert rows_detected == rows_mapped and detected["top1_loc"] == mapped["top1_loc"]  # the maps' own metrics stay
     with pytest.raises(ValueError, match="has no detector"):
@@ -389,3 +394,64 @@ def test_the_detector_learns_from_a_bounded_share_of_each_class():
     assert [sum(labels[i] == c for i in kept) for c in range(3)] == [12, 6, 2]
     assert capped(list(range(100)), labels, 100, seed=3) == list(range(100))
     assert capped(list(range(100)), labels, 20, seed=4) != kept
+
+
+def _arrays_and_truths(trained):
+    """The squares dataset as arrays, labels, names and true boxes as fractions."""
+    from cam.data import read_photos
+
+    names = sorted(trained["squares"])
+    with zipfile.ZipFile(trained["data"]) as archive:
+        arrays = [photo.pixels for photo in read_photos([archive.read(n) for n in names], cover=128)]
+    labels = [int(n.startswith("red")) for n in names]
+    truths = {n: [tuple(v / 128 for v in trained["squares"][n])] for n in names}
+    return arrays, labels, names, truths
+
+
+@pytest.mark.slow  # trains detectors
+def test_reviewed_photos_learn_their_boxes_and_a_photo_without_one_teaches_background(trained):
+    from cam.train_detector import train_detector
+
+    model = cam.load_model(trained["summary"]["checkpoint"], runtime="torch")
+    arrays, labels, names, truths = _arrays_and_truths(trained)
+    blue = [i for i, y in enumerate(labels) if y == 0]
+    scores = {}  # every other blue photo listed with no box: its square taught as background, not left out
+    for name, reviewed in (("boxed", truths), ("background", {n: ([] if i in blue[1::2] else truths[n])
+                                                               for i, n in enumerate(names)})):
+        train_detector(model, arrays, labels, names, (128, 128), 12, 0, reviewed, reviewed_only=True)
+        found = cam.localize_batch(model, [arrays[i] for i in blue], boxes="detector", box_score=0.0, topk=2,
+                                   input_size=128)
+        scores[name] = float(np.mean([max([s for p in r.predictions for s in p.box_scores], default=0.0)
+                                      for r in found]))
+    assert scores["background"] < 0.8 * scores["boxed"], scores  # left out, it scored as boxed (0.52 and 0.52)
+
+    teacher_only = train_detector(model, arrays, labels, names, (128, 128), 2, 0)
+    weights = {k: v.clone() for k, v in model.detector.state_dict().items()}
+    few = {n: truths[n] for n in names[:3] + names[-3:]}
+    mixed = train_detector(model, arrays, labels, names, (128, 128), 2, 0, few)
+    assert teacher_only["learned_from"] == "teacher" and "reviewed_ap50" not in teacher_only
+    assert mixed["learned_from"] == "teacher and reviewed" and mixed["reviewed_images"] == 6
+    assert mixed["images"] == teacher_only["images"] == len(names)
+    assert set(mixed["reviewed_ap50"]) == {"cam", "detector", "both"} and mixed["boxes"] == model.auto_boxes
+    assert any(not torch.equal(v, weights[k]) for k, v in model.detector.state_dict().items())
+
+
+@pytest.mark.slow  # trains detectors
+def test_auto_gives_the_maps_boxes_where_the_detector_measured_worse(trained, tmp_path):
+    from cam.checkpoint import save_checkpoint
+    from cam.train_detector import train_detector
+
+    model = cam.load_model(trained["summary"]["checkpoint"], runtime="torch")
+    arrays, labels, names, _ = _arrays_and_truths(trained)
+    maps = cam.localize_batch(model, arrays, boxes="cam", topk=1, input_size=128)  # reviewed = the maps' own boxes
+    right = [(n, r) for n, r, y in zip(names, maps, labels) if r.predictions[0].class_index == y]
+    reviewed = {n: [tuple(v / 128 for v in r.predictions[0].boxes[0])] for n, r in right[:4] + right[-4:]}
+    metrics = train_detector(model, arrays, labels, names, (128, 128), 2, 0, reviewed)
+    assert metrics["reviewed_ap50"]["cam"] == 1.0 and metrics["folds"] == 5
+    assert metrics["boxes"] == model.auto_boxes == "cam"
+    photo = _photo(TWO_SQUARES, COLOURS["red"], seed=7)
+    assert cam.localize(model, photo, input_size=128).box_source == "cam"
+    again = cam.load_model(save_checkpoint(model, tmp_path, {}, {}), runtime="torch")
+    assert again.auto_boxes == "cam" and cam.localize(again, photo).box_source == "cam"
+    model.auto_boxes = "detector"
+    assert cam.localize(model, photo, input_size=128).box_source == "detector"
