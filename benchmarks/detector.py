@@ -3,6 +3,7 @@ the same detector trained on the true boxes (the supervised ceiling); prints JSO
 
     python benchmarks/detector.py fruit ../shared/data/fruit [--folds 5] [--repeats 1]
     python benchmarks/detector.py imagenet ../shared/data/imagenet-val-dev [--folds 3]
+    python benchmarks/detector.py fruit ../shared/data/fruit --reviewed 0,5,10,20 [--folds 5]
 
 fruit: `train/<class>/` is the dataset a user uploads, `mixed/` photos with several kinds of fruit,
 `boxes.csv` (`file,label,x0,y0,x1,y1`, paths relative to the folder, class names) scores only.
@@ -18,6 +19,13 @@ checkpoint's CAM boxes, scored by class probability) is scored at each setting o
 and its best mean AP50 is the one compared. Times: training seconds, and milliseconds a photo for
 `localize` with CAM boxes and with the detector's, on PyTorch and OpenVINO, side by side on the
 held-out photos and on 12 MP JPEGs made from them (first fold).
+
+--reviewed K,...: the review loop as a user runs it, on each fold: `train(DATA, detector=True)`,
+`label(DATA)` for review.txt, then `train(DATA, detector=True, reviewed_boxes=...)` with the true
+boxes of the first K photos a class in review.txt's order, and of K photos a class drawn at random
+(seeded by the fold). Each checkpoint is scored held out with the boxes `auto` gives (every class
+ranked, as `cam label` exports them; the maps' box: the top class), and the maps' box (top class)
+and the detector's boxes alone beside them; K = 0 is the first checkpoint.
 """
 
 from __future__ import annotations
@@ -34,7 +42,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -170,6 +177,78 @@ def timings(checkpoint: str, paths: list, scratch: Path) -> dict:
     return out
 
 
+def first_per_class(order: list[str], k: int) -> list[str]:
+    """The first `k` names of each class (the name's folder) in `order`."""
+    taken: dict[str, int] = {}
+    picked = []
+    for name in order:
+        kind = name.split("/")[0]
+        if taken.get(kind, 0) < k:
+            taken[kind] = taken.get(kind, 0) + 1
+            picked.append(name)
+    return picked
+
+
+def scored_sources(model, sets: dict, truths: dict, classes: list[str]) -> dict:
+    """AP50 and CorLoc on each test set of the boxes auto gives, the maps' box and the detector's."""
+    from cam.localize import box_source
+
+    auto = box_source(model, "auto")
+    line = {"auto_source": auto}
+    for name, paths in sets.items():
+        line[f"{name}/auto"] = scores(found_boxes(model, paths, box_score=0.0, topk=1 if auto == "cam" else len(classes)),
+                                      truths, classes)
+        line[f"{name}/maps"] = scores(found_boxes(model, paths, boxes="cam", topk=1), truths, classes)
+        line[f"{name}/detector"] = scores(found_boxes(model, paths, boxes="detector", box_score=0.0,
+                                                      topk=len(classes)), truths, classes)
+    return line
+
+
+def reviewed_curve(args, photos, tests, truths, classes) -> dict:
+    """`--reviewed`: held-out scores for each K, in review.txt's order and in a random one."""
+    import random
+
+    from cam.label import label
+
+    ks = sorted({int(k) for k in args.reviewed.split(",")})
+    table: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="cam-bench-reviewed-") as scratch_name:
+        scratch = Path(scratch_name)
+        for k, fold in enumerate(stratified_folds([classes.index(c) for _, c in photos], args.folds, 0)):
+            held = set(fold)
+            train_photos = [p for i, p in enumerate(photos) if i not in held]
+            run = scratch / f"f{k}"
+            data = dataset_folder(train_photos, run / "data")
+            sets = {"heldout": [photos[i][0] for i in fold], **tests}
+            first = train(data, Recipe(detector=True), out=run / "checkpoints")
+            label([data], run / "labels", model=first["checkpoint"], formats=["coco"])
+            order = (run / "labels" / "review.txt").read_text().splitlines()
+            rng = random.Random(k)
+            shuffled = [f"{c}/{p.name}" for p, c in train_photos]
+            rng.shuffle(shuffled)
+            by_name = {f"{c}/{p.name}": (p, c) for p, c in train_photos}
+            runs = {"0": first} if 0 in ks else {}
+            for count in (c for c in ks if c > 0):
+                for which, names in (("ours", order), ("random", shuffled)):
+                    chosen = [by_name[n] for n in first_per_class(names, count)]
+                    coco = true_boxes_coco(chosen, truths, run / f"{which}{count}.json")
+                    runs[f"{count}/{which}"] = train(data, Recipe(detector=True, reviewed_boxes=str(coco)),
+                                                     out=run / "checkpoints")
+            for key, summary in runs.items():
+                line = {"fold": k, "run": key, "train_seconds": summary["metrics"]["seconds"],
+                        "reviewed_ap50": summary.get("reviewed_ap50"),
+                        **scored_sources(cam.load_model(summary["checkpoint"], runtime="torch"), sets, truths, classes)}
+                print(json.dumps(line), file=sys.stderr, flush=True)
+                for name, value in line.items():
+                    if isinstance(value, dict) and "ap50" in value:
+                        table.setdefault(f"{key}/{name}/ap50", []).append(value["ap50"])
+                table.setdefault(f"{key}/train_seconds", []).append(line["train_seconds"])
+                table.setdefault(f"{key}/auto_is_maps", []).append(float(line["auto_source"] == "cam"))
+            shutil.rmtree(run, ignore_errors=True)
+    return {"dataset": args.kind, "photos": len(photos), "classes": classes, "folds": args.folds,
+            **{key: spread(values) for key, values in sorted(table.items())}}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["fruit", "imagenet"])
@@ -177,9 +256,14 @@ def main(argv=None) -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-timing", action="store_true", help="skip the inference timings")
+    parser.add_argument("--reviewed", default=None, metavar="K,...",
+                        help="the review loop's curve for these photos a class (e.g. 0,5,10,20) instead")
     args = parser.parse_args(argv)
     photos, tests, truths = (fruit_set if args.kind == "fruit" else imagenet_set)(args.folder)
     classes = sorted({c for _, c in photos})
+    if args.reviewed:
+        print(json.dumps(reviewed_curve(args, photos, tests, truths, classes), indent=2))
+        return
     table: dict[str, list[float]] = {}
     timed = None
     with tempfile.TemporaryDirectory(prefix="cam-bench-detector-") as scratch_name:

@@ -116,7 +116,9 @@ def localize(model: CamModel, image, settings: Settings | str | None = None, **o
     to [0, 1] and boxed at `threshold` (a fraction of the max). `settings` is a `cam.Settings` or a
     preset's name ("plain", "recommended": the default, "best"; `cam.PRESETS`); keyword `options`
     (its field names: topk, threshold, all_regions, input_size, flip, refine, adapt, method,
-    classes, min_score; and `quality`, a preset's name) replace its fields for this call. See
+    classes, min_score, boxes, box_score, box_overlap; and `quality`, a preset's name) replace its
+    fields for this call; `boxes` says where boxes come from (the maps, a checkpoint's detector, or
+    both), `box_score` and `box_overlap` which detector boxes are kept. See
     `cam.settings.Settings` for what each does; `Result.method`, `.refined` and `.runtime` say what ran.
     """
     return localize_batch(model, [image], settings, **options)[0]
