@@ -121,6 +121,8 @@ def test_each_save_is_kept_on_disk_at_once_and_refusals_change_nothing(store):
         with pytest.raises(ValueError, match=message):
             service.save(reviews, review_id, {**shown, "boxes": [bad]})
         assert (folder / "saved.json").read_bytes() == before
+    with pytest.raises(ValueError, match="turned in the editor"):  # its rotate buttons: boxes in another frame
+        service.save(reviews, review_id, {**shown, "boxes": [box], "orientation": 1})
     with pytest.raises(ValueError, match="earlier review"):
         service.save(reviews, review_id, {**shown, "image": shown["image"].replace(review_id[:8], "0" * 8)})
     assert (folder / "saved.json").read_bytes() == before
@@ -252,25 +254,33 @@ def test_api_review_open_save_download_then_retrain_and_visitors_never_mix(serve
     with pytest.raises(AppError, match="^other.json lists none of the dataset's photos"):
         other.predict(data, handle_file(str(bad)), checkpoint, api_name="/review_open")
 
-    # Retrain: a checkpoint of the dataset's classes, selected; the photos left come in its order.
+    # Retrain on five reviewed photos: a checkpoint of the dataset's classes, selected; the photos left
+    # come in its order; where the training scored its boxes on the reviewed photos, the status says so.
+    for _ in range(4):
+        after, status = client.predict(_sent(after), api_name="/review_save")
+    assert "5 of 12 reviewed" in status
     status, new = client.predict(2, 2, api_name="/review_train")
     assert status.startswith(f"Done: **{new}**") and (server["checkpoints"] / new / "config.json").is_file()
+    measured = json.loads((server["checkpoints"] / new / "config.json").read_text())["metrics"].get("detector", {})
+    assert ("AP50 on your reviewed photos" in status) == bool(measured.get("reviewed_ap50")), (status, measured)
     (folder,) = [f for f in (server["checkpoints"] / ".reviews").iterdir() if (f / "review.json").is_file()
                  and json.loads((f / "review.json").read_text()).get("checkpoints")]
     meta = json.loads((folder / "review.json").read_text())
-    assert meta["model"] == new and meta["matching"] and meta["order"][0] == first
+    assert meta["model"] == new and meta["matching"] and meta["order"][0] == first and len(meta["checkpoints"]) == 1
     config = json.loads((server["checkpoints"] / new / "config.json").read_text())
     assert config["class_names"] == sorted(COLOURS)
     value, status = client.predict(api_name="/review_skip")
-    assert "1 of 12 reviewed" in status
+    assert "5 of 12 reviewed" in status
 
 
 def test_the_retraining_reports_whatever_ap50_figures_the_summary_holds():
-    assert service.detector_figures({"detector": {"images": 12, "seconds": 3.1}}) == ""
+    assert service.detector_figures({"metrics": {"detector": {"images": 12, "seconds": 3.1}}}) == ""
     assert service.detector_figures({}) == ""
-    assert service.detector_figures({"detector": {"reviewed_ap50": {"detector": 0.5, "maps": 0.25}, "images": 3}}) == \
-        "reviewed_ap50 detector 0.500; reviewed_ap50 maps 0.250"
-    assert service.detector_figures({"detector": {"AP50": 0.41}}) == "AP50 0.410"
+    assert service.detector_figures({"reviewed_ap50": {"cam": 0.27, "detector": 0.461, "both": 0.49},
+                                     "boxes": "both"}) == "cam 0.27, detector 0.46, both 0.49 (it now gives both)"
+    assert service.detector_figures({"metrics": {"detector": {"reviewed_ap50": {"detector": 0.5}, "images": 3}}}) == \
+        "reviewed_ap50 detector 0.500"
+    assert service.detector_figures({"metrics": {"detector": {"AP50": 0.41}}}) == "AP50 0.410"
 
 
 def test_every_review_event_is_named_and_guarded(tmp_path):

@@ -406,6 +406,8 @@ def checked_boxes(value, name: str, meta: dict, proposed: list) -> list[list]:
     box left as shown keeps its exact pixels; one without a label takes the photo's folder."""
     size = tuple(meta["sizes"][name])
     shown = display_size(size)
+    if (value or {}).get("orientation") not in (None, 0):
+        raise ValueError("the photo is turned in the editor: turn it back upright before saving")
     untouched = {(*_scaled(b[:4], size, shown), b[4]): b for b in proposed}
     boxes = []
     for box in (value or {}).get("boxes") or []:
@@ -574,9 +576,15 @@ def retrain_updates(reviews: Reviews, cache: ModelCache, review_id, epochs=None,
         yield summary
 
 
-def detector_figures(metrics: dict) -> str:
-    """The reviewed photos' AP50 (detector against maps) from a training's metrics, where it has
-    them, as one line ('' where not): any number under metrics['detector'] whose key names AP."""
+def detector_figures(summary: dict) -> str:
+    """The reviewed photos' AP50 of each box source (the maps', the detector's...) from a training's
+    summary, where it measured them, as one line ('' where not): its `reviewed_ap50`
+    ({source: AP50}) and the source `boxes` it then gives, else any number under
+    metrics['detector'] whose key names AP."""
+    ap50 = (summary or {}).get("reviewed_ap50")
+    if isinstance(ap50, dict) and ap50:
+        text = ", ".join(f"{source} {value:.2f}" for source, value in ap50.items() if isinstance(value, (int, float)))
+        return text + (f" (it now gives {summary['boxes']})" if summary.get("boxes") else "")
     found = []
 
     def walk(value, path):
@@ -587,5 +595,5 @@ def detector_figures(metrics: dict) -> str:
                 and any(re.search(r"(^|_)ap\d*($|_)", part.lower()) for part in path):
             found.append(f"{' '.join(path)} {value:.3f}")
 
-    walk((metrics or {}).get("detector") or {}, [])
+    walk(((summary or {}).get("metrics") or {}).get("detector") or {}, [])
     return "; ".join(found)

@@ -23,7 +23,8 @@ Upload a photo or click an example: one forward pass gives the top classes, a **
 for each and a **box** around what it highlights: object localization without one annotated box.
 """
 CSS = ("#camera_message {color: var(--error-text-color)} .gradio-container {max-width: 1400px !important} "
-       "@media (max-width: 700px) {.gradio-container {padding: 4px !important}}")
+       "@media (max-width: 700px) {.gradio-container {padding: 4px !important}} "
+       "#review_annotator button[title^='Rotate'] {display: none}")  # boxes are kept in the upright photo's pixels
 
 
 @dataclass

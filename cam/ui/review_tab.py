@@ -139,9 +139,9 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
             raise readable(exc) from None
         name = Path(event["checkpoint"]).name
         metrics = event.get("metrics") or {}
-        figures = service.detector_figures(metrics)
+        figures = service.detector_figures(event)
         text = (f"Done: **{name}**, validation accuracy {metrics.get('val_accuracy', 0):.1%}"
-                + (f"; on your reviewed photos, AP50 {figures}" if figures else "")
+                + (f"; AP50 on your reviewed photos (each scored by a model that did not learn it): {figures}" if figures else "")
                 + ". It is now selected in the Localize tab; the photos left to review come in its order.")
         yield text, name
 
