@@ -15,7 +15,8 @@ from PIL import Image
 import cam
 from cam.service import ModelCache
 from cam.service import reviews as service
-from cam.train import read_coco_boxes, save_checkpoint
+from cam.checkpoint import save_checkpoint
+from cam.train_detector import read_coco_boxes
 
 from .datasets import COLOURS, dataset_zip, square_image
 from .images import jpeg_bytes

@@ -277,7 +277,7 @@ def coco_reviewed(path, meta: dict) -> dict:
     photos' upright pixels, in the file's order; a photo listed without a box has none. Matched
     as `cam train --boxes-from` matches them (a `file_name` may carry a folder before the class
     folders, as CVAT and Label Studio write); a file `cam train` would refuse is refused."""
-    from ..train import read_coco_boxes
+    from ..train_detector import read_coco_boxes
 
     names = list(meta["sizes"])
     read_coco_boxes(path, names, meta["classes"])  # refuses another dataset's file, unknown classes, in one line
