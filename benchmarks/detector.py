@@ -204,17 +204,20 @@ def scored_sources(model, sets: dict, truths: dict, classes: list[str]) -> dict:
     return line
 
 
-def reviewed_curve(args, photos, tests, truths, classes) -> dict:
-    """`--reviewed`: held-out scores for each K, in review.txt's order and in a random one."""
+def reviewed_curve(args, photos, tests, truths, classes) -> list[dict]:
+    """`--reviewed`: each fold's line (also printed to stderr): held-out scores for each K, in
+    review.txt's order and in a random one."""
     import random
 
     from cam.label import label
 
     ks = sorted({int(k) for k in args.reviewed.split(",")})
-    table: dict[str, list[float]] = {}
+    lines = []
     with tempfile.TemporaryDirectory(prefix="cam-bench-reviewed-") as scratch_name:
         scratch = Path(scratch_name)
         for k, fold in enumerate(stratified_folds([classes.index(c) for _, c in photos], args.folds, 0)):
+            if args.only is not None and k not in args.only:
+                continue
             held = set(fold)
             train_photos = [p for i, p in enumerate(photos) if i not in held]
             run = scratch / f"f{k}"
@@ -239,13 +242,23 @@ def reviewed_curve(args, photos, tests, truths, classes) -> dict:
                         "reviewed_ap50": summary.get("reviewed_ap50"),
                         **scored_sources(cam.load_model(summary["checkpoint"], runtime="torch"), sets, truths, classes)}
                 print(json.dumps(line), file=sys.stderr, flush=True)
-                for name, value in line.items():
-                    if isinstance(value, dict) and "ap50" in value:
-                        table.setdefault(f"{key}/{name}/ap50", []).append(value["ap50"])
-                table.setdefault(f"{key}/train_seconds", []).append(line["train_seconds"])
-                table.setdefault(f"{key}/auto_is_maps", []).append(float(line["auto_source"] == "cam"))
+                lines.append(line)
             shutil.rmtree(run, ignore_errors=True)
-    return {"dataset": args.kind, "photos": len(photos), "classes": classes, "folds": args.folds,
+    return lines
+
+
+def curve_summary(lines: list[dict], args, photos, classes) -> dict:
+    """Mean, sd and range over the folds of each run's AP50s, training seconds and how often auto
+    gave the maps' box."""
+    table: dict[str, list[float]] = {}
+    for line in lines:
+        key = line["run"]
+        for name, value in line.items():
+            if isinstance(value, dict) and "ap50" in value:
+                table.setdefault(f"{key}/{name}/ap50", []).append(value["ap50"])
+        table.setdefault(f"{key}/train_seconds", []).append(line["train_seconds"])
+        table.setdefault(f"{key}/auto_is_maps", []).append(float(line["auto_source"] == "cam"))
+    return {"dataset": args.kind, "photos": len(photos), "classes": classes, "folds": len({l["fold"] for l in lines}),
             **{key: spread(values) for key, values in sorted(table.items())}}
 
 
@@ -258,11 +271,21 @@ def main(argv=None) -> None:
     parser.add_argument("--no-timing", action="store_true", help="skip the inference timings")
     parser.add_argument("--reviewed", default=None, metavar="K,...",
                         help="the review loop's curve for these photos a class (e.g. 0,5,10,20) instead")
+    parser.add_argument("--only", default=None, type=lambda text: {int(k) for k in text.split(",")},
+                        help="--reviewed: run only these folds (e.g. 1,3), to run folds in parallel")
+    parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="LINES",
+                        help="--reviewed: no run; the summary of fold lines saved from earlier runs' stderr")
     args = parser.parse_args(argv)
     photos, tests, truths = (fruit_set if args.kind == "fruit" else imagenet_set)(args.folder)
     classes = sorted({c for _, c in photos})
+    if args.summarize:
+        lines = [json.loads(text) for path in args.summarize for text in path.read_text().splitlines()
+                 if text.startswith("{")]
+        print(json.dumps(curve_summary(lines, args, photos, classes), indent=2))
+        return
     if args.reviewed:
-        print(json.dumps(reviewed_curve(args, photos, tests, truths, classes), indent=2))
+        print(json.dumps(curve_summary(reviewed_curve(args, photos, tests, truths, classes), args, photos, classes),
+                         indent=2))
         return
     table: dict[str, list[float]] = {}
     timed = None
