@@ -300,6 +300,14 @@ def test_every_review_event_is_named_and_guarded(tmp_path):
     assert [p["parameter_name"] for p in api["/review_save"]["parameters"]] == ["value"]
     assert api["/review_download"]["parameters"] == [] and len(api["/review_train"]["returns"]) == 2
 
+    # A restarted server reads the review ids browsers hold: the same key and secret.
+    import gradio as gr
+
+    again = build_app(ModelCache(tmp_path / "checkpoints"))
+    stores = [[(b.storage_key, b.secret) for b in app.blocks.values() if isinstance(b, gr.BrowserState)]
+              for app in (demo, again)]
+    assert stores[0] == stores[1] and len(stores[0]) == 1 and stores[0][0][0] == "cam-review-id"
+
 
 @pytest.mark.slow
 @pytest.mark.browser
@@ -356,6 +364,10 @@ def test_browser_a_resized_box_is_kept_across_a_reload_downloads_exactly_and_ret
         page.locator("#review_strip img").first.click()  # back to the reviewed photo
         expect(page.locator("#review_status")).to_contain_text(f"{first} (boxes reviewed)")
         page.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
+        page.keyboard.press("k")  # skip
+        expect(page.locator("#review_status")).not_to_contain_text(f"{first} (boxes reviewed)")
+        page.keyboard.press("b")  # back
+        expect(page.locator("#review_status")).to_contain_text(f"{first} (boxes reviewed)")
         page.get_by_role("button", name="Download reviewed boxes (COCO)").click()
         with page.expect_download() as download:
             page.locator("#review_coco_file a[download]").first.click()
