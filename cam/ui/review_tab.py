@@ -181,7 +181,8 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                     skip = gr.Button("Skip (K, →)", elem_id="review_skip", size="sm")
                     save_button = gr.Button("Save and next (S)", variant="primary", elem_id="review_save", size="sm")
                 thumbs = gr.Gallery(label="Reviewed (latest first): click one to see it again", columns=8, rows=1,
-                                    height=150, allow_preview=False, format="jpeg", elem_id="review_strip")
+                                    height=150, allow_preview=False, fit_columns=False, object_fit="contain",
+                                    format="jpeg", elem_id="review_strip")
 
     shown = [annotator, status]
     opened = open_button.click(guarded(open_review), [data, coco, review_model, review_key], [*shown, review_key],
