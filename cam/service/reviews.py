@@ -236,7 +236,7 @@ def order_pass(model, choice: str, folder: Path, root: Path, classes: list[str],
 
     matching = sorted(model.class_names) == sorted(classes)
     settings = Settings() if matching else Settings(boxes="cam", topk=1)
-    detected = box_source(model, settings.boxes) == "detector"
+    detected = box_source(model, settings.boxes) != "cam"
     settings = replace(settings, topk=settings.topk or (len(model.class_names) if detected else 1))
     batch = inference_batch_size(model, check_input_size(settings.input_size, model))
     (folder / out).mkdir(exist_ok=True)
