@@ -79,7 +79,7 @@ def _annotations(record: dict, ids: dict[int, int], one_label_a_box: bool = Fals
             if p["class_index"] not in ids:
                 continue
             annotation = (ids[p["class_index"]], [x0, y0, x1 - x0, y1 - y0], score)
-            if one_label_a_box and detected:  # the maps' boxes of two classes may coincide: both stay
+            if one_label_a_box and detected:  # unscored maps' boxes of two classes may coincide: both stay
                 earlier = best.get((x0, y0, x1, y1))
                 if earlier is not None and earlier[2] >= score:
                     continue

@@ -198,10 +198,11 @@ def _detector_boxes(found, classes: list[int], probabilities: list[float], size:
     lying inside a better one of their class by more than `settings.box_overlap` of their area.
     With `maps_boxes` (both), each class's maps' boxes come first, scored by the class's
     probability (where it reaches box_score), and the detector's add those it does not already
-    hold (IoU below `SAME_BOX`)."""
+    hold (IoU below `SAME_BOX`); a detector box inside the maps' box stays (fruits of one group)."""
     boxes, box_scores = [], []
     for k, c in enumerate(classes):
-        first = [(probabilities[k], b) for b in maps_boxes[k]] if maps_boxes is not None else []
+        first = [(probabilities[k], b) for b in maps_boxes[k] if probabilities[k] >= settings.box_score] \
+            if maps_boxes is not None else []
         kept: list[tuple[float, Box]] = []
         for score, box in sorted(((d[1], scale_box(d[2], size, photo_size)) for d in found
                                   if d[0] == c and d[1] >= settings.box_score), key=lambda d: -d[0]):
@@ -209,7 +210,7 @@ def _detector_boxes(found, classes: list[int], probabilities: list[float], size:
                 continue
             if all(covered(box, b) <= settings.box_overlap for _, b in kept):
                 kept.append((score, box))
-        ranked = [d for d in first if d[0] >= settings.box_score] + kept
+        ranked = first + kept
         boxes.append([b for _, b in ranked])
         box_scores.append([round(s, 4) for s, _ in ranked])
     return boxes, box_scores

@@ -84,7 +84,7 @@ class Recipe:
     batch_size: int = 32
     pretrained: bool = True  # timm/torchvision names: hub weights (a network) or random ones
     input_size: int | None = None  # square side images are trained at, and the checkpoint's own
-    detector: bool = False  # then train a detector on the classifier's boxes of its own photos (`cam.detector`)
+    detector: bool = False  # then train a detector on the classifier's boxes of its own photos (`cam.train_detector`)
     detector_epochs: int | None = None  # None: DETECTOR_EPOCHS
     reviewed_boxes: str | None = None  # a COCO file of reviewed boxes: its photos learn from them (implies detector)
     reviewed_only: bool = False  # the detector learns from the reviewed photos alone (else the teacher's for the rest)
@@ -108,7 +108,8 @@ class Recipe:
         object.__setattr__(self, "pretrained", bool(self.pretrained))
         object.__setattr__(self, "reviewed_only", bool(self.reviewed_only))
         if self.reviewed_only and self.reviewed_boxes is None:
-            raise ValueError("reviewed_only needs reviewed_boxes (a COCO file of reviewed boxes)")
+            raise ValueError("--reviewed-only (reviewed_only) needs --boxes-from (reviewed_boxes), a COCO file of "
+                             "reviewed boxes")
         object.__setattr__(self, "detector", bool(self.detector) or self.reviewed_boxes is not None)
         if self.reviewed_boxes is not None:
             object.__setattr__(self, "reviewed_boxes", str(self.reviewed_boxes))
@@ -183,7 +184,7 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
         reviewed = read_coco_boxes(recipe.reviewed_boxes, names, class_names) if recipe.reviewed_boxes else None
         # its weights change: PyTorch, whatever the runtime
         model = load_model(recipe.model, pretrained=recipe.pretrained, device=device, runtime="torch")
-        model.detector = None  # a checkpoint's detector learned from its own classifier: never carried over
+        model.detector, model.auto_boxes = None, None  # a checkpoint's detector learned from its own classifier
         size = check_input_size(recipe.input_size, model)
         if model.classifier_layer is None:
             why = "CAM is not exact for its head" if not model.cam_exact else "it has no linear classifier to retrain"

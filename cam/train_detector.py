@@ -111,11 +111,25 @@ def choose_boxes(model, student: Student, arrays: list, labels: list[int], boxes
         order += members
     k = min(CHOICE_FOLDS, len(arrays))
     folds = [sorted(order[f::k]) for f in range(k)]
-    classes = len(model.class_names)
     found: dict[str, list] = {"cam": [], "detector": [], "both": []}
     truths = []
+    try:
+        _score_folds(model, student, arrays, labels, boxes, size, seed, folds, found, truths, report, check)
+    finally:
+        model.detector = None  # a fold's copy is never left on the model, also on cancel
+    if not any(truths):
+        return {}
+    ap50 = {source: round(average_precision(found[source], truths), 4) for source in found}
+    best = max(("cam", "both", "detector"), key=lambda source: ap50[source])  # max keeps the first of equals
+    return {"reviewed_ap50": ap50, "folds": k, "boxes": best}
+
+
+def _score_folds(model, student, arrays, labels, boxes, size, seed, folds, found, truths, report, check) -> None:
+    """`choose_boxes`' folds: each held out from a `fine_tuned` copy of `student` (set on `model`),
+    its photos' boxes of each source appended to `found`, their reviewed boxes to `truths`."""
+    classes = len(model.class_names)
     for f, held in enumerate(folds):
-        report({"stage": "choosing the boxes", "fold": f + 1, "folds": k})
+        report({"stage": "choosing the boxes", "fold": f + 1, "folds": len(folds)})
         rest = [i for i in range(len(arrays)) if i not in held]
         part = training_samples(model, [arrays[i] for i in rest], [labels[i] for i in rest], size,
                                 [boxes[i] for i in rest], check)
@@ -130,24 +144,32 @@ def choose_boxes(model, student: Student, arrays: list, labels: list[int], boxes
             height, width = arrays[i].shape[:2]
             truths.append([(labels[i], (x0 * width, y0 * height, x1 * width, y1 * height))
                            for x0, y0, x1, y1 in boxes[i]])
-    model.detector = None
-    if not any(truths):
-        return {}
-    ap50 = {source: round(average_precision(found[source], truths), 4) for source in found}
-    best = max(("cam", "both", "detector"), key=lambda source: ap50[source])  # max keeps the first of equals
-    return {"reviewed_ap50": ap50, "folds": k, "boxes": best}
 
 
 def capped(indices: list[int], labels: list[int], limit: int, seed: int) -> list[int]:
-    """At most `limit` of `indices`, sorted: each class keeps its share (at least one), drawn by a
-    shuffle seeded with `seed`; all of them where they are few enough."""
+    """At most `limit` of `indices`, sorted: each class keeps its share (rounded by largest
+    remainder; at least one where `limit` allows one a class), drawn by a shuffle seeded with
+    `seed`; all of them where they are few enough."""
     if len(indices) <= limit:
         return indices
-    rng, kept = random.Random(seed), []
-    for label in sorted(set(labels)):
-        members = [i for i, y in zip(indices, labels) if y == label]
-        rng.shuffle(members)
-        kept += members[:max(1, round(limit * len(members) / len(indices)))]
+    rng, members = random.Random(seed), {}
+    for index, label in zip(indices, labels):
+        members.setdefault(label, []).append(index)
+    shares = {label: limit * len(group) / len(indices) for label, group in members.items()}
+    quota = {label: int(share) for label, share in shares.items()}
+    if limit >= len(members):
+        quota = {label: max(1, n) for label, n in quota.items()}
+    for label in sorted(shares, key=lambda label: (quota[label] - shares[label], label)):
+        if sum(quota.values()) >= limit:
+            break
+        quota[label] += 1
+    while sum(quota.values()) > limit:  # the ones of the smallest classes made it too many
+        quota[max(quota, key=lambda label: (quota[label], label))] -= 1
+    kept = []
+    for label in sorted(members):
+        group = members[label]
+        rng.shuffle(group)
+        kept += group[:quota[label]]
     return sorted(kept)
 
 

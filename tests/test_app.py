@@ -221,8 +221,11 @@ def test_browser_example_upload_and_slider(server):
         expect(page.locator("#boxes img")).not_to_have_attribute("src", before)
         page.screenshot(path=str(ARTIFACTS / "localize_threshold.png"), full_page=True)
 
-        # The best quality ticks its options; the captions name them.
+        # The paper's CAM takes the maps' box; the best quality ticks its options; the captions name them.
+        page.locator("#quality").get_by_text("The paper's CAM").click()
+        expect(page.locator("#boxes-from").get_by_label("cam", exact=True)).to_be_checked()
         page.locator("#quality").get_by_text("Best").click()
+        expect(page.locator("#boxes-from").get_by_label("auto", exact=True)).to_be_checked()
         page.get_by_role("button", name=re.compile("^Localization options")).click()
         expect(page.get_by_label("Average with the mirror image (flip)")).to_be_checked()
         expect(page.get_by_label(re.compile("Adapt each map's contrast"))).to_be_checked()
@@ -677,9 +680,9 @@ def test_api_localize_takes_boxes_from_the_detector_or_the_maps(server, tmp_path
     photo = handle_file(str(EXAMPLES / "coffee.png"))
     try:
         runs = {boxes: client.predict(photo, name, 3, 0.2, False, 0.5, 288, False, True, "auto", False, boxes,
-                                      api_name="/localize")[4] for boxes in ("auto", "detector", "cam")}
-        assert runs["auto"]["box_source"] == runs["detector"]["box_source"] == "detector"
-        assert runs["auto"]["predictions"] == runs["detector"]["predictions"]
+                                      api_name="/localize")[4] for boxes in ("auto", "both", "detector", "cam")}
+        assert runs["auto"]["box_source"] == runs["both"]["box_source"] == "both"  # no reviewed photo chose
+        assert runs["auto"]["predictions"] == runs["both"]["predictions"] and runs["detector"]["box_source"] == "detector"
         assert all(len(p["box_scores"]) == len(p["boxes"]) for p in runs["detector"]["predictions"])
         assert sum(len(p["boxes"]) for p in runs["detector"]["predictions"]) >= 1
         assert runs["cam"]["box_source"] == "cam" and all(len(p["boxes"]) == 1 and "box_scores" not in p

@@ -135,9 +135,35 @@ def test_label_exports_the_detectors_scored_boxes(trained, tmp_path):
     coco = json.loads((tmp_path / "out" / "coco.json").read_text())
     scores = [a["score"] for a in coco["annotations"]]
     assert len(scores) >= 2 and all(0.3 <= s <= 1 for s in scores)
-    boxes = {tuple(a["bbox"]) for a in coco["annotations"]}  # a box under two classes: YOLO keeps its best one
+    boxes = {tuple(a["bbox"]) for a in coco["annotations"]}
     lines = (tmp_path / "out" / "yolo" / "labels" / "train" / "two.txt").read_text().splitlines()
     assert len(lines) == len(boxes)
+
+
+def test_yolo_keeps_a_box_under_two_classes_once_by_its_best_class(tmp_path):
+    """A detector names one box under two classes, each scored: COCO keeps both, YOLO and VOC (no
+    scores) its best; the maps' boxes alone (no scores) of two classes stay, each its own."""
+    from cam import export
+
+    box, other = [10, 20, 50, 60], [5, 5, 30, 30]
+    record = {"file": "a.png", "width": 100, "height": 80, "predictions": [
+        {"class_index": 0, "label": "blue", "score": 0.3, "boxes": [box, other], "box_scores": [0.4, 0.9]},
+        {"class_index": 1, "label": "red", "score": 0.6, "boxes": [box], "box_scores": [0.7]}]}
+    plain = {"file": "b.png", "width": 100, "height": 80, "predictions": [
+        {"class_index": 0, "label": "blue", "score": 0.5, "boxes": [box]},
+        {"class_index": 1, "label": "red", "score": 0.4, "boxes": [box]}]}
+    ids = {0: 0, 1: 1}
+    assert sorted(export._annotations(record, ids)) == [(0, [5, 5, 25, 25], 0.9), (0, [10, 20, 40, 40], 0.4),
+                                                        (1, [10, 20, 40, 40], 0.7)]
+    assert sorted(export._annotations(record, ids, one_label_a_box=True)) == [(0, [5, 5, 25, 25], 0.9),
+                                                                              (1, [10, 20, 40, 40], 0.7)]
+    assert len(export._annotations(plain, ids, one_label_a_box=True)) == 2
+    log = tmp_path / "predictions.jsonl"
+    log.write_text(json.dumps(record) + "\n" + json.dumps(plain) + "\n")
+    export.write_yolo(log, [(0, "blue"), (1, "red")], tmp_path / "yolo", 0.0)
+    labels = export.read_yolo(tmp_path / "yolo")
+    assert sorted(c for c, _ in labels["a"]) == [0, 1] and len(labels["a"]) == 2  # the shared box once, as red
+    assert sorted(c for c, _ in labels["b"]) == [0, 1]
 
 
 @pytest.mark.slow  # trains a detector
@@ -394,6 +420,9 @@ def test_the_detector_learns_from_a_bounded_share_of_each_class():
     assert [sum(labels[i] == c for i in kept) for c in range(3)] == [12, 6, 2]
     assert capped(list(range(100)), labels, 100, seed=3) == list(range(100))
     assert capped(list(range(100)), labels, 20, seed=4) != kept
+    many = [c for c in range(1500) for _ in range(3)]  # more classes than the cap: at most the cap still
+    assert len(capped(list(range(len(many))), many, 1000, seed=0)) == 1000
+    assert len(capped(list(range(len(many))), many, 0, seed=0)) == 0
 
 
 def _arrays_and_truths(trained):

@@ -89,8 +89,8 @@ def build(ctx, demo: gr.Blocks) -> gr.Dropdown:
                                       label="Box threshold (fraction of the map's maximum)")
                 all_regions = gr.Checkbox(False, label="A box for every region (not only the largest)")
                 boxes = gr.Radio(list(BOX_SOURCES), value="auto", elem_id="boxes-from",
-                                 label="Boxes from (auto: the checkpoint's detector where it has one; cam: the map "
-                                       "cut at the threshold)")
+                                 label="Boxes from (auto: what the checkpoint measured best, else both, the map's "
+                                       "box first; cam: the map cut at the threshold)")
                 opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Heatmap opacity")
                 quality = gr.Radio(QUALITIES, value="recommended", label="Quality (sets the options below)",
                                    elem_id="quality")
@@ -126,6 +126,7 @@ def build(ctx, demo: gr.Blocks) -> gr.Dropdown:
     outputs = [overlay, boxed, gallery, table, result_json, last]
     inputs = [image, model, topk, threshold, all_regions, opacity, input_size, flip, refine, method, adapt, boxes]
     quality.input(preset_controls, quality, [input_size, flip, refine, adapt], api_visibility="private")
+    quality.input(lambda name: PRESETS[name].boxes, quality, boxes, api_visibility="private")  # plain: the maps' box
     run.click(guarded(run_localize), inputs, outputs, api_name="localize", concurrency_limit=4, concurrency_id="infer")
     image.change(guarded(run_localize), inputs, outputs, api_visibility="private", concurrency_limit=4,
                  concurrency_id="infer", trigger_mode="always_last")
