@@ -38,7 +38,7 @@ def _add_cam_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
     presets = parser.add_mutually_exclusive_group()
     presets.add_argument("--plain", action="store_true",
                          help="the paper's CAM exactly: model input size, no flip, no refinement, threshold 0.2, "
-                              "largest region")
+                              "largest region, the map's box (also on a checkpoint with a detector)")
     presets.add_argument("--best", action="store_true",
                          help="input 288, flip, refinement and adapted contrast (about 1.4x the default's time; "
                               "README, 'Localization quality')")

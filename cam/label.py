@@ -88,8 +88,8 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings | s
           progress=None, on_record=None, runtime: str = "auto", device: str | None = None,
           val_fraction: float = 0.1, copy_images: bool = False, pretrained: bool = True) -> dict:
     """Localize every photo of `inputs` into the folder `out`: `predictions.jsonl` and `errors.jsonl`
-    (appended batch by batch; a rerun resumes), then the `formats` among coco, yolo and voc,
-    written from the whole log. Returns a summary. `progress(done, total)` follows the photos and
+    (appended batch by batch; a rerun resumes), then the `formats` among coco, yolo and voc, and
+    review.txt (the photos most in doubt first: `cam.review`), written from the whole log. Returns a summary. `progress(done, total)` follows the photos and
     `on_record(record, item)` gets each new line of the log (errors have an "error" key) with its
     `Item`, whose file is readable until `label` returns.
 
@@ -100,7 +100,7 @@ def label(inputs, out, model: str | CamModel = "default", settings: Settings | s
     this process's thread count, which keeps their bits those of the local engine).
 
     `settings` (a `cam.Settings` or a preset's name; default: the recommended one, top-1, or every
-    class where the boxes come from a checkpoint's detector) are the
+    class where a checkpoint's detector gives boxes, alone or beside the maps') are the
     localization settings, recorded in `run.json` with `batch_size` (photos a forward pass, default
     `inference_batch_size`): a run resumes only with the same. `settings.classes` restricts the
     boxes to those classes (top-k among them) and makes them the exported classes, in that order.

@@ -1,7 +1,7 @@
 """Build classifiers from a spec string and find, by one checked forward pass, where CAM comes from.
 
 A model is usable for CAM when its logits are an affine function of the spatial mean of its last
-feature map: ``logits = W @ mean_xy(F) + b``. `load_model` finds that feature map and classifier
+feature map: ``logits = W @ mean_xy(F) + b``. `find_cam_layers` finds that feature map and classifier
 automatically (hooks on every module during one dummy forward pass), then *verifies* the identity
 numerically. A head where it fails (layers after the pooling, a norm before the classifier, a
 transformer) never gets a "CAM": it loads with `cam_exact=False` and its last spatial map, for the

@@ -157,7 +157,8 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
     written atomically to `out/experiment_YYYY-MM-DD_HH_MM[_N]`, the recipe recorded. Images are
     seen at the recipe's `input_size`, which becomes the checkpoint's own input size.
     `progress(dict)` receives stage, epoch, step, loss and accuracy; setting `cancel` stops the run
-    without a checkpoint. Torch's global RNG is never seeded here; only what takes no generator
+    without a checkpoint. With a detector, the summary also names the `boxes` auto gives and the
+    reviewed photos' `reviewed_ap50` (`cam.train_detector.train_detector`). Torch's global RNG is never seeded here; only what takes no generator
     draws from it: random weights (`pretrained=False`) and mode full's dropout (`python -m cam
     train` seeds it with `--seed`); the detector's initial weights come from the recipe's seed.
     """
