@@ -484,3 +484,14 @@ def test_auto_gives_the_maps_boxes_where_the_detector_measured_worse(trained, tm
     assert again.auto_boxes == "cam" and cam.localize(again, photo).box_source == "cam"
     model.auto_boxes = "detector"
     assert cam.localize(model, photo, input_size=128).box_source == "detector"
+
+
+def test_the_weights_digest_covers_the_detector():
+    from cam.detector import build_student
+
+    model = cam.load_model(TINY, pretrained=False, runtime="torch")
+    alone = model.weights_digest()
+    model.detector = build_student({"in_channels": [8, 16]}, seed=0)
+    with_one = model.weights_digest()
+    model.detector = build_student({"in_channels": [8, 16]}, seed=1)
+    assert len({alone, with_one, model.weights_digest()}) == 3  # a run.json tells these checkpoints apart
