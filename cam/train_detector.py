@@ -30,9 +30,10 @@ DETECTOR_EPOCHS = 24  # the detector's epochs over the photos and their mirror i
 PEAK_RADIUS, PEAK_LEVEL, REGION_LEVEL, MIN_REGION_PIXELS = 3, 0.7, 0.2, 16
 MOSAIC_SHARE = 0.75
 # The photos the detector learns from, at most: each holds about 0.73 MB of maps while it trains
-# (guide and feature maps in half precision, at full size and as mosaic tiles, and mirrored), so
-# 1,000 bound that to about 0.75 GB whatever the dataset's size (benchmarks/train_memory.py).
-MAX_PHOTOS = 1000
+# (guide and feature maps in half precision, at full size and as mosaic tiles, and mirrored), and
+# its 24 epochs take about 0.2 s a photo on 2 cores: 400 bound that to about 0.3 GB and 2 minutes
+# whatever the dataset's size (benchmarks/train_memory.py).
+MAX_PHOTOS = 400
 # Reviewed photos: the last training on them alone (BiB's last step; docs/experiments.md), and the
 # check that chooses the boxes `auto` gives, from this many reviewed photos on, in at most so many folds.
 FINE_TUNE_EPOCHS, FINE_TUNE_LR = 12, 3e-4
