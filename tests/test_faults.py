@@ -81,9 +81,10 @@ def test_training_killed_while_saving(tmp_path):
     _assert_consistent(tmp_path, earlier)
 
     # The next save clears such leftovers once they are stale.
-    import cam.train as cam_train
+    from cam.checkpoint import STALE_PARTIAL_SECONDS
+
     stale = next(p for p in (tmp_path / "c").iterdir() if p.name.startswith(".partial-"))
-    os.utime(stale, (time.time() - 2 * cam_train.STALE_PARTIAL_SECONDS,) * 2)
+    os.utime(stale, (time.time() - 2 * STALE_PARTIAL_SECONDS,) * 2)
     train(zip_path, model_spec=TINY, pretrained=False, epochs=1, out=tmp_path / "c")
     assert not stale.exists()
 

@@ -164,7 +164,7 @@ def test_bad_files_go_to_the_errors_file_and_the_rest_is_labelled(tiny_checkpoin
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert lines[-1]["labelled"] == 3 and lines[-1]["errors"] == 7 and len(lines) == 11
     assert sorted(p.name for p in out.iterdir()) == ["coco.json", "errors.jsonl", "images", "predictions.jsonl",
-                                                     "run.json"]
+                                                     "review.txt", "run.json"]
 
 
 @pytest.mark.slow
