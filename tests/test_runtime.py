@@ -153,7 +153,7 @@ def test_the_converted_model_cache_is_keyed_by_runtime_version_and_layers(compil
 def test_bad_runtimes_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="runtime must be one of auto, torch, openvino"):
         cam.load_model("default", runtime="tensorrt")
-    monkeypatch.setattr(cam.runtime, "openvino_available", lambda: False)
+    monkeypatch.setattr(cam.loading, "openvino_available", lambda: False)  # as if not installed
     with pytest.raises(ValueError, match="needs the openvino and onnx packages"):
         cam.load_model("default", device="cpu", runtime="openvino")
     assert cam.load_model("default", device="cpu", runtime="auto").runtime == "torch"  # auto: PyTorch without it
