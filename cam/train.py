@@ -17,6 +17,7 @@ from torch import nn
 from .checkpoint import save_checkpoint
 from .data import dataset_root, private_temp_folder, read_photos, remove_orphaned_temp_folders, scan_dataset, unpack_zip
 from .loading import load_model
+from .localize import box_source
 from .methods import forward_features
 from .models import CamModel, check_device
 from .preprocess import check_input_size, inference_batch_size, preprocess
@@ -158,8 +159,8 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
     seen at the recipe's `input_size`, which becomes the checkpoint's own input size.
     `progress(dict)` receives stage, epoch, step, loss and accuracy; setting `cancel` stops the run
     without a checkpoint. With a detector, the summary also names the `boxes` auto gives and the
-    reviewed photos' `reviewed_ap50` (`cam.train_detector.train_detector`). Torch's global RNG is never seeded here; only what takes no generator
-    draws from it: random weights (`pretrained=False`) and mode full's dropout (`python -m cam
+    reviewed photos' `reviewed_ap50` (`cam.train_detector.train_detector`). Torch's global RNG is
+    never seeded here; only what takes no generator draws from it: random weights (`pretrained=False`) and mode full's dropout (`python -m cam
     train` seeds it with `--seed`); the detector's initial weights come from the recipe's seed.
     """
     if isinstance(recipe, (str, Path)):  # train(data, "timm:resnet18"), as before the recipe
@@ -221,7 +222,7 @@ def train(data, recipe: Recipe | None = None, *, out="checkpoints", device: str 
                                                        "seed": recipe.seed, "recipe": recipe.to_dict()})
     summary = {"checkpoint": str(checkpoint), "val_accuracy": metrics["val_accuracy"], "metrics": metrics}
     if detector_metrics is not None:  # what auto gives, and why
-        summary.update(boxes=model.auto_boxes or "both", reviewed_ap50=detector_metrics.get("reviewed_ap50"))
+        summary.update(boxes=box_source(model, "auto"), reviewed_ap50=detector_metrics.get("reviewed_ap50"))
     return summary
 
 
