@@ -9,9 +9,11 @@ import copy
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
 
 import numpy as np
 import torch
@@ -176,11 +178,17 @@ def capped(indices: list[int], labels: list[int], limit: int, seed: int) -> list
 
 def read_coco_boxes(path, names: list[str], class_names: list[str]) -> dict[str, list[tuple]]:
     """Reviewed boxes from a COCO file (ours from `cam label`, or one corrected in a labelling tool),
-    by dataset photo name: {name: [(x0, y0, x1, y1) as fractions of the photo's width and height]}.
-    A photo is matched by its path (or a path ending in it: `dataset/apple/1.jpg`), else by its file
-    name where that is unique in the dataset. Images without a size are skipped. A file that is not
-    COCO, names a class the dataset lacks, or lists photos that match none of the dataset's (all or
-    some: none is dropped without a word) is refused in one line."""
+    by dataset photo name: {name: [(x0, y0, x1, y1) as fractions of the photo's width and height]}
+    (`read_coco_file`, without the sizes and classes)."""
+    return {name: [box[:4] for box in boxes] for name, (_, boxes) in read_coco_file(path, names, class_names).items()}
+
+
+def read_coco_file(path, names: list[str], class_names: list[str]) -> dict[str, tuple[tuple[float, float], list[tuple]]]:
+    """The photos a COCO file lists, by dataset photo name, in the file's order: {name: ((height,
+    width) as the file gives them, [(x0, y0, x1, y1 as fractions of them, class name)])}. A photo is
+    matched as `coco_photo` says. Images without a size are skipped. A file that is not COCO, has a
+    bbox other than 4 finite numbers, names a class the dataset lacks, or lists photos that match
+    none of the dataset's (all or some: none is dropped without a word) is refused in one line."""
     try:
         coco = json.loads(Path(path).read_text())
         images = {int(image["id"]): (str(image["file_name"]), float(image["width"]), float(image["height"]))
@@ -190,39 +198,61 @@ def read_coco_boxes(path, names: list[str], class_names: list[str]) -> dict[str,
                        for a in coco["annotations"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a readable COCO file ({type(exc).__name__}: {exc})") from None
+    bad = next((bbox for _, _, bbox in annotations if len(bbox) != 4 or not all(map(math.isfinite, bbox))), None)
+    if bad is not None:
+        raise ValueError(f"{path}: a bbox must be 4 finite numbers [x, y, width, height], not {bad}")
     unknown = sorted(set(categories.values()) - set(class_names))
     if unknown:
         raise ValueError(f"{path} has classes the dataset lacks: {', '.join(unknown)} (its classes: "
                          f"{', '.join(class_names)})")
-    known = set(names)
-    by_file: dict[str, list[str]] = {}
+    labels: dict[int, set[str]] = {}
+    for image_id, category, _ in annotations:
+        labels.setdefault(image_id, set()).update([categories[category]] if category in categories else [])
+    known, by_file = set(names), {}
     for name in names:
         by_file.setdefault(PurePosixPath(name).name, []).append(name)
-
-    def match(file_name: str) -> str | None:
-        parts = PurePosixPath(file_name.replace("\\", "/")).parts
-        ends = ("/".join(parts[k:]) for k in range(len(parts)))  # the path, then ever shorter endings of it
-        found = next((end for end in ends if end in known), None)
-        alone = by_file.get(parts[-1], []) if parts else []
-        return found if found is not None else alone[0] if len(alone) == 1 else None
-
-    matched = {image_id: match(file_name) for image_id, (file_name, _, _) in images.items()}
+    matched = {image_id: coco_photo(file_name, known, by_file, labels.get(image_id, set()))
+               for image_id, (file_name, _, _) in images.items()}
     missing = [file_name for image_id, (file_name, _, _) in images.items() if matched[image_id] is None]
     if missing and len(missing) < len(images):
         raise ValueError(f"{path}: {len(missing)} of its {len(images)} photos match no photo of the dataset (e.g. "
                          f"{missing[0]!r}); name each by its path below the class folders, e.g. 'apple/1.jpg'")
-    boxes: dict[str, list[tuple]] = {name: [] for name in matched.values() if name is not None}
+    found = {name: ((images[image_id][2], images[image_id][1]), []) for image_id, name in matched.items()
+             if name is not None}
     for image_id, category, (x, y, w, h) in annotations:
         name = matched.get(image_id)
         if name is None or category not in categories:
             continue
         _, width, height = images[image_id]
         if w > 0 and h > 0:
-            boxes[name].append((x / width, y / height, (x + w) / width, (y + h) / height))
-    if not boxes:
+            found[name][1].append((x / width, y / height, (x + w) / width, (y + h) / height, categories[category]))
+    if not found:
         raise ValueError(f"{path} lists none of the dataset's photos (its file names, e.g. "
                          f"{next(iter(images.values()), ('none',))[0]!r}, match no photo in the class folders)")
-    return boxes
+    return found
+
+
+def coco_photo(file_name: str, known: set[str], by_file: dict[str, list[str]], labels: set[str]) -> str | None:
+    """The dataset photo (of `known`; `by_file`: them by file name) a COCO `file_name` names, or None:
+    its path or a path ending in it (`dataset/apple/1.jpg`, `images\\apple\\1.jpg`, Label Studio's
+    `/data/local-files/?d=apple/1.jpg`), else its file name where that is unique in the dataset or
+    among the class folders of its boxes' `labels`; tried as written, then without Label Studio's
+    upload prefix (`1a2b3c4d-1.jpg`)."""
+    path = str(file_name).replace("\\", "/")
+    path = unquote(path.partition("?d=")[2]) or path
+    parts = PurePosixPath(path).parts
+    if not parts:
+        return None
+    for last in dict.fromkeys((parts[-1], re.sub(r"^[0-9a-f]{8}-", "", parts[-1]))):
+        tried = [*parts[:-1], last]
+        ends = ("/".join(tried[k:]) for k in range(len(tried)))  # the path, then ever shorter endings of it
+        found = next((end for end in ends if end in known), None)
+        alone = by_file.get(last, [])
+        if len(alone) > 1:
+            alone = [name for name in alone if PurePosixPath(name).parts[0] in labels]
+        if found is not None or len(alone) == 1:
+            return found or alone[0]
+    return None
 
 
 def peak_boxes(small: np.ndarray, size: tuple[int, int]) -> list[list[float]]:

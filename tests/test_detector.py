@@ -323,11 +323,50 @@ def test_reviewed_boxes_match_a_file_name_only_where_it_is_unique(tmp_path):
     path = tmp_path / "coco.json"
     path.write_text(json.dumps(coco))
     names = ["apple/1.jpg", "banana/1.jpg", "banana/2.jpg", "apple/3.jpg"]
+    coco["annotations"][0]["category_id"] = 2  # 1.jpg is in two classes, its box of neither: refused, not dropped
+    path.write_text(json.dumps(coco))
     with pytest.raises(ValueError, match="1 of its 2 photos match no photo of the dataset \\(e.g. '1.jpg'\\)"):
-        read_coco_boxes(path, names, ["apple", "banana"])  # 1.jpg is in two classes: refused, not dropped
+        read_coco_boxes(path, names, ["apple", "banana"])
+    coco["annotations"][0]["category_id"] = 1  # its box is an apple: the apple folder's 1.jpg
+    path.write_text(json.dumps(coco))
+    assert read_coco_boxes(path, names, ["apple", "banana"]) == {"apple/1.jpg": [(0.1, 0.2, 0.6, 0.7)],
+                                                                "banana/2.jpg": [(0.1, 0.2, 0.6, 0.7)]}
     coco["images"][0]["file_name"] = "2.jpg"  # unique in the dataset
     path.write_text(json.dumps(coco))
     assert read_coco_boxes(path, names, ["apple", "banana"]) == {"banana/2.jpg": [(0.1, 0.2, 0.6, 0.7)] * 2}
+
+
+@pytest.mark.parametrize("file_name", ["images/1a2b3c4d-apple_01.jpg", "images\\1a2b3c4d-apple_01.jpg",
+                                       "/data/local-files/?d=apple/apple_01.jpg",
+                                       "/data/local-files/?d=photos%2Fapple%2Fapple_01.jpg"])
+def test_reviewed_boxes_read_label_studios_file_names(tmp_path, file_name):
+    names = ["apple/apple_01.jpg", "apple/apple_02.jpg", "pear/pear_01.jpg"]
+    coco = {"images": [{"id": 1, "file_name": file_name, "width": 10, "height": 10}],
+            "categories": [{"id": 0, "name": "apple"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 0, "bbox": [1, 2, 5, 5]}]}
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(coco))
+    assert read_coco_boxes(path, names, ["apple", "pear"]) == {"apple/apple_01.jpg": [(0.1, 0.2, 0.6, 0.7)]}
+
+
+def test_reviewed_boxes_keep_a_prefix_like_label_studios_where_the_photo_has_it(tmp_path):
+    names = ["apple/1a2b3c4d-apple_01.jpg", "apple/apple_01.jpg"]
+    coco = {"images": [{"id": 1, "file_name": "images/1a2b3c4d-apple_01.jpg", "width": 10, "height": 10}],
+            "categories": [{"id": 1, "name": "apple"}], "annotations": []}
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(coco))
+    assert read_coco_boxes(path, names, ["apple"]) == {"apple/1a2b3c4d-apple_01.jpg": []}
+
+
+@pytest.mark.parametrize("bbox", [[1, 2, 3, 4, 5], [1, 2, 3], [1, float("nan"), 3, 4], [1, 2, float("inf"), 4]])
+def test_a_reviewed_bbox_of_other_than_four_finite_numbers_is_refused_in_one_line(tmp_path, bbox):
+    coco = {"images": [{"id": 1, "file_name": "apple/1.jpg", "width": 10, "height": 10}],
+            "categories": [{"id": 1, "name": "apple"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": bbox}]}
+    path = tmp_path / "coco.json"
+    path.write_text(json.dumps(coco))  # NaN and Infinity as Python's json writes them
+    with pytest.raises(ValueError, match=r"coco.json: a bbox must be 4 finite numbers \[x, y, width, height\], not "):
+        read_coco_boxes(path, ["apple/1.jpg"], ["apple"])
 
 
 def test_a_checkpoint_archive_names_no_server_folder(tmp_path):

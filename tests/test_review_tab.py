@@ -172,6 +172,54 @@ def test_a_coco_file_from_a_labelling_tool_resumes_a_review_and_another_datasets
     assert sorted(reviews.root.iterdir()) == existing  # a refused review leaves nothing
 
 
+def test_a_coco_file_of_the_photos_at_other_proportions_or_on_their_side_is_refused(store):
+    from .images import png_bytes
+
+    cache, reviews, choice, tmp_path = store
+    data = dataset_zip(tmp_path / "colours.zip", per_class=2, extra={"red/wide.png": png_bytes(np.zeros((40, 60, 3),
+                                                                                                         np.uint8))})
+    tool = {"images": [{"id": 1, "file_name": "red/wide.png", "width": 120, "height": 80}],
+            "categories": [{"id": 1, "name": "red"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [12, 8, 60, 40]}]}
+    resume = tmp_path / "boxes.json"
+    resume.write_text(json.dumps(tool))
+    review_id = service.open_review(reviews, cache, choice, data, resume)  # twice the size, the same proportions
+    assert service.load(reviews, review_id)[2]["reviewed"] == {"red/wide.png": [[6, 4, 36, 24, "red"]]}
+    existing = sorted(reviews.root.iterdir())
+    for (width, height), message in (((80, 120), r"^boxes.json: red/wide.png is 80 x 120 pixels there but 60 x 40 "
+                                                 r"upright: the tool boxed the photo on its side$"),
+                                     ((60, 60), r"^boxes.json: red/wide.png is 60 x 60 pixels there but 60 x 40 upright$")):
+        tool["images"][0].update(width=width, height=height)
+        resume.write_text(json.dumps(tool))
+        with pytest.raises(ValueError, match=message):
+            service.open_review(reviews, cache, choice, data, resume)
+    assert sorted(reviews.root.iterdir()) == existing
+
+
+def test_a_stale_tab_cannot_overwrite_the_boxes_another_tab_saved_since(store):
+    cache, reviews, choice, tmp_path = store
+    review_id = service.open_review(reviews, cache, choice, dataset_zip(tmp_path / "colours.zip", per_class=2))
+    folder = reviews.folder(review_id)
+    first_tab = _shown(service.photo_view(reviews, review_id, _out(tmp_path))[0])
+    second_tab = _shown(service.photo_view(reviews, review_id, _out(tmp_path))[0])
+    name = service.load(reviews, review_id)[2]["current"]
+    label = name.split("/")[0]
+    box = {"xmin": 1, "ymin": 2, "xmax": 30, "ymax": 31, "label": label}
+    assert service.save(reviews, review_id, {**second_tab, "boxes": [box]}) == name
+    kept = service.load(reviews, review_id)[2]["reviewed"]
+    with pytest.raises(service.SavedElsewhere, match=rf"^Not saved: `{name}` was saved in another tab since; shown "
+                                                     r"again with those boxes\.$"):
+        service.save(reviews, review_id, {**first_tab, "boxes": []})  # drawn on the proposals, before that save
+    saved = json.loads((folder / "saved.json").read_text())
+    assert saved["reviewed"] == kept and saved["current"] == name  # kept as the other tab saved them, and shown
+    again, _ = service.photo_view(reviews, review_id, _out(tmp_path))
+    assert again["boxes"] == [box] and Path(again["image"]).name != first_tab["image"]
+    assert service.save(reviews, review_id, {**_shown(again), "boxes": []}) == name  # the boxes seen: kept
+    assert service.load(reviews, review_id)[2]["reviewed"][name] == []
+    with pytest.raises(service.SavedElsewhere):  # shown before that save: stale in its turn
+        service.save(reviews, review_id, {**_shown(again), "boxes": [box]})
+
+
 def test_reviews_are_bounded_expire_and_never_while_leased_and_ids_name_no_path(store):
     cache, reviews, choice, tmp_path = store
     reviews.max_reviews = 2
@@ -307,6 +355,31 @@ def test_every_review_event_is_named_and_guarded(tmp_path):
     stores = [[(b.storage_key, b.secret) for b in app.blocks.values() if isinstance(b, gr.BrowserState)]
               for app in (demo, again)]
     assert stores[0] == stores[1] and len(stores[0]) == 1 and stores[0][0][0] == "cam-review-id"
+
+
+def test_opening_a_dataset_keeps_the_earlier_review_and_after_a_restart_the_browsers_review_id_is_used(tmp_path):
+    from cam.ui import build_app
+
+    folder = tmp_path / "checkpoints"
+    checkpoint = save_checkpoint(cam.load_model("timm:test_resnet", pretrained=False, device="cpu"), folder, {}, {}).name
+    demo = build_app(ModelCache(folder, runtime="torch"))
+    fns = {fn.api_name: fn for fn in demo.fns.values()}
+    data = str(dataset_zip(tmp_path / "colours.zip", per_class=2))
+    value, _, first = fns["review_open"].fn(data, None, checkpoint)
+    assert fns["review_save"].fn(value, first)[1].startswith("Saved")
+    _, _, second = fns["review_open"].fn(data, None, checkpoint)
+    reviews = service.Reviews(folder / ".reviews")
+    assert second != first and reviews.exists(first) and service.load(reviews, first)[2]["reviewed"]
+
+    # A restarted server has no session state: each event the page sends first takes the id the browser holds.
+    (review_key,) = fns["review_open"].outputs[-1:]
+    for name in ("review_save", "review_skip", "review_back", "review_download", "review_train"):
+        restore = demo.fns[fns[name].trigger_after]
+        assert restore.api_name == f"review_restore_{name.split('_')[1]}" and not fns[name].trigger_only_on_success
+        assert restore.outputs == [review_key] and restore.inputs[0] == review_key and review_key in fns[name].inputs
+        assert type(restore.inputs[1]).__name__ == "BrowserState"
+        assert restore.fn(None, first) == first and restore.fn(second, first) == second
+    assert fns["review_skip"].fn(fns["review_restore_skip"].fn(None, first))[1].startswith("**1 of 6 reviewed**")
 
 
 @pytest.mark.slow

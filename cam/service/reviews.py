@@ -23,6 +23,7 @@ training reads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -48,7 +49,8 @@ DISPLAY_SIDE = 640  # the photo in the annotator: its longer side, in pixels
 THUMB_SIDE = 128  # the reviewed photos' strip
 STRIP = 24  # thumbnails in the strip, the latest first
 REVIEW_ID = re.compile(r"[0-9a-f]{32}")
-PHOTO_FILE = re.compile(r"photo_(\d+)_([0-9a-f]{8})\.jpe?g")  # the shown photo's file name: which photo of which review
+# The shown photo's file name: which photo of which review, and which of its saved boxes (`revision`).
+PHOTO_FILE = re.compile(r"photo_(\d+)_([0-9a-f]{8})_(p|[0-9a-f]{8})\.jpe?g")
 MAX_REVIEWS = int(os.environ.get("CAM_REVIEWS", 50))  # reviews kept on the server at once
 MAX_AGE = float(os.environ.get("CAM_REVIEW_DAYS", 7)) * 86400  # seconds a review is kept after its last change
 COCO_NAME = "reviewed_coco.json"
@@ -274,41 +276,23 @@ def order_pass(model, choice: str, folder: Path, root: Path, classes: list[str],
 
 def coco_reviewed(path, meta: dict) -> dict:
     """The photos a COCO file lists, as reviewed: {name: [[x0, y0, x1, y1, label], ...]} in the
-    photos' upright pixels, in the file's order; a photo listed without a box has none. Matched
-    as `cam train --boxes-from` matches them (a `file_name` may carry a folder before the class
-    folders, as CVAT and Label Studio write); a file `cam train` would refuse is refused."""
-    from ..train_detector import read_coco_boxes
+    photos' upright pixels, in the file's order; a photo listed without a box has none. Read as
+    `cam train --boxes-from` reads it (`read_coco_file`); a photo whose size in the file is not in
+    the proportions of the upright photo (within 1 %) is refused in one line."""
+    from ..train_detector import read_coco_file
 
-    names = list(meta["sizes"])
-    read_coco_boxes(path, names, meta["classes"])  # refuses another dataset's file, unknown classes, in one line
-    coco = json.loads(Path(path).read_text())
-    by_file: dict[str, list[str]] = {}
-    for name in names:
-        by_file.setdefault(PurePosixPath(name).name, []).append(name)
-    known = set(names)
-
-    def match(file_name: str) -> str | None:
-        parts = PurePosixPath(str(file_name).replace("\\", "/")).parts
-        found = next((end for end in ("/".join(parts[k:]) for k in range(len(parts))) if end in known), None)
-        alone = by_file.get(parts[-1], []) if parts else []
-        return found if found is not None else alone[0] if len(alone) == 1 else None
-
-    categories = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
-    images = {}
-    for image in coco["images"]:
-        name = match(image["file_name"])
-        if name is not None and float(image["width"]) > 0 and float(image["height"]) > 0:
-            images[int(image["id"])] = (name, float(image["width"]), float(image["height"]))
-    reviewed = {name: [] for name, _, _ in images.values()}
-    for annotation in coco["annotations"]:
-        image_id, (x, y, w, h) = int(annotation["image_id"]), [float(v) for v in annotation["bbox"]]
-        if image_id not in images or w <= 0 or h <= 0 or int(annotation["category_id"]) not in categories:
-            continue
-        name, width, height = images[image_id]
+    reviewed = {}
+    for name, ((height, width), boxes) in read_coco_file(path, list(meta["sizes"]), meta["classes"]).items():
         ph, pw = meta["sizes"][name]
-        box = [min(max(round(x / width * pw), 0), pw - 1), min(max(round(y / height * ph), 0), ph - 1)]
-        box += [min(max(round((x + w) / width * pw), box[0] + 1), pw), min(max(round((y + h) / height * ph), box[1] + 1), ph)]
-        reviewed[name].append([*box, categories[int(annotation["category_id"])]])
+        if abs(height / width - ph / pw) > 0.01 * ph / pw:
+            sideways = abs(height / width - pw / ph) <= 0.01 * pw / ph
+            raise ValueError(f"{Path(path).name}: {name} is {width:g} x {height:g} pixels there but {pw} x {ph} "
+                             f"upright{': the tool boxed the photo on its side' if sideways else ''}")
+        reviewed[name] = []
+        for x0, y0, x1, y1, label in boxes:
+            box = [min(max(round(x0 * pw), 0), pw - 1), min(max(round(y0 * ph), 0), ph - 1)]
+            reviewed[name].append([*box, min(max(round(x1 * pw), box[0] + 1), pw),
+                                   min(max(round(y1 * ph), box[1] + 1), ph), label])
     return reviewed
 
 
@@ -351,7 +335,7 @@ def photo_view(reviews: Reviews, review_id, out: Path, note: str = "") -> tuple[
     boxes = saved["reviewed"].get(name, meta["proposals"].get(name, []))
     image, size = _display_photo(folder, meta, name)
     number = sorted(meta["sizes"]).index(name)
-    path = _jpeg(image, out / f"photo_{number}_{review_id[:8]}.jpg")
+    path = _jpeg(image, out / f"photo_{number}_{review_id[:8]}_{revision(saved, name)}.jpg")
     shown = [dict(zip(("xmin", "ymin", "xmax", "ymax"), _scaled(box[:4], size, image.shape[:2])), label=box[4])
              for box in boxes]
     return {"image": path, "boxes": shown}, status(meta, saved, note)
@@ -384,9 +368,26 @@ def _scaled(box, size, to) -> list[int]:
     return [round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)]
 
 
+def revision(saved: dict, name: str) -> str:
+    """Which boxes of photo `name` are shown: 'p' (the proposed ones), else a short hash of its
+    saved boxes; a save drawn on other boxes than the saved ones was drawn in a stale tab."""
+    if name not in saved["reviewed"]:
+        return "p"
+    return hashlib.sha1(json.dumps(saved["reviewed"][name]).encode()).hexdigest()[:8]
+
+
+class SavedElsewhere(ValueError):
+    """A save drawn on boxes of a photo that another tab has saved since (`photo_of`)."""
+
+    def __init__(self, name: str):
+        super().__init__(f"Not saved: `{name}` was saved in another tab since; shown again with those boxes.")
+        self.name = name
+
+
 def photo_of(value, review_id, meta: dict, saved: dict) -> str:
     """The photo an annotator value was drawn on: named by its picture's file (`photo_view`), or
-    the one shown where the picture is not one of ours (an API caller's own file)."""
+    the one shown where the picture is not one of ours (an API caller's own file). SavedElsewhere
+    where that photo's saved boxes changed since it was shown."""
     shown = Path(str((value or {}).get("image") or "")).name
     found = PHOTO_FILE.fullmatch(shown)
     if not found:
@@ -397,6 +398,8 @@ def photo_of(value, review_id, meta: dict, saved: dict) -> str:
     number = int(found.group(1))
     if number >= len(names):
         raise ValueError("These boxes were drawn on a photo this review does not hold; reload the page")
+    if found.group(3) != revision(saved, names[number]):
+        raise SavedElsewhere(names[number])
     return names[number]
 
 
@@ -436,10 +439,15 @@ def checked_boxes(value, name: str, meta: dict, proposed: list) -> list[list]:
 
 def save(reviews: Reviews, review_id, value) -> str:
     """Keep the annotator's boxes as the reviewed boxes of the photo they were drawn on (at once,
-    atomically) and show the next photo to review; the name of the photo kept."""
+    atomically) and show the next photo to review; the name of the photo kept. Boxes drawn in a
+    stale tab (SavedElsewhere) are not kept: that photo is shown, with the boxes saved since."""
     with reviews.lock(review_id):
         folder, meta, saved = load(reviews, review_id)
-        name = photo_of(value, review_id, meta, saved)
+        try:
+            name = photo_of(value, review_id, meta, saved)
+        except SavedElsewhere as exc:
+            _write_saved(folder, {**saved, "current": exc.name})
+            raise
         proposed = saved["reviewed"].get(name, meta["proposals"].get(name, []))
         boxes = checked_boxes(value, name, meta, proposed)
         reviewed = {n: b for n, b in saved["reviewed"].items() if n != name}

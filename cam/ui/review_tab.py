@@ -59,7 +59,7 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
         names = service.load(reviews, review_id)[1]["classes"]
         return image_annotator(label_list=names, label_colors=[PALETTE[i % len(PALETTE)] for i in range(len(names))])
 
-    def open_review(data, coco, choice, old_id, progress=gr.Progress()):
+    def open_review(data, coco, choice, progress=gr.Progress()):
         def report(done, total):
             progress(done / max(total, 1), desc=f"{done}/{total} photos: the model's boxes and doubts")
 
@@ -68,9 +68,7 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
             value, status = view(review_id)
         except ValueError as exc:
             raise readable(exc, data, coco) from None
-        if old_id and old_id != review_id and service.REVIEW_ID.fullmatch(str(old_id)):
-            reviews.remove(old_id)  # one review a browser; one a training still reads stays until it expires
-        return value, status, review_id
+        return value, status, review_id  # the previous review stays until it expires: its boxes may be wanted
 
     def resume(browser_id):
         """The review the browser holds, where it was left; or nothing shown."""
@@ -79,6 +77,10 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
         value, status = view(browser_id, "Resumed where you left off.")
         _, meta, _ = service.load(reviews, browser_id)
         return browser_id, value, status, gr.Dropdown(choices=cache.choices(), value=meta["model"])
+
+    def restore(review_id, browser_id):
+        """The session's review, else the browser's: a restarted server forgot the session's."""
+        return review_id or browser_id
 
     def current(review_id):
         if not review_id:
@@ -89,6 +91,9 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
         try:
             name = service.save(reviews, current(review_id), value)
             return view(review_id, f"Saved `{name}`.")
+        except service.SavedElsewhere as exc:
+            gr.Warning(str(exc))
+            return view(review_id, str(exc))
         except ValueError as exc:
             raise readable(exc) from None
 
@@ -99,8 +104,9 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
         except ValueError as exc:
             raise readable(exc) from None
 
-    def pick(review_id, evt: gr.SelectData):
+    def pick(review_id, browser_id, evt: gr.SelectData):
         try:
+            review_id = restore(review_id, browser_id)
             caption = (evt.value or {}).get("caption") if isinstance(evt.value, dict) else None
             service.move(reviews, current(review_id), to=caption)
             return view(review_id)
@@ -185,26 +191,35 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                                     format="jpeg", elem_id="review_strip")
 
     shown = [annotator, status]
-    opened = open_button.click(guarded(open_review), [data, coco, review_model, review_key], [*shown, review_key],
+
+    def restored(listener, name):
+        """`listener`'s event (a button's click) that first restores the session's review id (`restore`)."""
+        return listener(guarded(restore), [review_key, browser_key], review_key, api_name=f"review_restore_{name}",
+                        api_visibility="private", queue=False, show_progress="hidden")
+
+    opened = open_button.click(guarded(open_review), [data, coco, review_model], [*shown, review_key],
                                api_name="review_open", concurrency_limit=2, concurrency_id="review_open")
     opened.success(lambda key: key, review_key, browser_key, api_name="review_remember", api_visibility="private"
                    ).then(guarded(classes), review_key, annotator, api_name="review_classes", api_visibility="private"
                           ).then(guarded(strip), review_key, thumbs, api_name="review_strip", api_visibility="private")
-    save_button.click(guarded(save), [annotator, review_key], shown, api_name="review_save", concurrency_limit=4,
-                      concurrency_id="review").success(guarded(strip), review_key, thumbs, api_name="review_strip_saved",
-                                                       api_visibility="private", show_progress="hidden")
-    skip.click(guarded(lambda key: step(key, 1)), review_key, shown, api_name="review_skip", concurrency_limit=4,
-               concurrency_id="review")
-    back.click(guarded(lambda key: step(key, -1)), review_key, shown, api_name="review_back", concurrency_limit=4,
-               concurrency_id="review")
-    thumbs.select(guarded(pick), review_key, shown, api_name="review_pick", api_visibility="private")
-    download_button.click(guarded(download), review_key, coco_file, api_name="review_download")
-    train_button.click(guarded(retrain), [epochs, detector_epochs, review_key], [train_status, trained],
-                       api_name="review_train", concurrency_limit=1, concurrency_id="train"
-                       ).success(guarded(lambda key, name: (*view(key), *[gr.Dropdown(choices=cache.choices(), value=name)] * 2)),
-                                 [review_key, trained], [*shown, review_model, model], api_name="review_after_train",
-                                 api_visibility="private").then(guarded(strip), review_key, thumbs,
-                                                                api_name="review_strip_trained", api_visibility="private")
+    restored(save_button.click, "save").then(
+        guarded(save), [annotator, review_key], shown, api_name="review_save", concurrency_limit=4,
+        concurrency_id="review").success(guarded(strip), review_key, thumbs, api_name="review_strip_saved",
+                                         api_visibility="private", show_progress="hidden")
+    restored(skip.click, "skip").then(guarded(lambda key: step(key, 1)), review_key, shown, api_name="review_skip",
+                                      concurrency_limit=4, concurrency_id="review")
+    restored(back.click, "back").then(guarded(lambda key: step(key, -1)), review_key, shown, api_name="review_back",
+                                      concurrency_limit=4, concurrency_id="review")
+    thumbs.select(guarded(pick), [review_key, browser_key], shown, api_name="review_pick", api_visibility="private")
+    restored(download_button.click, "download").then(guarded(download), review_key, coco_file,
+                                                     api_name="review_download")
+    restored(train_button.click, "train").then(
+        guarded(retrain), [epochs, detector_epochs, review_key], [train_status, trained], api_name="review_train",
+        concurrency_limit=1, concurrency_id="train"
+    ).success(guarded(lambda key, name: (*view(key), *[gr.Dropdown(choices=cache.choices(), value=name)] * 2)),
+              [review_key, trained], [*shown, review_model, model], api_name="review_after_train",
+              api_visibility="private").then(guarded(strip), review_key, thumbs, api_name="review_strip_trained",
+                                             api_visibility="private")
     demo.load(guarded(resume), browser_key, [review_key, *shown, review_model], api_name="review_resume",
               api_visibility="private").then(guarded(classes), review_key, annotator, api_name="review_classes_resumed",
                                              api_visibility="private").then(
