@@ -101,6 +101,8 @@ def test_each_save_is_kept_on_disk_at_once_and_refusals_change_nothing(store):
     assert status.startswith("**0 of 9 reviewed**")
     first = json.loads((folder / "saved.json").read_text())["current"]
     assert value["boxes"] and {b["label"] for b in value["boxes"]} == {first.split("/")[0]}  # named by its folder
+    empty = json.loads(Path(service.write_coco(reviews, review_id, _out(tmp_path))).read_text())  # at any moment
+    assert empty["images"] == empty["annotations"] == [] and [c["name"] for c in empty["categories"]] == sorted(COLOURS)
 
     moved = _shown(value)
     moved["boxes"][0].update(xmin=2, ymin=3, xmax=40, ymax=41)
@@ -176,8 +178,8 @@ def test_a_coco_file_of_the_photos_at_other_proportions_or_on_their_side_is_refu
     from .images import png_bytes
 
     cache, reviews, choice, tmp_path = store
-    data = dataset_zip(tmp_path / "colours.zip", per_class=2, extra={"red/wide.png": png_bytes(np.zeros((40, 60, 3),
-                                                                                                         np.uint8))})
+    data = dataset_zip(tmp_path / "colours.zip", per_class=2, extra={
+        "red/wide.png": png_bytes(np.zeros((40, 60, 3), np.uint8)), "blue/broken.jpg": b"not a photo"})
     tool = {"images": [{"id": 1, "file_name": "red/wide.png", "width": 120, "height": 80}],
             "categories": [{"id": 1, "name": "red"}],
             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [12, 8, 60, 40]}]}
@@ -185,6 +187,10 @@ def test_a_coco_file_of_the_photos_at_other_proportions_or_on_their_side_is_refu
     resume.write_text(json.dumps(tool))
     review_id = service.open_review(reviews, cache, choice, data, resume)  # twice the size, the same proportions
     assert service.load(reviews, review_id)[2]["reviewed"] == {"red/wide.png": [[6, 4, 36, 24, "red"]]}
+    _, meta, _ = service.load(reviews, review_id)  # the unreadable photo: left out, and gone from what retrains
+    assert meta["unreadable"] == 1 and "blue/broken.jpg" not in meta["order"]
+    assert not (reviews.folder(review_id) / meta["root"] / "blue" / "broken.jpg").exists()
+    assert "blue/broken.jpg" not in service.dataset_names(reviews.folder(review_id) / "data")[2]
     existing = sorted(reviews.root.iterdir())
     for (width, height), message in (((80, 120), r"^boxes.json: red/wide.png is 80 x 120 pixels there but 60 x 40 "
                                                  r"upright: the tool boxed the photo on its side$"),

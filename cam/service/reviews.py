@@ -199,6 +199,8 @@ def open_review(reviews: Reviews, cache: ModelCache, choice: str, data, coco=Non
             meta = {"version": 1, "root": root.relative_to(folder).as_posix(), "classes": classes, "round": 0,
                     "checkpoints": []}
             meta.update(order_pass(model, choice, folder, root, classes, names, progress))
+            for name in set(names) - set(meta["sizes"]):
+                (root / name).unlink()  # a retraining reads every photo of data/: none it cannot read
             reviewed = coco_reviewed(coco, meta) if coco else {}
             meta["order"] = [n for n in reviewed] + [n for n in meta["order"] if n not in reviewed]
             atomic_write(folder / "review.json", json.dumps(meta))
@@ -529,10 +531,9 @@ def coco(meta: dict, saved: dict) -> dict:
 
 
 def write_coco(reviews: Reviews, review_id, out: Path) -> str:
-    """The reviewed boxes as a COCO file in `out` (any moment: what was saved so far)."""
+    """The reviewed boxes as a COCO file in `out` (any moment: what was saved so far, before the
+    first save the classes alone)."""
     _, meta, saved = load(reviews, review_id)
-    if not saved["reviewed"]:
-        raise ValueError("No photo is reviewed yet: save the boxes of one photo first.")
     path = out / COCO_NAME
     atomic_write(path, json.dumps(coco(meta, saved), indent=1))
     return str(path)
