@@ -211,7 +211,9 @@ def test_a_stale_tab_cannot_overwrite_the_boxes_another_tab_saved_since(store):
     name = service.load(reviews, review_id)[2]["current"]
     label = name.split("/")[0]
     box = {"xmin": 1, "ymin": 2, "xmax": 30, "ymax": 31, "label": label}
+    assert service.shows_current(reviews, review_id, first_tab)  # what a retraining then leaves as it is
     assert service.save(reviews, review_id, {**second_tab, "boxes": [box]}) == name
+    assert not service.shows_current(reviews, review_id, first_tab)
     kept = service.load(reviews, review_id)[2]["reviewed"]
     with pytest.raises(service.SavedElsewhere, match=rf"^Not saved: `{name}` was saved in another tab since; shown "
                                                      r"again with those boxes\.$"):
@@ -220,6 +222,7 @@ def test_a_stale_tab_cannot_overwrite_the_boxes_another_tab_saved_since(store):
     assert saved["reviewed"] == kept and saved["current"] == name  # kept as the other tab saved them, and shown
     again, _ = service.photo_view(reviews, review_id, _out(tmp_path))
     assert again["boxes"] == [box] and Path(again["image"]).name != first_tab["image"]
+    assert service.shows_current(reviews, review_id, again) and not service.shows_current(reviews, review_id, None)
     assert service.save(reviews, review_id, {**_shown(again), "boxes": []}) == name  # the boxes seen: kept
     assert service.load(reviews, review_id)[2]["reviewed"][name] == []
     with pytest.raises(service.SavedElsewhere):  # shown before that save: stale in its turn
@@ -314,6 +317,7 @@ def test_api_review_open_save_download_then_retrain_and_visitors_never_mix(serve
     for _ in range(4):
         after, status = client.predict(_sent(after), api_name="/review_save")
     assert "5 of 12 reviewed" in status
+    shown = status.split("`")[3]  # not reviewed yet: a retraining leaves it shown
     status, new = client.predict(2, 2, api_name="/review_train")
     assert status.startswith(f"Done: **{new}**") and (server["checkpoints"] / new / "config.json").is_file()
     measured = json.loads((server["checkpoints"] / new / "config.json").read_text())["metrics"].get("detector", {})
@@ -322,6 +326,7 @@ def test_api_review_open_save_download_then_retrain_and_visitors_never_mix(serve
                  and json.loads((f / "review.json").read_text()).get("checkpoints")]
     meta = json.loads((folder / "review.json").read_text())
     assert meta["model"] == new and meta["matching"] and meta["order"][0] == first and len(meta["checkpoints"]) == 1
+    assert json.loads((folder / "saved.json").read_text())["current"] == shown
     config = json.loads((server["checkpoints"] / new / "config.json").read_text())
     assert config["class_names"] == sorted(COLOURS)
     value, status = client.predict(api_name="/review_skip")

@@ -405,6 +405,16 @@ def photo_of(value, review_id, meta: dict, saved: dict) -> str:
     return names[number]
 
 
+def shows_current(reviews: Reviews, review_id, value) -> bool:
+    """Whether an annotator `value` shows the review's current photo with its current boxes
+    (`photo_view`'s file name): then a new value would only wipe the person's unsaved edits."""
+    _, meta, saved = load(reviews, review_id)
+    found = PHOTO_FILE.fullmatch(Path(str((value or {}).get("image") or "")).name)
+    name = saved["current"]
+    return bool(found) and found.groups() == (str(sorted(meta["sizes"]).index(name)), review_id[:8],
+                                              revision(saved, name))
+
+
 def checked_boxes(value, name: str, meta: dict, proposed: list) -> list[list]:
     """The annotator's boxes in the photo's own upright pixels [x0, y0, x1, y1, label]; a box
     outside the shown photo, of no size or of a class the dataset lacks is refused in one line. A
@@ -579,8 +589,10 @@ def retrain_updates(reviews: Reviews, cache: ModelCache, review_id, epochs=None,
             meta.update(fresh, round=number, checkpoints=[*meta.get("checkpoints", []), name])
             meta["order"] = list(reviewed) + [n for n in fresh["order"] if n not in reviewed]
             atomic_write(folder / "review.json", json.dumps(meta))
-            _write_saved(folder, {"reviewed": reviewed, "current": _next(meta["order"], reviewed, meta["order"][-1])
-                                  if len(reviewed) < len(meta["order"]) else saved["current"]})
+            current = saved["current"]  # still unreviewed: it stays, with what the person is doing on it
+            if current in reviewed and len(reviewed) < len(meta["order"]):
+                current = _next(meta["order"], reviewed, meta["order"][-1])  # the first left in the new order
+            _write_saved(folder, {"reviewed": reviewed, "current": current})
         shutil.rmtree(folder / f"pass_{number - 1}" if number > 1 else folder / "pass", ignore_errors=True)
         yield summary
 

@@ -151,6 +151,12 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                 + ". It is now selected in the Localize tab; the photos left to review come in its order.")
         yield text, name
 
+    def after_train(review_id, name, shown_value):
+        """The photo to review now (unless it is the one shown: its unsaved edits stay), the new checkpoint selected."""
+        value, status = view(review_id)
+        menu = gr.Dropdown(choices=cache.choices(), value=name)
+        return gr.skip() if service.shows_current(reviews, review_id, shown_value) else value, status, menu, menu
+
     # Outside the tab, which the page mounts only once shown: the browser's copy is read on page load.
     review_key = gr.State(None)
     browser_key = gr.BrowserState(None, storage_key="cam-review-id", secret=reviews.secret())
@@ -216,8 +222,8 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
     restored(train_button.click, "train").then(
         guarded(retrain), [epochs, detector_epochs, review_key], [train_status, trained], api_name="review_train",
         concurrency_limit=1, concurrency_id="train"
-    ).success(guarded(lambda key, name: (*view(key), *[gr.Dropdown(choices=cache.choices(), value=name)] * 2)),
-              [review_key, trained], [*shown, review_model, model], api_name="review_after_train",
+    ).success(guarded(after_train), [review_key, trained, annotator], [*shown, review_model, model],
+              api_name="review_after_train",
               api_visibility="private").then(guarded(strip), review_key, thumbs, api_name="review_strip_trained",
                                              api_visibility="private")
     demo.load(guarded(resume), browser_key, [review_key, *shown, review_model], api_name="review_resume",
