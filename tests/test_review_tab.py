@@ -343,6 +343,17 @@ def test_the_retraining_reports_whatever_ap50_figures_the_summary_holds():
     assert service.detector_figures({"metrics": {"detector": {"AP50": 0.41}}}) == "AP50 0.410"
 
 
+def test_the_keys_stand_down_while_the_annotators_label_editor_is_open():
+    import gradio_image_annotation
+
+    from cam.ui import review_tab
+
+    bundle = "".join(p.read_text() for p in (Path(gradio_image_annotation.__file__).parent / "templates" /
+                                            "component").glob("Index-*.js"))
+    assert 'id="model-box-edit"' in bundle  # the editor the installed component opens
+    assert 'document.querySelector("#review_annotator #model-box-edit")' in review_tab.KEYS
+
+
 def test_every_review_event_is_named_and_guarded(tmp_path):
     from cam.ui import build_app
 

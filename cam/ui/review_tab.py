@@ -28,7 +28,8 @@ KEYS = """() => {
     if (event.altKey || event.metaKey || (event.ctrlKey && event.key !== "Enter")) return;
     const id = event.ctrlKey ? "review_save" : buttons[event.key.toLowerCase()];
     const button = id && document.getElementById(id);
-    if (!button || button.offsetParent === null || document.querySelector("#review_annotator dialog[open]")) return;
+    const editor = document.querySelector("#review_annotator #model-box-edit");  // the box's label editor, open
+    if (!button || button.offsetParent === null || (editor && editor.offsetParent !== null)) return;
     event.preventDefault();
     button.click();
   });
