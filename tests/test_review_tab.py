@@ -320,8 +320,9 @@ def test_api_review_open_save_download_then_retrain_and_visitors_never_mix(serve
     shown = status.split("`")[3]  # not reviewed yet: a retraining leaves it shown
     status, new = client.predict(2, 2, api_name="/review_train")
     assert status.startswith(f"Done: **{new}**") and (server["checkpoints"] / new / "config.json").is_file()
-    measured = json.loads((server["checkpoints"] / new / "config.json").read_text())["metrics"].get("detector", {})
-    assert ("AP50 on your reviewed photos" in status) == bool(measured.get("reviewed_ap50")), (status, measured)
+    measured = json.loads((server["checkpoints"] / new / "config.json").read_text())["metrics"]["detector"]
+    assert measured["reviewed_images"] == 5 and set(measured["reviewed_ap50"]) == {"cam", "detector", "both"}
+    assert all(f"{source} {value:.2f}" in status for source, value in measured["reviewed_ap50"].items()), status
     (folder,) = [f for f in (server["checkpoints"] / ".reviews").iterdir() if (f / "review.json").is_file()
                  and json.loads((f / "review.json").read_text()).get("checkpoints")]
     meta = json.loads((folder / "review.json").read_text())
@@ -333,14 +334,15 @@ def test_api_review_open_save_download_then_retrain_and_visitors_never_mix(serve
     assert "5 of 12 reviewed" in status
 
 
-def test_the_retraining_reports_whatever_ap50_figures_the_summary_holds():
-    assert service.detector_figures({"metrics": {"detector": {"images": 12, "seconds": 3.1}}}) == ""
-    assert service.detector_figures({}) == ""
-    assert service.detector_figures({"reviewed_ap50": {"cam": 0.27, "detector": 0.461, "both": 0.49},
-                                     "boxes": "both"}) == "cam 0.27, detector 0.46, both 0.49 (it now gives both)"
-    assert service.detector_figures({"metrics": {"detector": {"reviewed_ap50": {"detector": 0.5}, "images": 3}}}) == \
-        "reviewed_ap50 detector 0.500"
-    assert service.detector_figures({"metrics": {"detector": {"AP50": 0.41}}}) == "AP50 0.410"
+def test_the_retraining_names_the_reviewed_photos_ap50_or_why_it_is_not_measured():
+    summary = {"checkpoint": "/c/experiment_1", "metrics": {"val_accuracy": 0.875}}
+    assert service.retrain_status({**summary, "reviewed_ap50": {"cam": 0.27, "detector": 0.461, "both": 0.49},
+                                   "boxes": "both"}) == (
+        "Done: **experiment_1**, validation accuracy 87.5%; AP50 on your reviewed photos (each scored by a model that "
+        "did not learn it): cam 0.27, detector 0.46, both 0.49 (it now gives both). It is now selected in the Localize "
+        "tab; the photos left to review come in its order.")
+    assert "; AP50 needs 5 reviewed photos, some with boxes. It is now" in service.retrain_status(
+        {**summary, "reviewed_ap50": None, "boxes": "cam"})
 
 
 def test_the_keys_stand_down_while_the_annotators_label_editor_is_open():

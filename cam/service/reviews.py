@@ -597,24 +597,16 @@ def retrain_updates(reviews: Reviews, cache: ModelCache, review_id, epochs=None,
         yield summary
 
 
-def detector_figures(summary: dict) -> str:
-    """The reviewed photos' AP50 of each box source (the maps', the detector's...) from a training's
-    summary, where it measured them, as one line ('' where not): its `reviewed_ap50`
-    ({source: AP50}) and the source `boxes` it then gives, else any number under
-    metrics['detector'] whose key names AP."""
-    ap50 = (summary or {}).get("reviewed_ap50")
-    if isinstance(ap50, dict) and ap50:
-        text = ", ".join(f"{source} {value:.2f}" for source, value in ap50.items() if isinstance(value, (int, float)))
-        return text + (f" (it now gives {summary['boxes']})" if summary.get("boxes") else "")
-    found = []
+def retrain_status(summary: dict) -> str:
+    """The line that ends a retraining: the new checkpoint, its validation accuracy and the reviewed
+    photos' AP50 of each box source (or why it was not measured), as the tab shows it."""
+    from ..train_detector import MIN_REVIEWED_TO_CHOOSE
 
-    def walk(value, path):
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(inner, [*path, str(key)])
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and any(re.search(r"(^|_)ap\d*($|_)", part.lower()) for part in path):
-            found.append(f"{' '.join(path)} {value:.3f}")
-
-    walk(((summary or {}).get("metrics") or {}).get("detector") or {}, [])
-    return "; ".join(found)
+    ap50 = summary.get("reviewed_ap50")
+    figures = ("AP50 on your reviewed photos (each scored by a model that did not learn it): "
+               + ", ".join(f"{source} {value:.2f}" for source, value in ap50.items())
+               + (f" (it now gives {summary['boxes']})" if summary.get("boxes") else "")) if ap50 else \
+        f"AP50 needs {MIN_REVIEWED_TO_CHOOSE} reviewed photos, some with boxes"
+    return (f"Done: **{Path(summary['checkpoint']).name}**, validation accuracy "
+            f"{summary['metrics']['val_accuracy']:.1%}; {figures}. It is now selected in the Localize tab; the "
+            "photos left to review come in its order.")

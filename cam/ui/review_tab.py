@@ -144,13 +144,7 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                 yield status, gr.skip()
         except ValueError as exc:
             raise readable(exc) from None
-        name = Path(event["checkpoint"]).name
-        metrics = event.get("metrics") or {}
-        figures = service.detector_figures(event)
-        text = (f"Done: **{name}**, validation accuracy {metrics.get('val_accuracy', 0):.1%}"
-                + (f"; AP50 on your reviewed photos (each scored by a model that did not learn it): {figures}" if figures else "")
-                + ". It is now selected in the Localize tab; the photos left to review come in its order.")
-        yield text, name
+        yield service.retrain_status(event), Path(event["checkpoint"]).name
 
     def after_train(review_id, name, shown_value):
         """The photo to review now (unless it is the one shown: its unsaved edits stay), the new checkpoint selected."""
