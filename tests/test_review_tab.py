@@ -345,6 +345,12 @@ def test_the_retraining_names_the_reviewed_photos_ap50_or_why_it_is_not_measured
         {**summary, "reviewed_ap50": None, "boxes": "cam"})
 
 
+def test_a_trainings_progress_reads_the_same_in_the_review_and_fine_tune_tabs():
+    assert service.epoch_progress({"stage": "detector", "epoch": 2, "epochs": 4, "step": 1, "steps": 2}) == \
+        (0.375, "detector epoch 2/4")
+    assert service.epoch_progress({"stage": "head", "epoch": 3, "epochs": 4, "val_accuracy": 0.5}) == (0.75, "epoch 3/4")
+
+
 def test_the_keys_stand_down_while_the_annotators_label_editor_is_open():
     import gradio_image_annotation
 

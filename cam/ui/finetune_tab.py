@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from ..service import checkpoint_archive, confusion_table, hold_uploads, training_updates, validation_review
+from ..service.reviews import epoch_progress
 from ..train import DEFAULT_EPOCHS, DEFAULT_LR
 from .components import guarded, readable
 
@@ -38,9 +39,8 @@ def build(ctx, model: gr.Dropdown) -> None:
                     if event["stage"] == "done":
                         break
                     if "epoch" in event:
-                        done = event["epoch"] - 1 + event.get("step", event.get("steps", 1)) / event.get("steps", 1)
-                        stage = "detector epoch" if event["stage"] == "detector" else "epoch"
-                        progress(done / event["epochs"], desc=f"{stage} {event['epoch']}/{event['epochs']}")
+                        share, desc = epoch_progress(event)
+                        progress(share, desc=desc)
                         if event["stage"] == "detector":
                             status = f"Training the detector on the new model's boxes: epoch {event['epoch']}/{event['epochs']}"
                         if "val_accuracy" in event:

@@ -14,6 +14,7 @@ from gradio_image_annotation import image_annotator
 from ..render import PALETTE
 from ..service import reviews as service
 from ..train import DEFAULT_EPOCHS
+from ..train_detector import DETECTOR_EPOCHS
 from .components import guarded, model_menu, readable
 
 # Keys, on the page while the Review tab shows and no text field, list or label dialog has them:
@@ -134,10 +135,9 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                 if "checkpoint" in event:
                     break
                 if "epoch" in event:
-                    done = event["epoch"] - 1 + event.get("step", event.get("steps", 1)) / event.get("steps", 1)
-                    stage = "detector epoch" if event["stage"] == "detector" else "epoch"
-                    progress(done / event["epochs"], desc=f"{stage} {event['epoch']}/{event['epochs']}")
-                    status = f"Training: {stage} {event['epoch']}/{event['epochs']}"
+                    share, desc = service.epoch_progress(event)
+                    progress(share, desc=desc)
+                    status = f"Training: {desc}"
                 else:
                     progress(0, desc=event["stage"])
                     status = f"{event['stage'].capitalize()}..."
@@ -172,7 +172,7 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                 with gr.Accordion("Retrain with my boxes", open=False):
                     epochs = gr.Number(DEFAULT_EPOCHS["head"], label="Classifier epochs", precision=0, minimum=1,
                                        maximum=1000)
-                    detector_epochs = gr.Number(24, label="Detector epochs", precision=0, minimum=1, maximum=1000)
+                    detector_epochs = gr.Number(DETECTOR_EPOCHS, label="Detector epochs", precision=0, minimum=1, maximum=1000)
                     train_button = gr.Button("Retrain with my boxes", variant="primary", elem_id="review_train")
                 train_status = gr.Markdown("", elem_id="review_train_status")
                 trained = gr.Textbox(visible=False, label="New checkpoint")
