@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
-from ..data import read_photo, scan_dataset, unpack_zip
+from ..data import dataset_root, read_photo, scan_dataset, unpack_zip
 from ..export import read_log
 from ..review import review_order
 from .model_cache import ModelCache
@@ -218,9 +218,7 @@ def dataset_names(data: Path) -> tuple[Path, list[str], list[str]]:
     """(the folder holding the class folders, the classes, each photo's name below it: 'apple/1.jpg',
     as `cam train` matches reviewed boxes)."""
     classes, items, _ = scan_dataset(data)
-    first = items[0][0].relative_to(data).parts
-    root = data if first[0] in classes and all(p.relative_to(data).parts[0] in classes for p, _ in items) \
-        else data / first[0]
+    root = dataset_root(data)
     return root, classes, [p.relative_to(root).as_posix() for p, _ in items]
 
 
