@@ -365,14 +365,17 @@ def test_the_keys_stand_down_while_the_annotators_label_editor_is_open():
 def test_every_review_event_is_named_and_guarded(tmp_path):
     from cam.ui import build_app
 
+    from cam.ui import review_tab
+
     demo = build_app(ModelCache(tmp_path / "checkpoints"))
-    events = [fn for fn in demo.fns.values() if any(t[1] == "load" for t in fn.targets) or
-              (fn.api_name or "").startswith("review")]
-    named = {fn.api_name: fn for fn in events if (fn.api_name or "").startswith("review")}
+    # Every event whose function the tab defines (guarded or not): named by the tab, and guarded.
+    mine = [fn for fn in demo.fns.values()
+            if fn.fn is not None and getattr(fn.fn, "__wrapped__", fn.fn).__code__.co_filename == review_tab.__file__]
+    assert len(mine) >= 20 and all(fn.api_name.startswith("review_") for fn in mine), [fn.api_name for fn in mine]
+    assert [fn.api_name for fn in mine if not hasattr(fn.fn, "__wrapped__")] == []
+    named = {fn.api_name: fn for fn in mine}
     assert {"review_open", "review_save", "review_download", "review_train"} <= {
         name for name, fn in named.items() if fn.api_visibility == "public"}
-    assert all(fn.fn is None or hasattr(fn.fn, "__wrapped__") or name == "review_remember"
-               for name, fn in named.items()), named
     api = demo.get_api_info()["named_endpoints"]
     assert [p["parameter_name"] for p in api["/review_open"]["parameters"]] == ["data", "coco", "choice"]
     assert [p["parameter_name"] for p in api["/review_save"]["parameters"]] == ["value"]

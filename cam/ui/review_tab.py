@@ -200,7 +200,7 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
 
     opened = open_button.click(guarded(open_review), [data, coco, review_model], [*shown, review_key],
                                api_name="review_open", concurrency_limit=2, concurrency_id="review_open")
-    opened.success(lambda key: key, review_key, browser_key, api_name="review_remember", api_visibility="private"
+    opened.success(guarded(lambda key: key), review_key, browser_key, api_name="review_remember", api_visibility="private"
                    ).then(guarded(classes), review_key, annotator, api_name="review_classes", api_visibility="private"
                           ).then(guarded(strip), review_key, thumbs, api_name="review_strip", api_visibility="private")
     restored(save_button.click, "save").then(
