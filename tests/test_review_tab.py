@@ -106,7 +106,7 @@ def test_each_save_is_kept_on_disk_at_once_and_refusals_change_nothing(store):
 
     moved = _shown(value)
     moved["boxes"][0].update(xmin=2, ymin=3, xmax=40, ymax=41)
-    moved["boxes"].append({"xmin": 10, "ymin": 10, "xmax": 20, "ymax": 20, "label": "green"})
+    moved["boxes"].append({"xmin": 20, "ymin": 20, "xmax": 40, "ymax": 40, "label": "green", "scaleFactor": 2})
     assert service.save(reviews, review_id, moved) == first
     saved = json.loads((folder / "saved.json").read_text())  # on disk already: a restarted server reads it
     label = first.split("/")[0]
@@ -120,7 +120,9 @@ def test_each_save_is_kept_on_disk_at_once_and_refusals_change_nothing(store):
     for bad, message in (({**box, "xmax": 65}, "lies outside the photo"), ({**box, "xmin": -1}, "lies outside"),
                          ({**box, "xmax": 1}, "has no size"), ({**box, "label": "cat"}, "'cat' is not one of the "
                                                                                         "dataset's: blue, green, red"),
-                         ({"xmin": "a", "ymin": 1, "xmax": 2, "ymax": 3}, "needs the numbers")):
+                         ({"xmin": "a", "ymin": 1, "xmax": 2, "ymax": 3}, "needs the numbers"),
+                         ({"xmin": 1, "ymin": 1, "xmax": 9}, "needs the numbers"), ([1, 1, 9, 9], "needs the numbers"),
+                         ({**box, "xmin": float("nan")}, "needs the numbers"), ({**box, "scaleFactor": "x"}, "needs")):
         with pytest.raises(ValueError, match=message):
             service.save(reviews, review_id, {**shown, "boxes": [bad]})
         assert (folder / "saved.json").read_bytes() == before
@@ -194,7 +196,8 @@ def test_a_coco_file_of_the_photos_at_other_proportions_or_on_their_side_is_refu
     existing = sorted(reviews.root.iterdir())
     for (width, height), message in (((80, 120), r"^boxes.json: red/wide.png is 80 x 120 pixels there but 60 x 40 "
                                                  r"upright: the tool boxed the photo on its side$"),
-                                     ((60, 60), r"^boxes.json: red/wide.png is 60 x 60 pixels there but 60 x 40 upright$")):
+                                     ((60, 60), r"^boxes.json: red/wide.png is 60 x 60 pixels there but 60 x 40 "
+                                                r"upright$")):
         tool["images"][0].update(width=width, height=height)
         resume.write_text(json.dumps(tool))
         with pytest.raises(ValueError, match=message):
@@ -252,6 +255,31 @@ def test_reviews_are_bounded_expire_and_never_while_leased_and_ids_name_no_path(
             reviews.folder(bad)
         assert not reviews.exists(bad)
     assert reviews.secret() == service.Reviews(reviews.root).secret()  # the same after a restart
+
+
+def test_reviews_are_bounded_by_bytes_and_swept_while_the_server_runs(tmp_path):
+    reviews = service.Reviews(tmp_path / "reviews", max_bytes=2500)
+    ids = [f"{n:032x}" for n in range(4)]
+    for age, review_id in zip((400, 300, 200, 100), ids):
+        folder = reviews.folder(review_id)
+        (folder / "data").mkdir(parents=True)
+        (folder / "data" / "photo.jpg").write_bytes(b"x" * 1000)
+        os.utime(folder, (time.time() - age,) * 2)
+    with reviews.lease(ids[0]):  # a training reads the oldest: the next oldest goes in its place
+        os.utime(reviews.folder(ids[0]), (time.time() - 400,) * 2)
+        reviews.sweep()
+    assert [reviews.folder(i).is_dir() for i in ids] == [True, False, False, True]
+    os.utime(reviews.folder(ids[0]), (time.time() - 400,) * 2)  # its lease's end was a change
+    reviews.max_bytes = 10
+    reviews.sweep()  # the latest stays, whatever its size
+    assert [reviews.folder(i).is_dir() for i in ids] == [False, False, False, True]
+
+    reviews.max_age = 50  # expires while the server runs: a sweep finds it without any review opened
+    reviews.sweep_every(0.05)
+    deadline = time.time() + 10
+    while reviews.folder(ids[3]).is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not reviews.folder(ids[3]).is_dir()
 
 
 # --- the tab's API, on the real app ----------------------------------------------------------------
@@ -349,6 +377,19 @@ def test_a_trainings_progress_reads_the_same_in_the_review_and_fine_tune_tabs():
     assert service.epoch_progress({"stage": "detector", "epoch": 2, "epochs": 4, "step": 1, "steps": 2}) == \
         (0.375, "detector epoch 2/4")
     assert service.epoch_progress({"stage": "head", "epoch": 3, "epochs": 4, "val_accuracy": 0.5}) == (0.75, "epoch 3/4")
+
+
+def test_the_box_editor_hands_the_service_the_pictures_name_and_the_boxes_as_sent(tmp_path):
+    from gradio.data_classes import FileData
+    from gradio_image_annotation.image_annotator import AnnotatedImageData
+
+    from cam.ui.components import BoxEditor
+
+    gone = tmp_path / "photo_3_0123abcd_p.jpg"  # Gradio's cached copy, expired: never read
+    boxes = [{"xmin": "a", "ymin": 1, "scaleFactor": 2}]  # for the service to refuse in words (`checked_boxes`)
+    payload = AnnotatedImageData(image=FileData(path=str(gone), orig_name=gone.name), boxes=boxes)
+    assert BoxEditor(None).preprocess(payload) == {"image": gone.name, "boxes": boxes, "orientation": 0}
+    assert BoxEditor(None).preprocess(None) is None
 
 
 def test_the_keys_stand_down_while_the_annotators_label_editor_is_open():
@@ -470,6 +511,13 @@ def test_browser_a_resized_box_is_kept_across_a_reload_downloads_exactly_and_ret
         page.locator("#review_strip img").first.click()  # back to the reviewed photo
         expect(page.locator("#review_status")).to_contain_text(f"{first} (boxes reviewed)")
         page.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
+        # The page holds the saved box: saved again untouched, it keeps its exact pixels (the proposal would not).
+        page.wait_for_timeout(500)  # the picture drawn
+        page.keyboard.press("s")
+        expect(page.locator("#review_status")).to_contain_text(f"Saved {first}. 1 of 6 reviewed")
+        assert json.loads((folder / "saved.json").read_text())["reviewed"] == {first: saved}
+        page.locator("#review_strip img").first.click()
+        expect(page.locator("#review_status")).to_contain_text(f"{first} (boxes reviewed)")
         page.keyboard.press("k")  # skip
         expect(page.locator("#review_status")).not_to_contain_text(f"{first} (boxes reviewed)")
         page.keyboard.press("b")  # back

@@ -53,6 +53,8 @@ REVIEW_ID = re.compile(r"[0-9a-f]{32}")
 PHOTO_FILE = re.compile(r"photo_(\d+)_([0-9a-f]{8})_(p|[0-9a-f]{8})\.jpe?g")
 MAX_REVIEWS = int(os.environ.get("CAM_REVIEWS", 50))  # reviews kept on the server at once
 MAX_AGE = float(os.environ.get("CAM_REVIEW_DAYS", 7)) * 86400  # seconds a review is kept after its last change
+MAX_BYTES = float(os.environ.get("CAM_REVIEWS_GB", 10)) * 2**30  # the reviews' files at once (each unpacks its zip)
+SWEEP_SECONDS = 600  # how often a running server sweeps the reviews (`Reviews.sweep_every`)
 COCO_NAME = "reviewed_coco.json"
 
 
@@ -85,12 +87,14 @@ def atomic_write(path: Path, text: str) -> None:
 
 class Reviews:
     """The reviews a server keeps, under `root`: each in a folder named by its id. At most
-    `max_reviews`, the least recently changed removed first when a new one opens; none kept longer
-    than `max_age` seconds after its last change; a leased one (a training reads it) never removed."""
+    `max_reviews` and `max_bytes` of files (the latest review excepted), the least recently changed
+    removed first; none kept longer than `max_age` seconds after its last change; a leased one (a
+    training reads it) never removed."""
 
-    def __init__(self, root: Path, max_reviews: int = MAX_REVIEWS, max_age: float = MAX_AGE):
+    def __init__(self, root: Path, max_reviews: int = MAX_REVIEWS, max_age: float = MAX_AGE,
+                 max_bytes: float = MAX_BYTES):
         self.root = Path(root)
-        self.max_reviews, self.max_age = max(int(max_reviews), 1), float(max_age)
+        self.max_reviews, self.max_age, self.max_bytes = max(int(max_reviews), 1), float(max_age), float(max_bytes)
         self._leased: dict[str, int] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()  # guards both dicts
@@ -152,7 +156,7 @@ class Reviews:
 
     def sweep(self, room: int = 0) -> None:
         """Remove the reviews unchanged for `max_age`, then the least recently changed beyond
-        `max_reviews - room` (`room`: reviews about to open)."""
+        `max_reviews - room` (`room`: reviews about to open) or `max_bytes`."""
         if not self.root.is_dir():
             return
         now, found = time.time(), []
@@ -165,10 +169,35 @@ class Reviews:
                 continue
         found.sort()
         over = max(len(found) - max(self.max_reviews - room, 0), 0)
+        sizes = {review_id: _bytes(self.root / review_id) for _, review_id in found}
+        total = sum(sizes.values())
         for number, (changed, review_id) in enumerate(found):
-            if changed < now - self.max_age or number < over:
-                if not self.remove(review_id):
+            latest = number == len(found) - 1
+            if changed < now - self.max_age or number < over or (total > self.max_bytes and not latest):
+                if self.remove(review_id):
+                    total -= sizes[review_id]
+                else:
                     over += 1  # a leased one stays; the next oldest goes in its place
+
+    def sweep_every(self, seconds: float = SWEEP_SECONDS) -> None:
+        """Sweep now, then every `seconds` in a daemon thread while `root` exists: a server that runs
+        for weeks keeps its reviews bounded between openings."""
+        def sweeping():
+            while self.root.is_dir():
+                self.sweep()
+                time.sleep(seconds)
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        threading.Thread(target=sweeping, name="cam-reviews-sweep", daemon=True).start()
+
+
+def _bytes(folder: Path) -> int:
+    """The size of the files under `folder` (those deleted meanwhile left out)."""
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size if path.is_file() else 0
+    return total
 
 
 # --- opening: the dataset, the order pass, a reviewed COCO file ----------------------------------
@@ -424,9 +453,10 @@ def checked_boxes(value, name: str, meta: dict, proposed: list) -> list[list]:
     untouched = {(*_scaled(b[:4], size, shown), b[4]): b for b in proposed}
     boxes = []
     for box in (value or {}).get("boxes") or []:
-        try:
-            x0, y0, x1, y1 = (float(box[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
-        except (KeyError, TypeError, ValueError):
+        try:  # as the annotator sends it: in its canvas's pixels, `scaleFactor` times the picture's
+            scale = float(box.get("scaleFactor") or 1)
+            x0, y0, x1, y1 = (round(float(box[k]) / scale) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError):
             raise ValueError("a box needs the numbers xmin, ymin, xmax and ymax") from None
         label = str(box.get("label") or PurePosixPath(name).parts[0])
         if label not in meta["classes"]:

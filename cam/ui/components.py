@@ -1,5 +1,6 @@
 """Gradio components the tabs share: inputs that refuse unreadable files in words a person reads,
-the webcam's frames as bytes, pictures as data URLs, and the example photos."""
+a box editor whose boxes the service checks, the webcam's frames as bytes, pictures as data URLs,
+and the example photos."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 from gradio.data_classes import ImageData
+from gradio_image_annotation import image_annotator
 
 from ..service import EXAMPLES, without_folders
 
@@ -32,6 +34,24 @@ class PhotoInput(gr.Image):
             log.warning("unreadable upload: %s: %s", type(exc).__name__, exc)
             raise gr.Error("This file is not an image this app can read. "
                            "Upload a JPEG, PNG, BMP, GIF, WebP or TIFF photo.") from None
+
+
+class BoxEditor(image_annotator):
+    """image_annotator whose value reaches the handler as sent: the picture by its file name alone
+    (which photo, `cam.service.reviews.photo_of`) and the boxes raw, for the service to check
+    (`checked_boxes`). A save decodes no picture and needs no cached copy of it."""
+
+    is_template = True  # drawn by the frontend as image_annotator, from its files
+
+    @classmethod
+    def get_component_class_id(cls) -> str:
+        return image_annotator.get_component_class_id()
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        return {"image": Path(payload.image.orig_name or payload.image.path).name, "boxes": payload.boxes,
+                "orientation": payload.orientation}
 
 
 class LiveInput(gr.Image):

@@ -9,13 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
-from gradio_image_annotation import image_annotator
 
 from ..render import PALETTE
 from ..service import reviews as service
 from ..train import DEFAULT_EPOCHS
 from ..train_detector import DETECTOR_EPOCHS
-from .components import guarded, model_menu, readable
+from .components import BoxEditor, guarded, model_menu, readable
 
 # Keys, on the page while the Review tab shows and no text field, list or label dialog has them:
 # S (or Ctrl+Enter) saves and shows the next photo, -> or K skips, <- or B goes back.
@@ -48,7 +47,7 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
     """The tab and its events; a retraining selects its checkpoint in `model` (the Localize tab's menu)."""
     cache, folders = ctx.cache, ctx.outputs
     reviews = service.Reviews(cache.checkpoints / ".reviews")
-    reviews.sweep()  # what expired while the server was stopped
+    reviews.sweep_every()  # what expired while the server was stopped, then what expires while it runs
 
     def view(review_id, note=""):
         """The annotator's value for the photo shown, and the status."""
@@ -59,7 +58,7 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
         if not reviews.exists(review_id):
             return gr.skip()
         names = service.load(reviews, review_id)[1]["classes"]
-        return image_annotator(label_list=names, label_colors=[PALETTE[i % len(PALETTE)] for i in range(len(names))])
+        return BoxEditor(label_list=names, label_colors=[PALETTE[i % len(PALETTE)] for i in range(len(names))])
 
     def open_review(data, coco, choice, progress=gr.Progress()):
         def report(done, total):
@@ -178,9 +177,9 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                 trained = gr.Textbox(visible=False, label="New checkpoint")
             with gr.Column(scale=2, min_width=320):
                 status = gr.Markdown("Open a dataset (.zip of class folders) to start a review.", elem_id="review_status")
-                # image_type filepath: the picture comes back as a file named as it was sent, which says
-                # which photo the boxes were drawn on (`service.photo_of`)
-                annotator = image_annotator(None, label_list=[], sources=[], image_type="filepath", show_clear_button=False,
+                # The picture comes back by the file name it was sent with, which says which photo the
+                # boxes were drawn on (`service.photo_of`)
+                annotator = BoxEditor(None, label_list=[], sources=[], image_type="filepath", show_clear_button=False,
                                             show_remove_button=True, show_download_button=False, height=560,
                                             elem_id="review_annotator", label="Boxes (drag to move, corners to resize)")
                 with gr.Row():
