@@ -40,7 +40,8 @@ over the classes): drag a box to move it, its corners to resize it, select it an
 **C** over the photo (or the draw button) and drag to add one, then pick its class. **S** saves and shows the next
 photo (kept on the server at once: a reload or another tab resumes here), **→** skips, **←** goes back.
 The reviewed boxes download as COCO (`cam train --boxes-from`, CVAT, Label Studio); "Retrain" trains the classifier
-and its detector on them plus the model's own boxes of the other photos."""
+and its detector on them plus the model's own boxes of the other photos. The class you pick for a box goes into the
+COCO file; retraining learns where the objects are, each of the class of its photo's folder."""
 
 
 def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
