@@ -455,6 +455,15 @@ def test_opening_a_dataset_keeps_the_earlier_review_and_after_a_restart_the_brow
         assert restore.fn(None, first) == first and restore.fn(second, first) == second
     assert fns["review_skip"].fn(fns["review_restore_skip"].fn(None, first))[1].startswith("**1 of 6 reviewed**")
 
+    # After a retraining, the photo still shown keeps its value (and the person's unsaved edits); another is shown anew.
+    import gradio as gr
+
+    shown, _, third = fns["review_open"].fn(data, None, checkpoint)
+    on_page = {"image": Path(shown["image"]).name, "boxes": []}  # as BoxEditor hands it over
+    assert fns["review_after_train"].fn(third, checkpoint, on_page)[0] == gr.skip()
+    service.move(reviews, third, step=1)
+    assert fns["review_after_train"].fn(third, checkpoint, on_page)[0] != gr.skip()
+
 
 @pytest.mark.slow
 @pytest.mark.browser
