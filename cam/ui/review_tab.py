@@ -147,7 +147,7 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
         yield service.retrain_status(event), Path(event["checkpoint"]).name
 
     def after_train(review_id, name, shown_value):
-        """The photo to review now (unless it is the one shown: its unsaved edits stay), the new checkpoint selected."""
+        """The photo to review now (unless it is the one shown: its unsaved edits stay); the checkpoint selected."""
         value, status = view(review_id)
         menu = gr.Dropdown(choices=cache.choices(), value=name)
         return gr.skip() if service.shows_current(reviews, review_id, shown_value) else value, status, menu, menu
@@ -172,7 +172,8 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                 with gr.Accordion("Retrain with my boxes", open=False):
                     epochs = gr.Number(DEFAULT_EPOCHS["head"], label="Classifier epochs", precision=0, minimum=1,
                                        maximum=1000)
-                    detector_epochs = gr.Number(DETECTOR_EPOCHS, label="Detector epochs", precision=0, minimum=1, maximum=1000)
+                    detector_epochs = gr.Number(DETECTOR_EPOCHS, label="Detector epochs", precision=0, minimum=1,
+                                                maximum=1000)
                     train_button = gr.Button("Retrain with my boxes", variant="primary", elem_id="review_train")
                 train_status = gr.Markdown("", elem_id="review_train_status")
                 trained = gr.Textbox(visible=False, label="New checkpoint")
@@ -181,8 +182,8 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                 # The picture comes back by the file name it was sent with, which says which photo the
                 # boxes were drawn on (`service.photo_of`)
                 annotator = BoxEditor(None, label_list=[], sources=[], image_type="filepath", show_clear_button=False,
-                                            show_remove_button=True, show_download_button=False, height=560,
-                                            elem_id="review_annotator", label="Boxes (drag to move, corners to resize)")
+                                      show_remove_button=True, show_download_button=False, height=560,
+                                      elem_id="review_annotator", label="Boxes (drag to move, corners to resize)")
                 with gr.Row():
                     back = gr.Button("← Back (B)", elem_id="review_back", size="sm")
                     skip = gr.Button("Skip (K, →)", elem_id="review_skip", size="sm")
@@ -200,8 +201,8 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
 
     opened = open_button.click(guarded(open_review), [data, coco, review_model], [*shown, review_key],
                                api_name="review_open", concurrency_limit=2, concurrency_id="review_open")
-    opened.success(guarded(lambda key: key), review_key, browser_key, api_name="review_remember", api_visibility="private"
-                   ).then(guarded(classes), review_key, annotator, api_name="review_classes", api_visibility="private"
+    opened.success(guarded(lambda key: key), review_key, browser_key, api_name="review_remember",
+                   api_visibility="private").then(guarded(classes), review_key, annotator, api_name="review_classes", api_visibility="private"
                           ).then(guarded(strip), review_key, thumbs, api_name="review_strip", api_visibility="private")
     restored(save_button.click, "save").then(
         guarded(save), [annotator, review_key], shown, api_name="review_save", concurrency_limit=4,
