@@ -183,7 +183,7 @@ def read_coco_boxes(path, names: list[str], class_names: list[str]) -> dict[str,
     return {name: [box[:4] for box in boxes] for name, (_, boxes) in read_coco_file(path, names, class_names).items()}
 
 
-def read_coco_file(path, names: list[str], class_names: list[str]) -> dict[str, tuple[tuple[float, float], list[tuple]]]:
+def read_coco_file(path, names: list[str], class_names: list[str]) -> dict[str, tuple[tuple, list[tuple]]]:
     """The photos a COCO file lists, by dataset photo name, in the file's order: {name: ((height,
     width) as the file gives them, [(x0, y0, x1, y1 as fractions of them, class name)])}. A photo is
     matched as `coco_photo` says. Images without a size are skipped. A file that is not COCO, has a
