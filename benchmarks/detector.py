@@ -4,6 +4,7 @@ the same detector trained on the true boxes (the supervised ceiling); prints JSO
     python benchmarks/detector.py fruit ../shared/data/fruit [--folds 5] [--repeats 1]
     python benchmarks/detector.py imagenet ../shared/data/imagenet-val-dev [--folds 3]
     python benchmarks/detector.py fruit ../shared/data/fruit --reviewed 0,5,10,20 [--folds 5]
+    python benchmarks/detector.py fruit ../shared/data/fruit --time CHECKPOINT
 
 fruit: `train/<class>/` is the dataset a user uploads, `mixed/` photos with several kinds of fruit,
 `boxes.csv` (`file,label,x0,y0,x1,y1`, paths relative to the folder, class names) scores only.
@@ -17,8 +18,8 @@ seen in training. Scores: COCO AP50 and AP (pycocotools) and CorLoc (for each cl
 holds, its best-scoring box hits a true box of that class at IoU 0.5). The teacher (the same
 checkpoint's CAM boxes, scored by class probability) is scored at each setting of `TEACHER_GRID`,
 and its best mean AP50 is the one compared. Times: training seconds, and milliseconds a photo for
-`localize` with CAM boxes and with the detector's, on PyTorch and OpenVINO, side by side on the
-held-out photos and on 12 MP JPEGs made from them (first fold).
+`localize` with CAM boxes, the detector's and both, on PyTorch and OpenVINO, side by side on the
+held-out photos and on 12 MP JPEGs made from them (first fold; `--time` on a given checkpoint).
 
 --reviewed K,...: the review loop as a user runs it, on each fold: `train(DATA, detector=True)`,
 `label(DATA)` for review.txt, then `train(DATA, detector=True, reviewed_boxes=...)` with the true
@@ -35,6 +36,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -152,7 +154,7 @@ def scores(found: dict, truths: dict, classes: list[str]) -> dict:
 
 
 def timings(checkpoint: str, paths: list, scratch: Path) -> dict:
-    """Milliseconds a photo for `localize` with CAM boxes and with the detector's, on both runtimes,
+    """Milliseconds a photo for `localize` with CAM boxes, the detector's and both, on both runtimes,
     measured side by side (each the best of 3 rounds after a warm-up), on `paths` and on 12 MP
     JPEGs upscaled from the first 8 of them."""
     phone = []
@@ -165,7 +167,7 @@ def timings(checkpoint: str, paths: list, scratch: Path) -> dict:
         model = cam.load_model(checkpoint, runtime=runtime)
         for photos_name, photos in (("photos", paths), ("12mp", phone)):
             best = {}
-            for boxes in ("cam", "detector", "cam", "detector"):  # the first of each is the warm-up
+            for boxes in ("cam", "detector", "both") * 2:  # the first of each is the warm-up
                 rounds = []
                 for _ in range(3):
                     start = time.perf_counter()
@@ -173,7 +175,8 @@ def timings(checkpoint: str, paths: list, scratch: Path) -> dict:
                         cam.localize(model, photo, boxes=boxes)
                     rounds.append((time.perf_counter() - start) * 1000 / len(photos))
                 best[boxes] = round(min(rounds), 1)
-            out[f"{runtime}_{photos_name}"] = {**best, "ratio": round(best["detector"] / best["cam"], 2)}
+            out[f"{runtime}_{photos_name}"] = {**best, "ratio": round(best["detector"] / best["cam"], 2),
+                                               "ratio_both": round(best["both"] / best["cam"], 2)}
     return out
 
 
@@ -273,11 +276,19 @@ def main(argv=None) -> None:
                         help="the review loop's curve for these photos a class (e.g. 0,5,10,20) instead")
     parser.add_argument("--only", default=None, type=lambda text: {int(k) for k in text.split(",")},
                         help="--reviewed: run only these folds (e.g. 1,3), to run folds in parallel")
+    parser.add_argument("--time", default=None, metavar="CHECKPOINT",
+                        help="no training: only the timings, of this checkpoint with a detector, on the test photos")
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="LINES",
                         help="--reviewed: no run; the summary of fold lines saved from earlier runs' stderr")
     args = parser.parse_args(argv)
     photos, tests, truths = (fruit_set if args.kind == "fruit" else imagenet_set)(args.folder)
     classes = sorted({c for _, c in photos})
+    if args.time:
+        paths = [p for name in tests for p in tests[name]] or [p for p, _ in photos][:20]
+        with tempfile.TemporaryDirectory(prefix="cam-bench-detector-") as scratch_name:
+            print(json.dumps({"checkpoint": args.time, "photos": len(paths), "cpus": os.cpu_count(),
+                              "timing_ms_per_photo": timings(args.time, paths, Path(scratch_name))}, indent=2))
+        return
     if args.summarize:
         lines = [json.loads(text) for path in args.summarize for text in path.read_text().splitlines()
                  if text.startswith("{")]

@@ -15,6 +15,7 @@ from PIL import Image
 import cam
 from cam.service import ModelCache
 from cam.service import reviews as service
+from cam.service.jobs import epoch_progress
 from cam.checkpoint import save_checkpoint
 from cam.train_detector import read_coco_boxes
 
@@ -374,9 +375,9 @@ def test_the_retraining_names_the_reviewed_photos_ap50_or_why_it_is_not_measured
 
 
 def test_a_trainings_progress_reads_the_same_in_the_review_and_fine_tune_tabs():
-    assert service.epoch_progress({"stage": "detector", "epoch": 2, "epochs": 4, "step": 1, "steps": 2}) == \
+    assert epoch_progress({"stage": "detector", "epoch": 2, "epochs": 4, "step": 1, "steps": 2}) == \
         (0.375, "detector epoch 2/4")
-    assert service.epoch_progress({"stage": "head", "epoch": 3, "epochs": 4, "val_accuracy": 0.5}) == (0.75, "epoch 3/4")
+    assert epoch_progress({"stage": "head", "epoch": 3, "epochs": 4, "val_accuracy": 0.5}) == (0.75, "epoch 3/4")
 
 
 def test_the_box_editor_hands_the_service_the_pictures_name_and_the_boxes_as_sent(tmp_path):

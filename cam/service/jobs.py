@@ -256,3 +256,11 @@ def checkpoint_archive(checkpoint: str, folder: Path) -> str:
             else:
                 archive.write(path, path.name)
     return f"{base}.zip"
+
+
+def epoch_progress(event: dict) -> tuple[float, str]:
+    """A training event's share of its stage done and its words ('epoch 2/8', 'detector epoch 1/24'),
+    for a progress bar: the Review and Fine-tune tabs show the same."""
+    done = event["epoch"] - 1 + event.get("step", event.get("steps", 1)) / event.get("steps", 1)
+    stage = "detector epoch" if event["stage"] == "detector" else "epoch"
+    return done / event["epochs"], f"{stage} {event['epoch']}/{event['epochs']}"

@@ -625,14 +625,6 @@ def retrain_updates(reviews: Reviews, cache: ModelCache, review_id, epochs=None,
         yield summary
 
 
-def epoch_progress(event: dict) -> tuple[float, str]:
-    """A training event's share of its stage done and its words ('epoch 2/8', 'detector epoch 1/24'),
-    for a progress bar: the Review and Fine-tune tabs show the same."""
-    done = event["epoch"] - 1 + event.get("step", event.get("steps", 1)) / event.get("steps", 1)
-    stage = "detector epoch" if event["stage"] == "detector" else "epoch"
-    return done / event["epochs"], f"{stage} {event['epoch']}/{event['epochs']}"
-
-
 def retrain_status(summary: dict) -> str:
     """The line that ends a retraining: the new checkpoint, its validation accuracy and the reviewed
     photos' AP50 of each box source (or why it was not measured), as the tab shows it."""

@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from ..service import checkpoint_archive, confusion_table, hold_uploads, training_updates, validation_review
-from ..service.reviews import epoch_progress
+from ..service.jobs import epoch_progress
 from ..train import DEFAULT_EPOCHS, DEFAULT_LR
 from .components import guarded, readable
 

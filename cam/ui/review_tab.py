@@ -12,6 +12,7 @@ import gradio as gr
 
 from ..render import PALETTE
 from ..service import reviews as service
+from ..service.jobs import epoch_progress
 from ..train import DEFAULT_EPOCHS
 from ..train_detector import DETECTOR_EPOCHS
 from .components import BoxEditor, guarded, model_menu, readable
@@ -135,7 +136,7 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
                 if "checkpoint" in event:
                     break
                 if "epoch" in event:
-                    share, desc = service.epoch_progress(event)
+                    share, desc = epoch_progress(event)
                     progress(share, desc=desc)
                     status = f"Training: {desc}"
                 else:
