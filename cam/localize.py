@@ -39,6 +39,9 @@ class Prediction:
     small_cam: np.ndarray = field(repr=False)
     size: tuple[int, int]  # (height, width) of the image, and of `cam`
     box_scores: list[float] | None = None  # the detector's score of each box (None: boxes cut from the map)
+    # The detector's own (score, box)s of this class, best first, where it ran: kept so that another
+    # threshold merges them again with the maps' new boxes (`Result.with_threshold`, both).
+    detected: list[tuple[float, Box]] | None = field(default=None, repr=False)
 
     @functools.cached_property
     def cam(self) -> np.ndarray:
@@ -72,6 +75,8 @@ class Result:
     size: tuple[int, int] | None = None  # the photo's own (height, width); None: the working image's
     source: object = field(default=None, repr=False)  # the path or bytes the full photo is decoded from
     box_source: str = "cam"  # "cam": cut from the maps at `threshold`; "detector": the checkpoint's detector; "both"
+    box_overlap: float = 0.5  # the detector boxes' overlap cut it ran with (`Settings.box_overlap`)
+    box_score: float = 0.0  # the least score of a box it ran with (`Settings.box_score`)
 
     def __post_init__(self):
         if self.size is None:
@@ -98,12 +103,19 @@ class Result:
                 "predictions": [p.to_dict() for p in self.predictions]}
 
     def with_threshold(self, threshold: float, all_regions: bool | None = None) -> "Result":
-        """The same maps boxed at another threshold (boxes cut from the maps, also where the detector's
-        were shown); no network is run."""
+        """The same maps boxed at another threshold; no network is run. Both: the maps' new boxes
+        merged again with the detector's kept ones; the maps' boxes alone otherwise (also where
+        the detector's were shown)."""
         threshold = check_threshold(threshold)
         all_regions = self.all_regions if all_regions is None else bool(all_regions)
         boxes = photo_boxes([p.small_cam for p in self.predictions], self.working_image.shape[:2], self.size,
                             threshold, all_regions)
+        if self.box_source == "both":
+            merged = [_merged([(p.score, box) for box in b] if p.score >= self.box_score else [], p.detected,
+                              self.box_overlap) for p, b in zip(self.predictions, boxes)]
+            predictions = [replace(p, boxes=[box for _, box in m], box_scores=[round(s, 4) for s, _ in m])
+                           for p, m in zip(self.predictions, merged)]
+            return replace(self, predictions=predictions, threshold=threshold, all_regions=all_regions)
         predictions = [replace(p, boxes=b, box_scores=None) for p, b in zip(self.predictions, boxes)]
         return replace(self, predictions=predictions, threshold=threshold, all_regions=all_regions, box_source="cam")
 
@@ -162,17 +174,19 @@ def localize_batch(model: CamModel, images, settings: Settings | str | None = No
                 kept = [j for j, s in enumerate(scores[i].tolist()) if s >= settings.min_score]
                 maps = normalise_for_size(small[i][kept], photo.size)
                 classes = [int(indices[i, j]) for j in kept]
-                boxes, box_scores = None, [None] * len(kept)
+                boxes, box_scores, detected = None, [None] * len(kept), [None] * len(kept)
                 if source != "detector":
                     boxes = photo_boxes(maps, photo.pixels.shape[:2], photo.size, settings.threshold,
                                         settings.all_regions)
                 if detect:
-                    boxes, box_scores = _detector_boxes(found[i], classes, [float(scores[i, j]) for j in kept],
-                                                        size, photo.size, settings, boxes)
-                predictions = [Prediction(c, model.class_names[c], float(scores[i, j]), b, m, photo.size, bs)
-                               for c, j, b, m, bs in zip(classes, kept, boxes, maps, box_scores)]
+                    boxes, box_scores, detected = _detector_boxes(found[i], classes,
+                                                                  [float(scores[i, j]) for j in kept], size,
+                                                                  photo.size, settings, boxes)
+                predictions = [Prediction(c, model.class_names[c], float(scores[i, j]), b, m, photo.size, bs, d)
+                               for c, j, b, m, bs, d in zip(classes, kept, boxes, maps, box_scores, detected)]
                 results.append(Result(predictions, photo.pixels, model.spec, settings.threshold, settings.all_regions,
-                                      refined, settings.adapt, method, ran, photo.size, photo.source, source))
+                                      refined, settings.adapt, method, ran, photo.size, photo.source, source,
+                                      settings.box_overlap, settings.box_score))
     return results
 
 
@@ -191,29 +205,37 @@ SAME_BOX = 0.5  # both: a detector box at this IoU with the maps' box or more is
 
 
 def _detector_boxes(found, classes: list[int], probabilities: list[float], size: tuple[int, int],
-                    photo_size: tuple[int, int], settings: Settings,
-                    maps_boxes: list[list[Box]] | None = None) -> tuple[list[list[Box]], list[list[float]]]:
-    """The boxes of each of `classes` and their scores, best first, in the photo's pixels: the
-    detector's (`found`, in the input's `size`) scoring at least `settings.box_score`, less those
-    lying inside a better one of their class by more than `settings.box_overlap` of their area.
-    With `maps_boxes` (both), each class's maps' boxes come first, scored by the class's
-    probability (where it reaches box_score), and the detector's add those it does not already
-    hold (IoU below `SAME_BOX`); a detector box inside the maps' box stays (fruits of one group)."""
-    boxes, box_scores = [], []
+                    photo_size: tuple[int, int], settings: Settings, maps_boxes: list[list[Box]] | None = None
+                    ) -> tuple[list[list[Box]], list[list[float]], list[list[tuple[float, Box]]]]:
+    """The boxes of each of `classes` and their scores, best first, in the photo's pixels, and the
+    detector's own (score, box)s they were merged from: the detector's (`found`, in the input's
+    `size`) scoring at least `settings.box_score`, merged (`_merged`) after the class's maps'
+    boxes (both: `maps_boxes`, scored by the class's probability where it reaches box_score)."""
+    boxes, box_scores, detected = [], [], []
     for k, c in enumerate(classes):
         first = [(probabilities[k], b) for b in maps_boxes[k] if probabilities[k] >= settings.box_score] \
             if maps_boxes is not None else []
-        kept: list[tuple[float, Box]] = []
-        for score, box in sorted(((d[1], scale_box(d[2], size, photo_size)) for d in found
-                                  if d[0] == c and d[1] >= settings.box_score), key=lambda d: -d[0]):
-            if any(iou(box, b) >= SAME_BOX for _, b in first):
-                continue
-            if all(covered(box, b) <= settings.box_overlap for _, b in kept):
-                kept.append((score, box))
-        ranked = first + kept
+        own = sorted(((d[1], scale_box(d[2], size, photo_size)) for d in found
+                      if d[0] == c and d[1] >= settings.box_score), key=lambda d: -d[0])
+        ranked = _merged(first, own, settings.box_overlap)
         boxes.append([b for _, b in ranked])
         box_scores.append([round(s, 4) for s, _ in ranked])
-    return boxes, box_scores
+        detected.append(own)
+    return boxes, box_scores, detected
+
+
+def _merged(first: list[tuple[float, Box]], own: list[tuple[float, Box]],
+            box_overlap: float) -> list[tuple[float, Box]]:
+    """`first` (the maps' boxes, scored), then the detector's `own` boxes (best first) that do not
+    repeat one of them (IoU below `SAME_BOX`) nor lie inside a better kept one by more than
+    `box_overlap` of their area; a detector box inside the maps' box stays (fruits of one group)."""
+    kept: list[tuple[float, Box]] = []
+    for score, box in own:
+        if any(iou(box, b) >= SAME_BOX for _, b in first):
+            continue
+        if all(covered(box, b) <= box_overlap for _, b in kept):
+            kept.append((score, box))
+    return first + kept
 
 
 def class_indices(model: CamModel, classes) -> list[int]:

@@ -87,6 +87,14 @@ def test_the_detector_finds_two_objects_where_the_map_gives_one_box(trained):
     assert both.box_source == "both" and first.boxes[0] == mapped.predictions[0].boxes[0]
     assert first.box_scores[0] == round(first.score, 4) and first.box_scores == sorted(first.box_scores, reverse=True)
     assert all(iou(box, first.boxes[0]) < 0.5 for box in first.boxes[1:]) and set(first.boxes[1:]) <= set(top.boxes)
+    # Another threshold (the app's slider) merges the maps' new boxes with the detector's again, as
+    # localize at that threshold does; the same threshold changes nothing.
+    assert both.with_threshold(both.threshold).predictions[0].boxes == first.boxes
+    for threshold in (0.05, 0.6):
+        again, direct = both.with_threshold(threshold), cam.localize(model, photo, topk=1, threshold=threshold)
+        assert again.box_source == "both" and again.threshold == threshold
+        assert [(p.boxes, p.box_scores) for p in again.predictions] == [(p.boxes, p.box_scores) for p in direct.predictions]
+        assert again.predictions[0].boxes[0] != first.boxes[0]  # the maps' box did move
 
 
 @pytest.mark.slow  # trains a detector

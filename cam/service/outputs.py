@@ -71,9 +71,10 @@ def _score_table(result: Result) -> list[list]:
 
 
 def reboxed(result: Result, threshold: float, all_regions: bool) -> Result:
-    """The result boxed at another map threshold (no network run); a detector's boxes, which the
-    threshold does not cut, stay as they are."""
-    return result if result.box_source != "cam" else result.with_threshold(threshold, all_regions)
+    """The result boxed at another map threshold (no network run): the maps' boxes anew, merged again
+    with the detector's where it gives both; the detector's alone, which the threshold does not
+    cut, stay as they are."""
+    return result if result.box_source == "detector" else result.with_threshold(threshold, all_regions)
 
 
 def compare_views(result: Result, folder: Path, name: str, opacity: float = 0.5):
