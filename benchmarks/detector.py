@@ -284,6 +284,8 @@ def main(argv=None) -> None:
     photos, tests, truths = (fruit_set if args.kind == "fruit" else imagenet_set)(args.folder)
     classes = sorted({c for _, c in photos})
     if args.time:
+        if cam.load_model(args.time, runtime="torch").detector is None:
+            parser.error(f"{args.time} has no detector to time (train it with --detector)")
         paths = [p for name in tests for p in tests[name]] or [p for p, _ in photos][:20]
         with tempfile.TemporaryDirectory(prefix="cam-bench-detector-") as scratch_name:
             print(json.dumps({"checkpoint": args.time, "photos": len(paths), "cpus": os.cpu_count(),

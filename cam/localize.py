@@ -111,7 +111,7 @@ class Result:
         boxes = photo_boxes([p.small_cam for p in self.predictions], self.working_image.shape[:2], self.size,
                             threshold, all_regions)
         if self.box_source == "both":
-            merged = [_merged([(p.score, box) for box in b] if p.score >= self.box_score else [], p.detected,
+            merged = [_merged([(p.score, box) for box in b] if p.score >= self.box_score else [], p.detected or [],
                               self.box_overlap) for p, b in zip(self.predictions, boxes)]
             predictions = [replace(p, boxes=[box for _, box in m], box_scores=[round(s, 4) for s, _ in m])
                            for p, m in zip(self.predictions, merged)]

@@ -276,11 +276,14 @@ def test_reviews_are_bounded_by_bytes_and_swept_while_the_server_runs(tmp_path):
     assert [reviews.folder(i).is_dir() for i in ids] == [False, False, False, True]
 
     reviews.max_age = 50  # expires while the server runs: a sweep finds it without any review opened
-    reviews.sweep_every(0.05)
-    deadline = time.time() + 10
-    while reviews.folder(ids[3]).is_dir() and time.time() < deadline:
-        time.sleep(0.05)
-    assert not reviews.folder(ids[3]).is_dir()
+    stop = reviews.sweep_every(0.05)
+    try:
+        deadline = time.time() + 10
+        while reviews.folder(ids[3]).is_dir() and time.time() < deadline:
+            time.sleep(0.05)
+        assert not reviews.folder(ids[3]).is_dir()
+    finally:
+        stop.set()
 
 
 # --- the tab's API, on the real app ----------------------------------------------------------------
@@ -326,6 +329,8 @@ def test_api_review_open_save_download_then_retrain_and_visitors_never_mix(serve
         client.predict({**_sent(after), "boxes": [{**box, "xmax": 99}]}, api_name="/review_save")
     with pytest.raises(AppError, match="'cat' is not one of the dataset's"):
         client.predict({**_sent(after), "boxes": [{**box, "label": "cat"}]}, api_name="/review_save")
+    with pytest.raises(AppError, match="^a box needs the numbers xmin, ymin, xmax and ymax$"):
+        client.predict({**_sent(after), "boxes": [[5, 6, 30, 33]]}, api_name="/review_save")
     coco = json.loads(Path(client.predict(api_name="/review_download")).read_text())
     assert [i["file_name"] for i in coco["images"]] == [first]
     assert [(a["bbox"], a["category_id"]) for a in coco["annotations"]] == [([5, 6, 25, 27], 2)]
@@ -508,6 +513,16 @@ def test_browser_a_resized_box_is_kept_across_a_reload_downloads_exactly_and_ret
         page.mouse.move(corner[0] - 70 * scale, corner[1] - 80 * scale, steps=5)
         page.mouse.move(corner[0] - 140 * scale, corner[1] - 160 * scale, steps=5)
         page.mouse.up()
+        # The keys stand down while the box's label editor is open (a double click opens it).
+        page.mouse.dblclick(left + (x0 + x1 - 140) / 2 * scale, top + (y0 + y1 - 160) / 2 * scale)
+        editor = page.locator("#review_annotator #model-box-edit")
+        expect(editor).to_be_visible()
+        page.evaluate("document.activeElement.blur()")  # not in its text field either
+        page.keyboard.press("s")
+        page.wait_for_timeout(500)
+        expect(page.locator("#review_status")).to_contain_text("0 of 6 reviewed")
+        page.keyboard.press("Escape")  # the editor closes, the box as it was
+        expect(editor).to_be_hidden()
         page.keyboard.press("s")  # save and next
         expect(page.locator("#review_status")).to_contain_text(f"Saved {first}. 1 of 6 reviewed")
         saved = json.loads((folder / "saved.json").read_text())["reviewed"][first]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -44,7 +45,7 @@ from ..review import review_order
 from .model_cache import ModelCache
 from .outputs import _jpeg, _shrunk
 
-
+log = logging.getLogger("cam.reviews")
 DISPLAY_SIDE = 640  # the photo in the annotator: its longer side, in pixels
 THUMB_SIDE = 128  # the reviewed photos' strip
 STRIP = 24  # thumbnails in the strip, the latest first
@@ -121,9 +122,13 @@ class Reviews:
         return path.read_text().strip()
 
     def lock(self, review_id) -> threading.Lock:
-        """The lock that orders one review's changes (two tabs may save at once)."""
+        """The lock that orders one review's changes (two tabs may save at once); kept only for a
+        review that exists, so that ids sent back after they expired add nothing."""
+        review_id = check_review_id(review_id)
         with self._lock:
-            return self._locks.setdefault(check_review_id(review_id), threading.Lock())
+            if not (self.root / review_id).is_dir():
+                return threading.Lock()
+            return self._locks.setdefault(review_id, threading.Lock())
 
     @contextlib.contextmanager
     def lease(self, review_id):
@@ -145,13 +150,20 @@ class Reviews:
             os.utime(self.folder(review_id))
 
     def remove(self, review_id) -> bool:
-        """Delete a review unless it is leased; whether it went."""
+        """Delete a review unless it is leased or a change to it is under way; whether it went."""
         review_id = check_review_id(review_id)
         with self._lock:
             if review_id in self._leased:
                 return False
-            self._locks.pop(review_id, None)
-        shutil.rmtree(self.root / review_id, ignore_errors=True)
+            lock = self._locks.setdefault(review_id, threading.Lock())
+        if not lock.acquire(blocking=False):
+            return False
+        try:  # a save waiting on the lock then finds the review gone: "expired"
+            shutil.rmtree(self.root / review_id, ignore_errors=True)
+        finally:
+            with self._lock:
+                self._locks.pop(review_id, None)
+            lock.release()
         return True
 
     def sweep(self, room: int = 0) -> None:
@@ -179,16 +191,23 @@ class Reviews:
                 else:
                     over += 1  # a leased one stays; the next oldest goes in its place
 
-    def sweep_every(self, seconds: float = SWEEP_SECONDS) -> None:
-        """Sweep now, then every `seconds` in a daemon thread while `root` exists: a server that runs
-        for weeks keeps its reviews bounded between openings."""
+    def sweep_every(self, seconds: float = SWEEP_SECONDS) -> threading.Event:
+        """Sweep now, then every `seconds` in a daemon thread, until the Event it gives is set or
+        `root` is gone: a server that runs for weeks keeps its reviews bounded between openings."""
+        stop = threading.Event()
+
         def sweeping():
             while self.root.is_dir():
-                self.sweep()
-                time.sleep(seconds)
+                try:
+                    self.sweep()
+                except Exception:  # the next sweep tries again
+                    log.exception("sweeping %s", self.root)
+                if stop.wait(seconds):
+                    return
 
         self.root.mkdir(parents=True, exist_ok=True)
         threading.Thread(target=sweeping, name="cam-reviews-sweep", daemon=True).start()
+        return stop
 
 
 def _bytes(folder: Path) -> int:
@@ -214,9 +233,9 @@ def open_review(reviews: Reviews, cache: ModelCache, choice: str, data, coco=Non
     reviews.sweep(room=1)
     review_id = new_review_id()
     folder = reviews.folder(review_id)
-    folder.mkdir(parents=True)
     try:
-        with reviews.lease(review_id):
+        with reviews.lease(review_id):  # before the folder exists: no sweep takes it half made
+            folder.mkdir(parents=True)
             source = Path(data)
             if source.is_file():
                 unpack_zip(source, folder / "data")

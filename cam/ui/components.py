@@ -11,8 +11,10 @@ import inspect
 import logging
 from pathlib import Path
 
+from typing import Any
+
 import gradio as gr
-from gradio.data_classes import ImageData
+from gradio.data_classes import FileData, GradioModel, ImageData
 from gradio_image_annotation import image_annotator
 
 from ..service import EXAMPLES, without_folders
@@ -36,12 +38,22 @@ class PhotoInput(gr.Image):
                            "Upload a JPEG, PNG, BMP, GIF, WebP or TIFF photo.") from None
 
 
+class SentBoxes(GradioModel):
+    """The box editor's value as a browser or an API caller sends it: boxes and turn unchecked here."""
+
+    image: FileData
+    boxes: list[Any] = []
+    orientation: Any = 0
+
+
 class BoxEditor(image_annotator):
     """image_annotator whose value reaches the handler as sent: the picture by its file name alone
     (which photo, `cam.service.reviews.photo_of`) and the boxes raw, for the service to check
-    (`checked_boxes`). A save decodes no picture and needs no cached copy of it."""
+    (`checked_boxes`), so that a malformed box gets its one-line message. A save decodes no picture
+    and needs no cached copy of it."""
 
     is_template = True  # drawn by the frontend as image_annotator, from its files
+    data_model = SentBoxes
 
     @classmethod
     def get_component_class_id(cls) -> str:

@@ -8,8 +8,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from ..service import checkpoint_archive, confusion_table, hold_uploads, training_updates, validation_review
-from ..service.jobs import epoch_progress
+from ..service import (checkpoint_archive, confusion_table, epoch_progress, hold_uploads, training_updates,
+                       validation_review)
 from ..train import DEFAULT_EPOCHS, DEFAULT_LR
 from .components import guarded, readable
 

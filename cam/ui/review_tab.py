@@ -11,8 +11,8 @@ from pathlib import Path
 import gradio as gr
 
 from ..render import PALETTE
+from ..service import epoch_progress
 from ..service import reviews as service
-from ..service.jobs import epoch_progress
 from ..train import DEFAULT_EPOCHS
 from ..train_detector import DETECTOR_EPOCHS
 from .components import BoxEditor, guarded, model_menu, readable
@@ -30,7 +30,7 @@ KEYS = """() => {
     const id = event.ctrlKey ? "review_save" : buttons[event.key.toLowerCase()];
     const button = id && document.getElementById(id);
     const editor = document.querySelector("#review_annotator #model-box-edit");  // the box's label editor, open
-    if (!button || button.offsetParent === null || (editor && editor.offsetParent !== null)) return;
+    if (!button || button.offsetParent === null || (editor && editor.getClientRects().length > 0)) return;
     event.preventDefault();
     button.click();
   });
@@ -149,9 +149,13 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
 
     def after_train(review_id, name, shown_value):
         """The photo to review now (unless it is the one shown: its unsaved edits stay); the checkpoint selected."""
-        value, status = view(review_id)
+        try:
+            value, status = view(review_id)
+            same = service.shows_current(reviews, review_id, shown_value)
+        except ValueError as exc:
+            raise readable(exc) from None
         menu = gr.Dropdown(choices=cache.choices(), value=name)
-        return gr.skip() if service.shows_current(reviews, review_id, shown_value) else value, status, menu, menu
+        return gr.skip() if same else value, status, menu, menu
 
     # Outside the tab, which the page mounts only once shown: the browser's copy is read on page load.
     review_key = gr.State(None)
@@ -203,8 +207,9 @@ def build(ctx, demo: gr.Blocks, model: gr.Dropdown) -> None:
     opened = open_button.click(guarded(open_review), [data, coco, review_model], [*shown, review_key],
                                api_name="review_open", concurrency_limit=2, concurrency_id="review_open")
     opened.success(guarded(lambda key: key), review_key, browser_key, api_name="review_remember",
-                   api_visibility="private").then(guarded(classes), review_key, annotator, api_name="review_classes", api_visibility="private"
-                          ).then(guarded(strip), review_key, thumbs, api_name="review_strip", api_visibility="private")
+                   api_visibility="private").then(
+        guarded(classes), review_key, annotator, api_name="review_classes", api_visibility="private").then(
+        guarded(strip), review_key, thumbs, api_name="review_strip", api_visibility="private")
     restored(save_button.click, "save").then(
         guarded(save), [annotator, review_key], shown, api_name="review_save", concurrency_limit=4,
         concurrency_id="review").success(guarded(strip), review_key, thumbs, api_name="review_strip_saved",
