@@ -283,6 +283,7 @@ def test_reviews_are_bounded_by_bytes_and_swept_while_the_server_runs(tmp_path):
 
     reviews.max_age = 50  # expires while the server runs: a sweep finds it without any review opened
     stop = reviews.sweep_every(0.05)
+    assert service.Reviews(reviews.root).sweep_every(0.05) is stop  # one sweeping thread a folder
     try:
         deadline = time.time() + 10
         while reviews.folder(ids[3]).is_dir() and time.time() < deadline:

@@ -193,7 +193,8 @@ class Reviews:
 
     def sweep_every(self, seconds: float = SWEEP_SECONDS) -> threading.Event:
         """Sweep now, then every `seconds` in a daemon thread, until the Event it gives is set or
-        `root` is gone: a server that runs for weeks keeps its reviews bounded between openings."""
+        `root` is gone: a server that runs for weeks keeps its reviews bounded between openings.
+        One thread a folder: a second call while it runs gives the same Event."""
         stop = threading.Event()
 
         def sweeping():
@@ -206,8 +207,18 @@ class Reviews:
                     return
 
         self.root.mkdir(parents=True, exist_ok=True)
-        threading.Thread(target=sweeping, name="cam-reviews-sweep", daemon=True).start()
+        with _SWEEPERS_LOCK:
+            running = _SWEEPERS.get(self.root.resolve())
+            if running is not None and running[0].is_alive():
+                return running[1]
+            thread = threading.Thread(target=sweeping, name="cam-reviews-sweep", daemon=True)
+            _SWEEPERS[self.root.resolve()] = (thread, stop)
+            thread.start()
         return stop
+
+
+_SWEEPERS: dict[Path, tuple[threading.Thread, threading.Event]] = {}  # reviews folder -> its sweeping thread
+_SWEEPERS_LOCK = threading.Lock()
 
 
 def _bytes(folder: Path) -> int:
