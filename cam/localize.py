@@ -111,10 +111,9 @@ class Result:
         boxes = photo_boxes([p.small_cam for p in self.predictions], self.working_image.shape[:2], self.size,
                             threshold, all_regions)
         if self.box_source == "both":
-            merged = [_merged([(p.score, box) for box in b] if p.score >= self.box_score else [], p.detected or [],
-                              self.box_overlap) for p, b in zip(self.predictions, boxes)]
-            predictions = [replace(p, boxes=[box for _, box in m], box_scores=[round(s, 4) for s, _ in m])
-                           for p, m in zip(self.predictions, merged)]
+            predictions = [replace(p, **dict(zip(("boxes", "box_scores"), _class_boxes(
+                p.score, b, p.detected or [], self.box_score, self.box_overlap))))
+                for p, b in zip(self.predictions, boxes)]
             return replace(self, predictions=predictions, threshold=threshold, all_regions=all_regions)
         predictions = [replace(p, boxes=b, box_scores=None) for p, b in zip(self.predictions, boxes)]
         return replace(self, predictions=predictions, threshold=threshold, all_regions=all_regions, box_source="cam")
@@ -209,33 +208,35 @@ def _detector_boxes(found, classes: list[int], probabilities: list[float], size:
                     ) -> tuple[list[list[Box]], list[list[float]], list[list[tuple[float, Box]]]]:
     """The boxes of each of `classes` and their scores, best first, in the photo's pixels, and the
     detector's own (score, box)s they were merged from: the detector's (`found`, in the input's
-    `size`) scoring at least `settings.box_score`, merged (`_merged`) after the class's maps'
+    `size`) scoring at least `settings.box_score`, merged (`_class_boxes`) after the class's maps'
     boxes (both: `maps_boxes`, scored by the class's probability where it reaches box_score)."""
     boxes, box_scores, detected = [], [], []
     for k, c in enumerate(classes):
-        first = [(probabilities[k], b) for b in maps_boxes[k] if probabilities[k] >= settings.box_score] \
-            if maps_boxes is not None else []
         own = sorted(((d[1], scale_box(d[2], size, photo_size)) for d in found
                       if d[0] == c and d[1] >= settings.box_score), key=lambda d: -d[0])
-        ranked = _merged(first, own, settings.box_overlap)
-        boxes.append([b for _, b in ranked])
-        box_scores.append([round(s, 4) for s, _ in ranked])
+        kept, scores = _class_boxes(probabilities[k], maps_boxes[k] if maps_boxes is not None else [], own,
+                                    settings.box_score, settings.box_overlap)
+        boxes.append(kept)
+        box_scores.append(scores)
         detected.append(own)
     return boxes, box_scores, detected
 
 
-def _merged(first: list[tuple[float, Box]], own: list[tuple[float, Box]],
-            box_overlap: float) -> list[tuple[float, Box]]:
-    """`first` (the maps' boxes, scored), then the detector's `own` boxes (best first) that do not
-    repeat one of them (IoU below `SAME_BOX`) nor lie inside a better kept one by more than
+def _class_boxes(probability: float, maps_boxes: list[Box], own: list[tuple[float, Box]], box_score: float,
+                 box_overlap: float) -> tuple[list[Box], list[float]]:
+    """One class's boxes and their scores, best first: its `maps_boxes` scored by its `probability`
+    (where that reaches `box_score`), then the detector's `own` (score, box)s, best first, that do
+    not repeat one of them (IoU below `SAME_BOX`) nor lie inside a better kept one by more than
     `box_overlap` of their area; a detector box inside the maps' box stays (fruits of one group)."""
+    first = [(probability, b) for b in maps_boxes] if probability >= box_score else []
     kept: list[tuple[float, Box]] = []
     for score, box in own:
         if any(iou(box, b) >= SAME_BOX for _, b in first):
             continue
         if all(covered(box, b) <= box_overlap for _, b in kept):
             kept.append((score, box))
-    return first + kept
+    ranked = first + kept
+    return [b for _, b in ranked], [round(s, 4) for s, _ in ranked]
 
 
 def class_indices(model: CamModel, classes) -> list[int]:

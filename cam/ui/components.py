@@ -10,7 +10,6 @@ import functools
 import inspect
 import logging
 from pathlib import Path
-
 from typing import Any
 
 import gradio as gr
