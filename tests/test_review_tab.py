@@ -238,6 +238,9 @@ def test_reviews_are_bounded_expire_and_never_while_leased_and_ids_name_no_path(
     reviews.max_reviews = 2
     data = dataset_zip(tmp_path / "colours.zip", per_class=2)
     first = service.open_review(reviews, cache, choice, data)
+    recorded = int((reviews.folder(first) / service.SIZE_FILE).read_text())  # what sweeps count it as
+    assert recorded == sum(p.stat().st_size for p in reviews.folder(first).rglob("*") if p.is_file()) - \
+        (reviews.folder(first) / service.SIZE_FILE).stat().st_size
     os.utime(reviews.folder(first), (time.time() - 100, time.time() - 100))
     second = service.open_review(reviews, cache, choice, data)
     with reviews.lease(first):  # a training reads it

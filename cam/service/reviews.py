@@ -57,6 +57,7 @@ MAX_AGE = float(os.environ.get("CAM_REVIEW_DAYS", 7)) * 86400  # seconds a revie
 MAX_BYTES = float(os.environ.get("CAM_REVIEWS_GB", 10)) * 2**30  # the reviews' files at once (each unpacks its zip)
 SWEEP_SECONDS = 600  # how often a running server sweeps the reviews (`Reviews.sweep_every`)
 COCO_NAME = "reviewed_coco.json"
+SIZE_FILE = "bytes.txt"  # a review's bytes once opened (`Reviews.sweep`)
 
 
 def new_review_id() -> str:
@@ -181,7 +182,7 @@ class Reviews:
                 continue
         found.sort()
         over = max(len(found) - max(self.max_reviews - room, 0), 0)
-        sizes = {review_id: _bytes(self.root / review_id) for _, review_id in found}
+        sizes = {review_id: _size(self.root / review_id) for _, review_id in found}
         total = sum(sizes.values())
         for number, (changed, review_id) in enumerate(found):
             latest = number == len(found) - 1
@@ -219,6 +220,14 @@ class Reviews:
 
 _SWEEPERS: dict[Path, tuple[threading.Thread, threading.Event]] = {}  # reviews folder -> its sweeping thread
 _SWEEPERS_LOCK = threading.Lock()
+
+
+def _size(folder: Path) -> int:
+    """A review's bytes, as recorded when it opened (its unpacked dataset is nearly all of it; a
+    sweep then reads no folder through), else counted."""
+    with contextlib.suppress(OSError, ValueError):
+        return int((folder / SIZE_FILE).read_text())
+    return _bytes(folder)
 
 
 def _bytes(folder: Path) -> int:
@@ -267,6 +276,7 @@ def open_review(reviews: Reviews, cache: ModelCache, choice: str, data, coco=Non
             _write_saved(folder, {"reviewed": reviewed, "current": first})
             for name, boxes in reviewed.items():
                 _thumbnail(folder, meta, name, boxes)
+            (folder / SIZE_FILE).write_text(str(_bytes(folder)))
     except BaseException:
         reviews.remove(review_id)
         raise
@@ -393,8 +403,7 @@ def photo_view(reviews: Reviews, review_id, out: Path, note: str = "") -> tuple[
     name = saved["current"]
     boxes = saved["reviewed"].get(name, meta["proposals"].get(name, []))
     image, size = _display_photo(folder, meta, name)
-    number = sorted(meta["sizes"]).index(name)
-    path = _jpeg(image, out / f"photo_{number}_{review_id[:8]}_{revision(saved, name)}.jpg")
+    path = _jpeg(image, out / photo_file(meta, saved, review_id, name))
     shown = [dict(zip(("xmin", "ymin", "xmax", "ymax"), _scaled(box[:4], size, image.shape[:2])), label=box[4])
              for box in boxes]
     return {"image": path, "boxes": shown}, status(meta, saved, note)
@@ -425,6 +434,12 @@ def _scaled(box, size, to) -> list[int]:
     """A box (x0, y0, x1, y1) in an image of `size` (h, w) in the same image at `to` (h, w)."""
     sy, sx = to[0] / size[0], to[1] / size[1]
     return [round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)]
+
+
+def photo_file(meta: dict, saved: dict, review_id: str, name: str) -> str:
+    """The file name photo `name` is shown by (`PHOTO_FILE`): its number in the review, the review,
+    the boxes shown (`revision`)."""
+    return f"photo_{sorted(meta['sizes']).index(name)}_{review_id[:8]}_{revision(saved, name)}.jpg"
 
 
 def revision(saved: dict, name: str) -> str:
@@ -464,12 +479,9 @@ def photo_of(value, review_id, meta: dict, saved: dict) -> str:
 
 def shows_current(reviews: Reviews, review_id, value) -> bool:
     """Whether an annotator `value` shows the review's current photo with its current boxes
-    (`photo_view`'s file name): then a new value would only wipe the person's unsaved edits."""
+    (`photo_file`): then a new value would only wipe the person's unsaved edits."""
     _, meta, saved = load(reviews, review_id)
-    found = PHOTO_FILE.fullmatch(Path(str((value or {}).get("image") or "")).name)
-    name = saved["current"]
-    return bool(found) and found.groups() == (str(sorted(meta["sizes"]).index(name)), review_id[:8],
-                                              revision(saved, name))
+    return Path(str((value or {}).get("image") or "")).name == photo_file(meta, saved, review_id, saved["current"])
 
 
 def checked_boxes(value, name: str, meta: dict, proposed: list) -> list[list]:
