@@ -17,6 +17,7 @@ after, and its peak during the order pass (sampled every 0.2 s).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -108,11 +109,63 @@ def rss_mb(process) -> float:
     return round(process.memory_info().rss / 2**20, 1)
 
 
-def main() -> None:
-    import psutil
-    from playwright.sync_api import expect, sync_playwright
+@contextlib.contextmanager
+def served_app(scratch: Path):
+    """The real app (`python app.py`) on a free port, its checkpoints and Gradio's files in `scratch`:
+    its URL and process; the tail of its log printed where the block fails; stopped after."""
+    port = free_port()
+    with open(scratch / "app.log", "w") as log:
+        app = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+                               stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "GRADIO_TEMP_DIR": str(scratch / "gradio"),
+                                    "CAM_CHECKPOINTS": str(scratch / "checkpoints")})
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            wait_until_up(url)
+            yield url, app
+        except BaseException:
+            print((scratch / "app.log").read_text()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            app.terminate()
+            app.wait(timeout=60)
+
+
+def app_page(playwright, url: str, wait_seconds: float):
+    """A headless Chromium page on the app, every wait (the page's and `expect`'s) up to `wait_seconds`."""
+    from playwright.sync_api import expect
 
     from tests.browser import BROWSER_FLAGS, chromium
+
+    browser = playwright.chromium.launch(executable_path=chromium(), headless=True, args=BROWSER_FLAGS)
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(wait_seconds * 1000)
+    expect.set_options(timeout=wait_seconds * 1000)
+    page.goto(url)
+    return page
+
+
+def open_for_review(page, data: Path, model: str, photos: int) -> float:
+    """Open the zip `data` of `photos` photos in the Review tab with `model`, as a person does: the
+    seconds from the click on "Open for review" until the tab shows "0 of N reviewed"."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Review").click()
+    page.locator("#review_zip input[type=file]").set_input_files(str(data))
+    expect(page.locator("#review_zip").get_by_role("cell", name=data.name)).to_be_visible()
+    page.locator("#review_model input").fill(model)
+    page.locator("#review_model input").press("Enter")
+    started = time.perf_counter()
+    page.get_by_role("button", name="Open for review").click()
+    expect(page.locator("#review_status")).to_contain_text(f"0 of {photos} reviewed")
+    seconds = round(time.perf_counter() - started, 2)
+    print(f"opened in {seconds} s", file=sys.stderr, flush=True)
+    return seconds
+
+
+def main() -> None:
+    import psutil
+    from playwright.sync_api import sync_playwright
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=240, help="photos in the reviewed zip")
@@ -126,34 +179,14 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-review-"))
     data = dataset(scratch / "photos.zip", args.photos)
-    port = free_port()
-    log = open(scratch / "app.log", "w")
-    app = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                           stdout=log, stderr=subprocess.STDOUT,
-                           env={**os.environ, "GRADIO_TEMP_DIR": str(scratch / "gradio"),
-                                "CAM_CHECKPOINTS": str(scratch / "checkpoints")})
     try:
-        url = f"http://127.0.0.1:{port}/"
-        wait_until_up(url)
-        process = psutil.Process(app.pid)
-        report = {"photos": args.photos, "photo_size": "640x480 JPEG", "model": args.model, "cpus": os.cpu_count(),
-                  "rss_mb_at_start": rss_mb(process)}
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium(), headless=True, args=BROWSER_FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(600_000)
-            page.goto(url)
-            page.get_by_role("tab", name="Review").click()
-            page.locator("#review_zip input[type=file]").set_input_files(str(data))
-            expect(page.locator("#review_zip").get_by_role("cell", name="photos.zip")).to_be_visible()
-            page.locator("#review_model input").fill(args.model)
-            page.locator("#review_model input").press("Enter")
-            started = time.perf_counter()
-            page.get_by_role("button", name="Open for review").click()
-            expect(page.locator("#review_status")).to_contain_text(f"0 of {args.photos} reviewed", timeout=600_000)
-            report["open_seconds"] = round(time.perf_counter() - started, 2)
+        with served_app(scratch) as (url, app), sync_playwright() as p:
+            process = psutil.Process(app.pid)
+            report = {"photos": args.photos, "photo_size": "640x480 JPEG", "model": args.model,
+                      "cpus": os.cpu_count(), "rss_mb_at_start": rss_mb(process)}
+            page = app_page(p, url, 600)
+            report["open_seconds"] = open_for_review(page, data, args.model, args.photos)
             page.wait_for_timeout(1000)
-            print(f"opened in {report['open_seconds']} s", file=sys.stderr, flush=True)
             timings = [save(page, k + 1, args.photos) for k in range(args.timed)]
             report["next_photo_ms"] = {"median": round(statistics.median(timings), 1),
                                        "p90": round(sorted(timings)[int(0.9 * (len(timings) - 1))], 1),
@@ -165,16 +198,11 @@ def main() -> None:
                     memory.append((k + 1, rss_mb(process)))
             report["rss_mb_by_saves"] = memory
             report["rss_growth_mb_over_saves"] = round(memory[-1][1] - memory[0][1], 1)
-            browser.close()
-        if args.large:
-            report["large"] = open_large(url, process, scratch, args.large, args.model)
+            page.context.browser.close()
+            if args.large:
+                report["large"] = open_large(url, process, scratch, args.large, args.model)
         print(json.dumps(report))
-    except BaseException:
-        print((scratch / "app.log").read_text()[-3000:], file=sys.stderr)
-        raise
     finally:
-        app.terminate()
-        app.wait(timeout=60)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

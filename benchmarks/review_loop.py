@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from app_load import free_port, wait_until_up  # noqa: E402
 from detector import fruit_set, scored_sources  # noqa: E402
+from review import app_page, open_for_review, served_app  # noqa: E402
 
 
 def screen_box(area: dict, shown: tuple[int, int], size: tuple[int, int], box) -> tuple[float, ...]:
@@ -80,7 +79,6 @@ def main() -> None:
     from playwright.sync_api import expect, sync_playwright
 
     import cam
-    from tests.browser import BROWSER_FLAGS, chromium
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="the fruit set: train/<class>/, mixed/, boxes.csv")
@@ -100,32 +98,11 @@ def main() -> None:
     with zipfile.ZipFile(data, "w") as archive:
         for name, path in by_name.items():
             archive.write(path, name)
-    port = free_port()
-    log = open(scratch / "app.log", "w")
-    app = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                           stdout=log, stderr=subprocess.STDOUT,
-                           env={**os.environ, "GRADIO_TEMP_DIR": str(scratch / "gradio"),
-                                "CAM_CHECKPOINTS": str(scratch / "checkpoints")})
     report = {"photos": len(photos), "classes": classes, "model": args.model, "cpus": os.cpu_count()}
     try:
-        url = f"http://127.0.0.1:{port}/"
-        wait_until_up(url)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium(), headless=True, args=BROWSER_FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(args.wait * 1000)
-            expect.set_options(timeout=args.wait * 1000)
-            page.goto(url)
-            page.get_by_role("tab", name="Review").click()
-            page.locator("#review_zip input[type=file]").set_input_files(str(data))
-            expect(page.locator("#review_zip").get_by_role("cell", name="fruit.zip")).to_be_visible()
-            page.locator("#review_model input").fill(args.model)
-            page.locator("#review_model input").press("Enter")
-            started = time.perf_counter()
-            page.get_by_role("button", name="Open for review").click()
-            expect(page.locator("#review_status")).to_contain_text(f"0 of {len(photos)} reviewed")
-            report["open_seconds"] = round(time.perf_counter() - started, 1)
-            print(f"opened in {report['open_seconds']} s", file=sys.stderr, flush=True)
+        with served_app(scratch) as (url, _), sync_playwright() as p:
+            page = app_page(p, url, args.wait)
+            report["open_seconds"] = open_for_review(page, data, args.model, len(photos))
             (folder,) = [f for f in (scratch / "checkpoints" / ".reviews").iterdir() if f.is_dir()]
             meta = json.loads((folder / "review.json").read_text())
             from cam.service.reviews import display_size
@@ -176,19 +153,13 @@ def main() -> None:
             page.wait_for_timeout(1000)
             page.screenshot(path=str(scratch / "localize.png"), full_page=True)
             report["localize_model"] = new
-            browser.close()
 
-        model = cam.load_model(str(scratch / "checkpoints" / new), runtime="torch")
+        model = cam.load_model(str(scratch / "checkpoints" / new), runtime="torch")  # the app stopped
         unreviewed = [p for n, p in by_name.items() if n not in set(reviewed)]
         report["scores"] = scored_sources(model, {"mixed": tests["mixed"], "unreviewed": unreviewed}, truths, classes)
         shutil.copy(scratch / "localize.png", Path(tempfile.gettempdir()) / "review_loop_localize.png")
         print(json.dumps(report, indent=2))
-    except BaseException:
-        print((scratch / "app.log").read_text()[-3000:], file=sys.stderr)
-        raise
     finally:
-        app.terminate()
-        app.wait(timeout=60)
         shutil.rmtree(scratch, ignore_errors=True)
 
 
